@@ -1,0 +1,28 @@
+# The two commands a new user needs (see README): `make run` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export RAGAS_DO_NOT_TRACK := true
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup run test test-fast lint services
+
+setup:
+	bash scripts/setup.sh
+
+services:
+	bash scripts/services.sh
+
+## Set up, then run the whole pipeline end to end on the embedded default (no key, no GPU).
+run: setup
+	$(PY) -m kdflow run
+
+## Set up, then run every test (the slow end-to-end ones included), as CI does.
+test: setup services
+	$(PY) -m pytest -v --timeout=1800 $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check include dags plugins tests

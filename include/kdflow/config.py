@@ -1,0 +1,244 @@
+"""Typed configuration: defaults in ``defaults.yaml``, then a user YAML, env vars, run params.
+
+Precedence (later wins): package defaults < ``KDFLOW_CONFIG`` YAML file < ``KDFLOW__A__B`` env
+variables < explicit overrides (DAG-run params, CLI flags). Everything is validated in one go
+so a bad value stops a run before any work starts, with one message naming each bad field.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
+ENV_PREFIX = "KDFLOW__"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who triggered the run."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class KnowledgeBaseConfig(_Section):
+    path: str = "builtin"
+    name: str = "Kubernetes v1.28"
+    topic_map: dict[str, list[str]] = Field(default_factory=dict)
+    passage_words: int = Field(120, ge=30, le=2000)
+    retrieval_top_k: int = Field(3, ge=1, le=20)
+
+
+class PipelineConfig(_Section):
+    topics: list[str] = Field(default_factory=lambda: ["pods", "services", "storage"], min_length=1)
+    cycles: int = Field(2, ge=1, le=20)
+    questions_per_cycle: int = Field(3, ge=1, le=200)
+    max_cycles: int = Field(5, ge=1, le=20)
+    held_out_per_topic: int = Field(1, ge=0, le=50)
+
+    @field_validator("topics")
+    @classmethod
+    def _topics_unique(cls, topics: list[str]) -> list[str]:
+        cleaned = [t.strip().lower() for t in topics]
+        if any(not t for t in cleaned):
+            raise ValueError("topic names must not be empty")
+        if len(set(cleaned)) != len(cleaned):
+            raise ValueError(f"topics must be unique, got {topics}")
+        return cleaned
+
+    @model_validator(mode="after")
+    def _cycles_within_max(self) -> PipelineConfig:
+        if self.cycles > self.max_cycles:
+            raise ValueError(f"cycles={self.cycles} exceeds max_cycles={self.max_cycles}")
+        return self
+
+
+class StoreConfig(_Section):
+    url: str = "artifacts"
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        from kdflow.store import SUPPORTED_SCHEMES, url_scheme
+
+        scheme = url_scheme(url)
+        if scheme not in SUPPORTED_SCHEMES:
+            raise ValueError(f"unknown store scheme {scheme!r} in {url!r}; use one of {sorted(SUPPORTED_SCHEMES)}")
+        return url
+
+
+class TeacherConfig(_Section):
+    provider: Literal["embedded", "openai"] = "embedded"
+    model: str = Field("gpt-4o-mini", min_length=1)
+    base_url: str | None = None
+    api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(384, ge=16, le=16384)
+    timeout_s: float = Field(120, gt=0, le=3600)
+    max_retries: int = Field(4, ge=0, le=20)
+    concurrency: int = Field(2, ge=1, le=64)
+    structured_output: Literal["json_schema", "json_object_schema", "json_object"] = "json_schema"
+    gguf_path: str | None = None
+    n_ctx: int = Field(4096, ge=512, le=131072)
+    price_per_mtok_input: float = Field(0.15, ge=0)
+    price_per_mtok_output: float = Field(0.60, ge=0)
+    max_attempts_per_question: int = Field(6, ge=1, le=50)
+    dedup_similarity: float = Field(0.92, gt=0.0, le=1.0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {url!r}")
+        return url
+
+
+class StudentConfig(_Section):
+    model: str = Field("embedded", min_length=1)
+    lora_r: int = Field(16, ge=1, le=512)
+    lora_alpha: int = Field(32, ge=1, le=1024)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = None
+    epochs: int = Field(3, ge=1, le=100)
+    learning_rate: float = Field(5e-4, gt=0.0, le=1.0)
+    max_length: int = Field(512, ge=32, le=32768)
+    batch_size: int = Field(4, ge=1, le=512)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=512)
+    max_new_tokens: int = Field(128, ge=1, le=4096)
+    generation_batch_size: int = Field(8, ge=1, le=512)
+    load_in_4bit: bool = True
+    gpu_min_free_gib: float = Field(10.0, ge=0.0, le=1024)
+    torch_threads: int = Field(1, ge=1, le=256)
+
+
+EvaluationMetric = Literal[
+    "answer_relevancy", "semantic_similarity", "rouge_l", "bleu", "answer_correctness", "factual_correctness"
+]
+
+
+class EvaluationConfig(_Section):
+    metrics: list[EvaluationMetric] = Field(
+        default_factory=lambda: ["answer_relevancy", "semantic_similarity", "rouge_l"], min_length=1
+    )
+    relevancy_strictness: int = Field(3, ge=1, le=10)
+    judge_temperature: float = Field(0.7, ge=0.0, le=2.0)
+    success_threshold: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class PromotionConfig(_Section):
+    margin: float = Field(0.0, ge=-1.0, le=1.0)
+    topic_tolerance: float = Field(0.05, ge=0.0, le=1.0)
+
+
+class AirflowConfig(_Section):
+    schedule: str | None = "0 2 * * *"
+    gpu_pool: str = Field("gpu", min_length=1)
+    gpu_pool_slots: int = Field(1, ge=1, le=1024)
+    gpu_queue: str = Field("gpu", min_length=1)
+    default_queue: str = Field("default", min_length=1)
+
+
+class KdflowConfig(_Section):
+    seed: int = Field(42, ge=0)
+    knowledge_base: KnowledgeBaseConfig = Field(default_factory=KnowledgeBaseConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    airflow: AirflowConfig = Field(default_factory=AirflowConfig)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config as plain data, safe to store beside a run (it never holds secrets)."""
+        return self.model_dump(mode="json")
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into a copy of ``base``; nested mappings merge, everything else replaces."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``KDFLOW__TEACHER__MODEL=x`` -> ``{"teacher": {"model": "x"}}``; values are parsed as YAML."""
+    environ = os.environ if environ is None else environ
+    result: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+        if not path:
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = result
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return result
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see kdflow/defaults.yaml for the known keys)"
+        value = err.get("input")
+        shown = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {value!r})"
+        lines.append(f"  - {field}: {msg}{shown}")
+    return "invalid kdflow configuration:\n" + "\n".join(lines)
+
+
+def load_config(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> KdflowConfig:
+    """Build and validate the configuration; raises :class:`ConfigError` with every bad field."""
+    environ = os.environ if environ is None else environ
+    data = _read_yaml(DEFAULTS_FILE)
+    user_file = config_file or environ.get("KDFLOW_CONFIG")
+    if user_file:
+        data = deep_merge(data, _read_yaml(Path(user_file)))
+    data = deep_merge(data, env_overrides(environ))
+    if overrides:
+        data = deep_merge(data, overrides)
+    try:
+        return KdflowConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None

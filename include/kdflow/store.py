@@ -1,0 +1,266 @@
+"""The artifact store: every artifact of every run lives under one fsspec URL.
+
+``file:///abs/dir`` or a plain folder is the default; ``s3://<airflow-conn-id>@bucket/prefix``
+goes through Airflow's ``ObjectStoragePath`` (credentials and ``endpoint_url`` from the
+connection, so MinIO works); any other fsspec URL goes through universal-pathlib with
+``storage_options``. Writes are atomic: a local file is written beside its target and renamed;
+an object-store object is one PUT, which S3 never shows half-written.
+
+What moves between tasks is a :class:`Pointer` (URL, key, sha256, count), never the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_SCHEMES = frozenset({"file", "s3", "s3a", "gs", "gcs", "abfs", "az", "memory"})
+_SAFE_PART = re.compile(r"[^A-Za-z0-9._-]+")
+DIR_MARKER = "_COMPLETE.json"
+
+
+class StoreError(RuntimeError):
+    """An artifact is missing, corrupt or cannot be written."""
+
+
+def url_scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else "file"
+
+
+def safe_part(value: str | int) -> str:
+    """One path segment from untrusted text (run ids, topics): no separators, no ``..``."""
+    text = _SAFE_PART.sub("_", str(value)).strip("._")
+    if not text:
+        raise StoreError(f"{value!r} cannot be used as a store key segment")
+    return text[:200]
+
+
+def run_key(run_id: str, *parts: str | int) -> str:
+    """Key of an artifact of one run: ``runs/<run_id>/<parts...>`` with every part sanitised."""
+    return "/".join(["runs", safe_part(run_id), *(safe_part(p) for p in parts)])
+
+
+def cycle_key(run_id: str, cycle: int, step: str, suffix: str = "") -> str:
+    return run_key(run_id, f"cycle_{int(cycle)}", f"{step}{suffix}")
+
+
+class Pointer(BaseModel):
+    """What XCom carries: where an artifact is and how to check it, plus tiny summaries."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    key: str
+    sha256: str
+    bytes: int
+    count: int | None = None
+    summary: dict[str, Any] = {}
+
+    def to_xcom(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def of(cls, value: Pointer | Mapping[str, Any]) -> Pointer:
+        return value if isinstance(value, Pointer) else cls.model_validate(dict(value))
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _normalise_local(url: str) -> str:
+    if "://" not in url:
+        return Path(url).expanduser().resolve().as_uri()
+    return url
+
+
+def _open_root(url: str, storage_options: Mapping[str, Any]) -> Any:
+    scheme = url_scheme(url)
+    if scheme not in SUPPORTED_SCHEMES:
+        raise StoreError(f"unknown store scheme {scheme!r} in {url!r}; use one of {sorted(SUPPORTED_SCHEMES)}")
+    netloc = url.split("://", 1)[1].split("/", 1)[0] if "://" in url else ""
+    if "@" in netloc:  # s3://conn_id@bucket/...: credentials come from an Airflow connection
+        from airflow.sdk import ObjectStoragePath
+
+        return ObjectStoragePath(url)
+    from upath import UPath
+
+    return UPath(_normalise_local(url), **dict(storage_options))
+
+
+class ArtifactStore:
+    """Atomic, hash-checked reads and writes of artifacts under one root URL."""
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
+        self.root = _open_root(url, storage_options or {})
+        self.url = str(self.root).rstrip("/")
+        self.is_local = url_scheme(self.url) == "file"
+
+    @classmethod
+    def from_config(cls, config: Any) -> ArtifactStore:
+        return cls(config.store.url, config.store.storage_options)
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({self.url!r})"
+
+    # -- paths ---------------------------------------------------------------------------------
+    def path(self, key: str) -> Any:
+        key = key.strip("/")
+        if not key or any(part in ("", ".", "..") for part in key.split("/")):
+            raise StoreError(f"invalid store key {key!r}")
+        return self.root / key
+
+    def url_of(self, key: str) -> str:
+        return f"{self.url}/{key.strip('/')}"
+
+    @property
+    def fs(self) -> Any:
+        return self.root.fs
+
+    def _fs_path(self, key: str) -> str:
+        return self.path(key).path
+
+    # -- writes --------------------------------------------------------------------------------
+    def write_bytes(self, key: str, data: bytes, *, count: int | None = None, summary: Mapping[str, Any] | None = None) -> Pointer:
+        """Write ``data`` at ``key`` atomically and return its pointer (overwrites a rerun's copy)."""
+        target = self._fs_path(key)
+        if self.is_local:
+            directory = os.path.dirname(target)
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+        else:
+            try:
+                self.fs.pipe_file(target, data)
+            except Exception as exc:  # noqa: BLE001 - re-raised with the key named
+                raise StoreError(f"cannot write {self.url_of(key)}: {exc}") from exc
+        return Pointer(
+            url=self.url_of(key), key=key, sha256=sha256_bytes(data), bytes=len(data), count=count, summary=dict(summary or {})
+        )
+
+    def write_json(self, key: str, obj: Any, **kw: Any) -> Pointer:
+        data = json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False, default=str).encode("utf-8")
+        return self.write_bytes(key, data, **kw)
+
+    def write_jsonl(self, key: str, rows: Iterable[Mapping[str, Any] | BaseModel], **kw: Any) -> Pointer:
+        lines = [
+            json.dumps(r.model_dump(mode="json") if isinstance(r, BaseModel) else r, ensure_ascii=False, default=str)
+            for r in rows
+        ]
+        data = ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8")
+        return self.write_bytes(key, data, count=len(lines), **kw)
+
+    # -- reads ---------------------------------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self._fs_path(key))
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.fs.cat_file(self._fs_path(key))
+        except FileNotFoundError:
+            raise StoreError(f"artifact not found: {self.url_of(key)}") from None
+
+    def read_verified(self, pointer: Pointer | Mapping[str, Any]) -> bytes:
+        """Read what a pointer points at and check its hash: a rerun upstream shows up here."""
+        pointer = Pointer.of(pointer)
+        data = self.read_bytes(pointer.key)
+        digest = sha256_bytes(data)
+        if digest != pointer.sha256:
+            raise StoreError(
+                f"artifact {pointer.url} changed since it was recorded (sha256 {digest[:12]} != {pointer.sha256[:12]}); "
+                "rerun the task that produced it and its downstream tasks"
+            )
+        return data
+
+    def read_json(self, key_or_pointer: str | Pointer | Mapping[str, Any]) -> Any:
+        return json.loads(self._read_any(key_or_pointer))
+
+    def read_jsonl(self, key_or_pointer: str | Pointer | Mapping[str, Any]) -> list[dict[str, Any]]:
+        text = self._read_any(key_or_pointer).decode("utf-8")
+        return [json.loads(line) for line in io.StringIO(text) if line.strip()]
+
+    def _read_any(self, key_or_pointer: str | Pointer | Mapping[str, Any]) -> bytes:
+        if isinstance(key_or_pointer, str):
+            return self.read_bytes(key_or_pointer)
+        return self.read_verified(key_or_pointer)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Keys of all files under ``prefix`` (recursive), relative to the store root, sorted."""
+        base = self._fs_path(prefix)
+        if not self.fs.exists(base):
+            return []
+        root = self._fs_path("x")[:-1]
+        found = self.fs.find(base)
+        return sorted(f[len(root) :] if f.startswith(root) else f.split(root.lstrip("/"), 1)[-1] for f in found)
+
+    def delete_prefix(self, prefix: str) -> None:
+        base = self._fs_path(prefix)
+        if self.fs.exists(base):
+            self.fs.rm(base, recursive=True)
+
+    # -- folders (adapters, converted models) --------------------------------------------------
+    def upload_dir(self, local_dir: str | os.PathLike[str], key: str, *, summary: Mapping[str, Any] | None = None) -> Pointer:
+        """Upload a folder; a marker listing every file's hash is written last, so a reader
+        never takes a half-uploaded folder for a whole one. Stale files of an earlier try go."""
+        local_dir = Path(local_dir)
+        self.delete_prefix(key)
+        files = {}
+        for file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+            rel = file.relative_to(local_dir).as_posix()
+            data = file.read_bytes()
+            files[rel] = self.write_bytes(f"{key}/{rel}", data).sha256
+        marker = {"files": files, "id": uuid.uuid4().hex}
+        pointer = self.write_json(f"{key}/{DIR_MARKER}", marker, count=len(files), summary=summary)
+        return pointer
+
+    def download_dir(self, pointer: Pointer | Mapping[str, Any], local_dir: str | os.PathLike[str]) -> Path:
+        """Fetch a folder written by :meth:`upload_dir`, checking every file against the marker."""
+        pointer = Pointer.of(pointer)
+        marker = json.loads(self.read_verified(pointer))
+        base = pointer.key.rsplit("/", 1)[0]
+        local_dir = Path(local_dir)
+        for rel, digest in marker["files"].items():
+            data = self.read_bytes(f"{base}/{rel}")
+            if sha256_bytes(data) != digest:
+                raise StoreError(f"{self.url_of(base + '/' + rel)} does not match its folder marker")
+            out = local_dir / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(data)
+        return local_dir
+
+    # -- run manifest --------------------------------------------------------------------------
+    def record_checkpoint(self, run_id: str, name: str, pointer: Pointer | Mapping[str, Any]) -> Pointer:
+        """Record a published checkpoint in the run's manifest (one object per checkpoint, so
+        concurrent tasks never race on a shared file and a rerun replaces its own entry)."""
+        pointer = Pointer.of(pointer)
+        return self.write_json(run_key(run_id, "manifest", f"{safe_part(name)}.json"), pointer.to_xcom())
+
+    def manifest(self, run_id: str) -> dict[str, dict[str, Any]]:
+        prefix = run_key(run_id, "manifest")
+        entries = {}
+        for key in self.list_keys(prefix):
+            if key.endswith(".json"):
+                entries[key.rsplit("/", 1)[-1][: -len(".json")]] = self.read_json(key)
+        return entries

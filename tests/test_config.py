@@ -35,7 +35,7 @@ def test_precedence_file_then_env_then_overrides(tmp_path):
     [
         ({"pipeline": {"cycles": 0}}, "pipeline.cycles", "greater than or equal to 1"),
         ({"pipeline": {"cycles": 99}}, "pipeline.cycles", "less than or equal to 20"),
-        ({"pipeline": {"cycles": 6}}, "pipeline", "exceeds max_cycles=5"),
+        ({"pipeline": {"cycles": 4}}, "pipeline", "exceeds max_cycles=3"),
         ({"pipeline": {"questions_per_cycle": -3}}, "pipeline.questions_per_cycle", "greater than or equal to 1"),
         ({"pipeline": {"questions_per_cycle": 100000}}, "pipeline.questions_per_cycle", "less than or equal to 200"),
         ({"pipeline": {"questions_per_cycle": "three"}}, "pipeline.questions_per_cycle", "valid integer"),

@@ -40,7 +40,7 @@ class PipelineConfig(_Section):
     topics: list[str] = Field(default_factory=lambda: ["pods", "services", "storage"], min_length=1)
     cycles: int = Field(2, ge=1, le=20)
     questions_per_cycle: int = Field(3, ge=1, le=200)
-    max_cycles: int = Field(5, ge=1, le=20)
+    max_cycles: int = Field(3, ge=1, le=20)
     held_out_per_topic: int = Field(1, ge=0, le=50)
 
     @field_validator("topics")
@@ -130,10 +130,14 @@ class EvaluationConfig(_Section):
     )
     relevancy_strictness: int = Field(3, ge=1, le=10)
     judge_temperature: float = Field(0.7, ge=0.0, le=2.0)
+    judge_max_tokens: int = Field(256, ge=8, le=8192)
+    judge_max_retries: int = Field(2, ge=0, le=10)
+    judge_concurrency: int = Field(2, ge=1, le=64)
     success_threshold: float = Field(0.5, ge=0.0, le=1.0)
 
 
 class PromotionConfig(_Section):
+    metric: EvaluationMetric = "semantic_similarity"
     margin: float = Field(0.0, ge=-1.0, le=1.0)
     topic_tolerance: float = Field(0.05, ge=0.0, le=1.0)
 

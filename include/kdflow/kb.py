@@ -198,3 +198,16 @@ def load_knowledge_base(
 def load_from_config(config) -> KnowledgeBase:  # noqa: ANN001 - KdflowConfig, kept import-light
     kb_cfg = config.knowledge_base
     return load_knowledge_base(kb_cfg.path, name=kb_cfg.name, topic_map=kb_cfg.topic_map, passage_words=kb_cfg.passage_words)
+
+
+def list_topics(path: str = "builtin", topic_map: Mapping[str, list[str]] | None = None) -> list[str]:
+    """Topic names from file and folder names alone (cheap enough for DAG parse time)."""
+    if topic_map:
+        return sorted(t.lower() for t in topic_map)
+    root = resolve_kb_path(path)
+    if not root.is_dir():
+        return []
+    return sorted(
+        {_topic_of(p.relative_to(root).as_posix(), {}) for p in root.rglob("*") if p.suffix.lower() in MARKDOWN_SUFFIXES}
+        - {None}
+    )

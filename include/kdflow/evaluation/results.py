@@ -1,0 +1,95 @@
+"""The ``results`` document a run hands to :func:`kdflow.evaluation.report.build_report`.
+
+It holds raw data only (per-question scores, answers, training logs, usage counters); every
+number of the report is computed from it, so the report cannot disagree with the store.
+
+Schema (``RunResults.model_validate(results)`` checks a plain dict against it)::
+
+    {
+      "run_id": "manual__2026-01-01",
+      "metrics": ["answer_relevancy", "semantic_similarity", "rouge_l"],   # column order
+      "headline_metric": "answer_relevancy",
+      "success_threshold": 0.5,
+      "cycles": [
+        {
+          "cycle": 1,
+          "scores": [ScoreRow, ...],        # baseline + finetuned, train + held_out, this cycle
+          "training": {"losses": [2.1, 1.7, ...], "wall_s": 41.2, "tokens_per_s": 830.0, "steps": 9},
+          "answers": [                      # one per (question, split): the sample Q&A material
+            {"question_id", "topic", "split", "question", "reference",
+             "baseline_answer", "finetuned_answer"}
+          ],
+          "gate": {"kept": 3, "regenerated": 1, "dropped": 0}   # teacher quality gate, may be {}
+        }
+      ],
+      "usage": {"teacher": {"calls", "cache_hits", "prompt_tokens", "completion_tokens", "cost_usd"},
+                "judge": {...}},
+      "promotion": {"promote": true, "reason": "...", ...} | null   # decide_promotion() output
+    }
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kdflow.records import ScoreRow, Split
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainingSummary(_Model):
+    losses: list[float] = Field(default_factory=list)  # training loss per logged step, in order
+    wall_s: float | None = None
+    tokens_per_s: float | None = None
+    steps: int | None = None
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.losses[-1] if self.losses else None
+
+
+class QAPair(_Model):
+    question_id: str
+    topic: str
+    split: Split = "train"
+    question: str
+    reference: str = ""
+    baseline_answer: str = ""
+    finetuned_answer: str = ""
+
+
+class CycleResult(_Model):
+    cycle: int = Field(ge=1)
+    scores: list[ScoreRow] = Field(default_factory=list)
+    training: TrainingSummary | None = None
+    answers: list[QAPair] = Field(default_factory=list)
+    gate: dict[str, int] = Field(default_factory=dict)
+
+
+class UsageEntry(_Model):
+    calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class RunResults(_Model):
+    run_id: str
+    metrics: list[str] = Field(min_length=1)
+    headline_metric: str = "answer_relevancy"
+    success_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    cycles: list[CycleResult] = Field(min_length=1)
+    usage: dict[str, UsageEntry] = Field(default_factory=dict)
+    promotion: dict[str, Any] | None = None
+
+
+def parse_results(results: dict[str, Any] | RunResults) -> RunResults:
+    """Validate a results dict; cycles come back sorted by number."""
+    parsed = results if isinstance(results, RunResults) else RunResults.model_validate(results)
+    parsed.cycles.sort(key=lambda c: c.cycle)
+    return parsed

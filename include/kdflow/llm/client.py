@@ -1,0 +1,103 @@
+"""openai clients for any OpenAI-compatible endpoint, with the cache/usage transport underneath.
+
+Retries of 429/5xx/timeouts are the openai client's own (exponential backoff with jitter,
+bounded by ``max_retries``); each retry passes through the transport, so it is counted and
+never cached. :func:`explain_api_error` turns the client's exceptions into one-line messages.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from kdflow.llm.cache import AsyncCachingTransport, CachingTransport, UsageLedger
+from kdflow.llm.server import Endpoint
+from kdflow.store import ArtifactStore
+
+if TYPE_CHECKING:
+    import openai
+
+STRUCTURED_OUTPUT_MODES = ("json_schema", "json_object_schema", "json_object")
+STORE_ATTRIBUTE = "_kdflow_store"  # lets the teacher evict cached replies that failed validation
+
+
+class LLMError(RuntimeError):
+    """A teacher/judge call failed for good (endpoint down, timeout, refused, unusable output)."""
+
+
+def make_client(
+    endpoint: Endpoint,
+    store: ArtifactStore,
+    ledger: UsageLedger,
+    *,
+    task: str,
+    async_client: bool = False,
+    timeout_s: float = 120,
+    max_retries: int = 4,
+) -> openai.OpenAI | openai.AsyncOpenAI:
+    """A sync (teacher) or async (RAGAS judge) openai client whose responses are cached in
+    ``store`` and whose usage is counted in ``ledger`` under ``task``."""
+    import openai
+
+    common = {"base_url": endpoint.base_url, "api_key": endpoint.api_key, "timeout": timeout_s, "max_retries": max_retries}
+    if async_client:
+        http = openai.DefaultAsyncHttpxClient(transport=AsyncCachingTransport(store, ledger, task))
+        client = openai.AsyncOpenAI(http_client=http, **common)
+    else:
+        http = openai.DefaultHttpxClient(transport=CachingTransport(store, ledger, task))
+        client = openai.OpenAI(http_client=http, **common)
+    setattr(client, STORE_ATTRIBUTE, store)
+    return client
+
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI strict structured outputs want every object closed and every property required."""
+    schema = copy.deepcopy(schema)
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object" and "properties" in node:
+                node["additionalProperties"] = False
+                node["required"] = list(node["properties"])
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(schema)
+    return schema
+
+
+def json_response_format(schema: type[BaseModel], mode: str) -> dict[str, Any]:
+    """The ``response_format`` the endpoint supports for JSON matching ``schema``:
+    ``json_schema`` (OpenAI structured outputs), ``json_object_schema`` (llama-cpp-python's
+    grammar-constrained form) or plain ``json_object`` (shape then comes from the prompt)."""
+    if mode == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": _strict(schema.model_json_schema()), "strict": True}}
+    if mode == "json_object_schema":
+        return {"type": "json_object", "schema": schema.model_json_schema()}
+    if mode == "json_object":
+        return {"type": "json_object"}
+    raise ValueError(f"unknown structured_output mode {mode!r}; use one of {', '.join(STRUCTURED_OUTPUT_MODES)}")
+
+
+def explain_api_error(exc: Exception, endpoint: Endpoint) -> str:
+    """One line saying what went wrong with which endpoint (never the key)."""
+    import openai
+
+    where = endpoint.label
+    if isinstance(exc, openai.APITimeoutError):
+        return f"teacher endpoint {where} timed out (raise teacher.timeout_s or lower teacher.max_tokens)"
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc
+        return f"cannot reach teacher endpoint {where}: {type(cause).__name__}: {cause}"
+    if isinstance(exc, openai.AuthenticationError):
+        return f"teacher endpoint {where} rejected the API key (HTTP 401); check the key variable"
+    if isinstance(exc, openai.APIStatusError):
+        return f"teacher endpoint {where} answered HTTP {exc.status_code}: {str(exc.message)[:300]}"
+    if isinstance(exc, openai.APIResponseValidationError):
+        return f"teacher endpoint {where} sent a response that is not a valid chat completion: {exc}"
+    return f"teacher endpoint {where} failed: {type(exc).__name__}: {exc}"

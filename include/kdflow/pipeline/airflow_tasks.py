@@ -1,0 +1,49 @@
+"""The only Airflow-aware code of the library: how a step runs inside an Airflow task.
+
+Imported at DAG-parse time, so it imports nothing heavy; the step itself imports its heavy
+dependencies (torch, transformers, ragas) when the task runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from kdflow.pipeline.registry import StepSpec
+
+TEACHER_RETRIES = 3
+
+
+def task_options(spec: StepSpec, airflow_cfg: Any) -> dict[str, Any]:
+    """Pool, queue and retry policy by kind of step: the student on the GPU pool and queue and
+    retried at most once; the teacher/judge with exponential backoff; the rest retried once."""
+    if spec.uses_student:
+        return {"pool": airflow_cfg.gpu_pool, "queue": airflow_cfg.gpu_queue, "retries": 1,
+                "retry_delay": dt.timedelta(seconds=30)}
+    options: dict[str, Any] = {"queue": airflow_cfg.default_queue}
+    if spec.kind in ("teacher", "evaluation"):
+        options.update(retries=TEACHER_RETRIES, retry_delay=dt.timedelta(seconds=20), retry_exponential_backoff=True,
+                       max_retry_delay=dt.timedelta(minutes=10))
+    else:
+        options.update(retries=1, retry_delay=dt.timedelta(seconds=10))
+    return options
+
+
+def run_step_in_airflow(step_id: str, cycle: int | None, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Run a step for the current task instance: run id and params from the Airflow context."""
+    from airflow.sdk import get_current_context
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from kdflow.config import ConfigError
+    from kdflow.kb import KnowledgeBaseError
+    from kdflow.pipeline import execute
+    from kdflow.pipeline.params import params_to_overrides
+
+    context = get_current_context()
+    try:
+        result = execute(step_id, run_id=context["run_id"], overrides=params_to_overrides(context["params"]),
+                         cycle=cycle, inputs=inputs)
+    except (ConfigError, KnowledgeBaseError) as exc:
+        raise AirflowFailException(str(exc)) from None  # bad input: retrying cannot help
+    if "skipped" in result:
+        raise AirflowSkipException(result["skipped"])
+    return result

@@ -1,0 +1,58 @@
+"""DAG-run params <-> config overrides. The params are the UI's trigger form; their JSON schema
+refuses bad input at trigger time, and the config validation catches whatever gets past it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# param name -> (config section, config key)
+PARAM_FIELDS: dict[str, tuple[str, str]] = {
+    "topics": ("pipeline", "topics"),
+    "cycles": ("pipeline", "cycles"),
+    "questions_per_cycle": ("pipeline", "questions_per_cycle"),
+    "held_out_per_topic": ("pipeline", "held_out_per_topic"),
+    "teacher_provider": ("teacher", "provider"),
+    "teacher_model": ("teacher", "model"),
+    "teacher_base_url": ("teacher", "base_url"),
+    "student_model": ("student", "model"),
+    "seed": (None, "seed"),
+}
+
+
+def params_to_overrides(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Turn DAG-run params into a nested config override; unknown params are refused."""
+    overrides: dict[str, Any] = {}
+    for name, value in (params or {}).items():
+        if name not in PARAM_FIELDS:
+            raise ValueError(f"unknown param {name!r}; known params: {', '.join(sorted(PARAM_FIELDS))}")
+        if value is None or value == "":
+            continue
+        section, key = PARAM_FIELDS[name]
+        if section is None:
+            overrides[key] = value
+        else:
+            overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
+def params_schema(config: Any, topics: list[str]) -> dict[str, dict[str, Any]]:
+    """JSON-schema keyword arguments for each ``airflow.sdk.Param`` (kept Airflow-free for tests)."""
+    p, t, s = config.pipeline, config.teacher, config.student
+    return {
+        "topics": dict(default=p.topics, type="array", items={"type": "string", "enum": topics}, uniqueItems=True,
+                       minItems=1, examples=topics, title="Topics", description="Knowledge-base topics to distill"),
+        "cycles": dict(default=p.cycles, type="integer", minimum=1, maximum=p.max_cycles, title="Cycles",
+                       description=f"Distillation cycles (1 to {p.max_cycles})"),
+        "questions_per_cycle": dict(default=p.questions_per_cycle, type="integer", minimum=1, maximum=50,
+                                    title="Questions per cycle"),
+        "held_out_per_topic": dict(default=p.held_out_per_topic, type="integer", minimum=0, maximum=20,
+                                   title="Held-out questions per topic", description="0 disables the held-out set"),
+        "teacher_provider": dict(default=t.provider, type="string", enum=["embedded", "openai"], title="Teacher provider"),
+        "teacher_model": dict(default=t.model, type="string", minLength=1, title="Teacher model"),
+        "teacher_base_url": dict(default=t.base_url, type=["null", "string"], title="Teacher base URL",
+                                 description="OpenAI-compatible endpoint; empty for OpenAI itself"),
+        "student_model": dict(default=s.model, type="string", minLength=1, title="Student model",
+                              description="HF model id, local folder or GGUF file; 'embedded' = SmolLM2-135M"),
+        "seed": dict(default=config.seed, type="integer", minimum=0, title="Seed"),
+    }

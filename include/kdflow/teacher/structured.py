@@ -1,0 +1,95 @@
+"""JSON replies that match a pydantic schema, from any OpenAI-compatible endpoint.
+
+The request form follows the endpoint's capability (``Endpoint.structured_output``); the reply is
+validated with pydantic and, when it does not fit, asked for again with the validation error fed
+back. If every attempt fails, the cached replies of this call are evicted so that a retried task
+asks the teacher again instead of replaying the failure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from kdflow.llm.cache import CACHE_KEY_HEADER, evict
+from kdflow.llm.client import STORE_ATTRIBUTE, LLMError, explain_api_error, json_response_format
+from kdflow.llm.server import Endpoint
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _short_error(exc: ValidationError | ValueError) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'reply'}: {e['msg']}" for e in exc.errors()[:3])
+    return str(exc)[:300]
+
+
+def _with_schema_hint(messages: list[dict[str, str]], schema: type[BaseModel]) -> list[dict[str, str]]:
+    """Plain json_object mode cannot carry a schema: describe it in the prompt instead."""
+    hint = f"Reply with a JSON object only, matching this JSON schema: {json.dumps(schema.model_json_schema())}"
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": f"{messages[0]['content']}\n{hint}"}, *messages[1:]]
+    return [{"role": "system", "content": hint}, *messages]
+
+
+def complete_json(
+    client: Any,
+    endpoint: Endpoint,
+    messages: Sequence[dict[str, str]],
+    schema: type[ModelT],
+    *,
+    temperature: float,
+    max_tokens: int,
+    attempts: int = 3,
+    seed: int | None = None,
+) -> ModelT:
+    """Ask ``endpoint`` for JSON matching ``schema``; retry with the error fed back; raise
+    :class:`LLMError` naming the schema and the last error after ``attempts`` tries."""
+    import openai
+
+    conversation = list(messages)
+    if endpoint.structured_output == "json_object":
+        conversation = _with_schema_hint(conversation, schema)
+    extra = {} if seed is None else {"seed": seed}
+    cache_keys: list[str] = []
+    last_error = "no attempt made"
+    for _ in range(max(1, attempts)):
+        try:
+            raw = client.chat.completions.with_raw_response.create(
+                model=endpoint.model,
+                messages=conversation,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                response_format=json_response_format(schema, endpoint.structured_output),
+                **extra,
+            )
+            completion = raw.parse()
+        except openai.APIError as exc:
+            raise LLMError(explain_api_error(exc, endpoint)) from None
+        if raw.headers.get(CACHE_KEY_HEADER):
+            cache_keys.append(raw.headers[CACHE_KEY_HEADER])
+        choice = completion.choices[0] if completion.choices else None
+        content = (choice.message.content or "") if choice else ""
+        try:
+            if choice is None or not content.strip():
+                refusal = getattr(choice.message, "refusal", None) if choice else None
+                raise ValueError(f"empty reply{f' (refusal: {refusal})' if refusal else ''}")
+            # strict=False: small models put raw newlines inside strings; that is not worth a retry
+            return schema.model_validate(json.loads(content, strict=False))
+        except (ValidationError, ValueError) as exc:
+            last_error = _short_error(exc)
+            if choice is not None and choice.finish_reason == "length":
+                last_error += f" (reply cut at max_tokens={max_tokens})"
+        conversation = [
+            *conversation,
+            {"role": "assistant", "content": content},
+            {"role": "user", "content": f"That reply was not valid: {last_error}. Reply again with only the corrected JSON."},
+        ]
+    store = getattr(client, STORE_ATTRIBUTE, None)  # set by make_client; other clients have no cache
+    for key in cache_keys if store is not None else []:
+        evict(store, key)
+    raise LLMError(f"teacher endpoint {endpoint.label} gave no valid {schema.__name__} JSON after {attempts} attempts; last error: {last_error}")
+

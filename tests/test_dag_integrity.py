@@ -94,7 +94,7 @@ def test_teacher_tasks_back_off_exponentially(dag):
 def test_schedule_and_run_policy(dag):
     assert dag.catchup is False
     assert dag.max_active_runs == 1
-    assert dag.timetable._expression == "0 2 * * *"
+    assert dag.timetable.expression == "0 2 * * *"
 
 
 def test_params_schema(dag):

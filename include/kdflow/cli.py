@@ -1,0 +1,128 @@
+"""Command line: ``python -m kdflow run | config | report | teacher ... | student ...``.
+
+Everything the DAG does is reachable here without Airflow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from kdflow.config import ConfigError, load_config
+
+
+def _configure_environment() -> None:
+    os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from kdflow.config import deep_merge
+    from kdflow.pipeline.params import params_to_overrides
+
+    params = {
+        "topics": args.topics.split(",") if getattr(args, "topics", None) else None,
+        "cycles": getattr(args, "cycles", None),
+        "questions_per_cycle": getattr(args, "questions", None),
+        "held_out_per_topic": getattr(args, "held_out", None),
+        "student_model": getattr(args, "student", None),
+        "seed": getattr(args, "seed", None),
+    }
+    overrides = params_to_overrides(params)
+    if getattr(args, "store", None):
+        overrides = deep_merge(overrides, {"store": {"url": args.store}})
+    for item in getattr(args, "set", None) or []:
+        import yaml
+
+        dotted, _, raw = item.partition("=")
+        node: dict[str, Any] = {}
+        cursor = node
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[parts[-1]] = yaml.safe_load(raw)
+        overrides = deep_merge(overrides, node)
+    return overrides
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from kdflow.pipeline.runner import run_pipeline
+
+    outputs = run_pipeline(_overrides(args), run_id=args.run_id, progress=lambda line: print(line, flush=True))
+    results = outputs.get("save_pipeline_results", {})
+    print(f"\nrun {outputs['run_id']} complete")
+    if results:
+        print(f"report: {results.get('summary', {}).get('report_html', results.get('url'))}")
+        tables = results.get("summary", {}).get("headline")
+        if tables:
+            print(tables)
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    print(yaml.safe_dump(load_config(_overrides(args)).public_dict(), sort_keys=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdflow", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--topics", help="comma-separated topics, e.g. pods,services")
+        p.add_argument("--cycles", type=int)
+        p.add_argument("--questions", type=int, help="questions per cycle")
+        p.add_argument("--held-out", type=int, help="held-out questions per topic (0 disables)")
+        p.add_argument("--student", help="student model id, folder or GGUF ('embedded' = SmolLM2-135M)")
+        p.add_argument("--seed", type=int)
+        p.add_argument("--store", help="artifact store URL (folder, file://, s3://...)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config value, e.g. student.epochs=2")
+
+    run = sub.add_parser("run", help="run the whole pipeline end to end, without Airflow")
+    common(run)
+    run.add_argument("--run-id", help="run id (default: cli__<timestamp>)")
+    run.set_defaults(func=_cmd_run)
+
+    config = sub.add_parser("config", help="print the effective configuration")
+    common(config)
+    config.set_defaults(func=_cmd_config)
+
+    for module in ("kdflow.teacher.cli", "kdflow.student.cli", "kdflow.evaluation.cli"):
+        try:
+            register = __import__(module, fromlist=["register"]).register
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _configure_environment()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "botocore", "s3fs", "fsspec", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"kdflow: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - one clear line for the user, traceback with -v
+        if args.verbose:
+            raise
+        print(f"kdflow: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,6 +23,8 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 
 REPO = Path(__file__).resolve().parents[1]
 
+pytest_plugins = ["fixtures_student"]
+
 
 def free_port() -> int:
     with socket.socket() as sock:

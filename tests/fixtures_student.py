@@ -44,7 +44,7 @@ def build_tiny_tokenizer(out_dir: Path) -> None:
 
 
 def build_tiny_phi(out_dir: Path, seed: int = 0) -> Path:
-    """Save a random 2-layer Phi model (hidden 64) and its tokenizer into ``out_dir``."""
+    """Save a random 2-layer Phi model (hidden 64; init range 0.2 so that a few LoRA steps visibly move the loss) and its tokenizer into ``out_dir``."""
     import torch
     from transformers import AutoTokenizer, PhiConfig, PhiForCausalLM
 
@@ -53,7 +53,7 @@ def build_tiny_phi(out_dir: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = PhiConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        max_position_embeddings=512, initializer_range=0.2, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
     PhiForCausalLM(config).save_pretrained(out_dir)
@@ -68,15 +68,19 @@ def tiny_phi_dir(tmp_path_factory) -> Path:
     return build_tiny_phi(tmp_path_factory.mktemp("tiny-phi"))
 
 
-@pytest.fixture()
-def student_cfg():
+def student_settings():
     """Student settings sized for the tiny model: a high learning rate so a few steps show."""
     from kdflow.config import StudentConfig
 
     return StudentConfig(
-        lora_r=8, lora_alpha=16, lora_dropout=0.0, epochs=4, learning_rate=1e-2, max_length=128, batch_size=2,
+        lora_r=8, lora_alpha=16, lora_dropout=0.0, epochs=6, learning_rate=3e-2, max_length=128, batch_size=2,
         max_new_tokens=12, generation_batch_size=3, torch_threads=1,
     )
+
+
+@pytest.fixture()
+def student_cfg():
+    return student_settings()
 
 
 @pytest.fixture()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 from pathlib import Path
@@ -33,7 +32,8 @@ class TrainResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     losses: list[float]  # mean loss of each optimizer step
-    initial_loss: float  # loss on all pairs before the first step (shows where training started)
+    initial_loss: float  # mean loss on all pairs before the first step (where training started)
+    final_loss: float  # mean loss on all pairs after the last step
     steps: int
     epochs: int
     pairs: int
@@ -169,13 +169,14 @@ def train_adapter(
                     tokens += int(batch["attention_mask"].sum())
                     loss = _loss(model, batch, plan) / len(group)
                     loss.backward()
-                    step_loss += float(loss)
+                    step_loss += float(loss.detach())
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(round(step_loss, 5))
                 rss_peak = max(rss_peak, memory_snapshot()["rss_mb"])
         wall = time.perf_counter() - started
+        final_loss = _mean_loss(model, examples, pad_id, cfg.batch_size, plan)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(str(out_dir))
@@ -187,12 +188,12 @@ def train_adapter(
         del model
     adapter_bytes = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())
     result = TrainResult(
-        losses=losses, initial_loss=round(initial_loss, 5), steps=len(losses), epochs=cfg.epochs, pairs=len(examples),
+        losses=losses, initial_loss=round(initial_loss, 5), final_loss=round(final_loss, 5), steps=len(losses), epochs=cfg.epochs, pairs=len(examples),
         train_tokens=sum(sum(1 for t in e["labels"] if t != IGNORE_INDEX) for e in examples),
         wall_s=round(wall, 3), s_per_step=round(wall / max(len(losses), 1), 3), tokens_per_s=round(tokens / wall, 1),
         peak_memory_mb=peak, plan=plan, init_adapter=str(init_adapter_dir) if init_adapter_dir else None,
         target_modules=sorted(lora.target_modules), lora_r=lora.r, lora_alpha=lora.lora_alpha, seed=seed, adapter_bytes=adapter_bytes, memory=memory,
     )
     (out_dir / RESULT_FILE).write_text(result.model_dump_json(indent=2))
-    log.info("student trained %d steps in %.1f s: loss %.3f -> %.3f", result.steps, wall, initial_loss, losses[-1])
+    log.info("student trained %d steps in %.1f s: loss %.3f -> %.3f", result.steps, wall, initial_loss, final_loss)
     return result

@@ -1,0 +1,162 @@
+"""Final steps: compare all cycles, the promotion gate, the report, and the "Display/Show" boxes
+that log its tables. Every number comes from the published per-question scores."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kdflow.pipeline.context import CheckpointError, RunContext
+from kdflow.pipeline.setup_steps import CHAMPION_KEY, current_champion
+from kdflow.records import ScoreRow
+from kdflow.store import run_key
+
+log = logging.getLogger(__name__)
+
+TEACHER_TASKS = ("held_out_questions", "questions", "references")
+
+
+def completed_cycles(ctx: RunContext) -> list[int]:
+    return [n for n in range(1, ctx.config.pipeline.max_cycles + 1) if ctx.has_checkpoint(n, "results.json")]
+
+
+def compare_all_cycles(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> dict[str, Any]:
+    from kdflow.evaluation.aggregate import compare_all
+
+    cycles = completed_cycles(ctx)
+    if not cycles:
+        raise CheckpointError(f"run {ctx.run_id} has no completed cycle to compare")
+    comparisons = [ctx.store.read_json(ctx.checkpoint(n, "comparison.json")) for n in cycles]
+    return ctx.stage_json(None, "all_cycles.json", compare_all(comparisons), summary={"cycles": cycles}).to_xcom()
+
+
+def calculate_overall_improvement(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> dict[str, Any]:
+    """First cycle's baseline -> last cycle's fine-tuned model, per split and metric."""
+    overall = ctx.store.read_json(inputs["compare_all_cycles"])["overall"]
+    summary = {f"{split}.{metric}": values.get("abs_improvement")
+               for split, metrics in overall.items() for metric, values in metrics.items()}
+    for key, value in summary.items():
+        log.info("overall improvement %s: %s", key, value)
+    return ctx.stage_json(None, "overall.json", overall, summary=summary).to_xcom()
+
+
+def _cycle_result(ctx: RunContext, n: int) -> dict[str, Any]:
+    from kdflow.pipeline.eval_steps import cycle_scores
+    from kdflow.pipeline.teacher_steps import run_questions
+
+    questions = {q.id: q for q in run_questions(ctx, n)}
+    references = {r["question_id"]: r for r in ctx.rows(ctx.checkpoint(n, "references.jsonl"))}
+    answers: dict[str, dict[str, Any]] = {}
+    for stage in ("baseline", "finetuned"):
+        for a in ctx.rows(ctx.checkpoint(n, f"{stage}_answers.jsonl")):
+            q = questions[a["question_id"]]
+            entry = answers.setdefault(a["question_id"], {
+                "question_id": q.id, "topic": q.topic, "split": q.split, "question": q.question,
+                "reference": references.get(q.id, {}).get("reference", "")})
+            entry[f"{stage}_answer"] = a["answer"]
+    training = ctx.store.read_json(ctx.checkpoint(n, "training.json"))
+    cycle_questions = [q for q in questions.values() if q.split == "train"]
+    gate = {
+        "questions_kept": len(cycle_questions),
+        "questions_regenerated": sum(1 for q in cycle_questions if q.gate.get("attempts", 1) > 1),
+        "references_extractive": sum(1 for r in references.values() if r.get("mode") == "extractive"),
+        "references_dropped": sum(1 for r in references.values() if r.get("gate", {}).get("decision") == "dropped"),
+    }
+    return {
+        "cycle": n,
+        "scores": [s.model_dump() for s in cycle_scores(ctx, n, "baseline") + cycle_scores(ctx, n, "finetuned")],
+        "training": {k: training.get(k) for k in ("losses", "wall_s", "tokens_per_s", "steps")},
+        "answers": list(answers.values()),
+        "gate": gate,
+    }
+
+
+def _usage(ctx: RunContext) -> dict[str, dict[str, Any]]:
+    from kdflow.llm.cache import UsageLedger
+
+    teacher, judge = UsageLedger(), UsageLedger()
+    for key in ctx.store.list_keys(run_key(ctx.run_id, "usage")):
+        task = key.rsplit("__", 1)[-1].removesuffix(".json")
+        (teacher if task in TEACHER_TASKS else judge).merge(ctx.store.read_json(key))
+    fields = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "cost_usd")
+    return {name: {f: getattr(ledger.total(), f) for f in fields} for name, ledger in (("teacher", teacher), ("judge", judge))}
+
+
+def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
+    """Decide whether the run's last adapter becomes the store's champion, and record it."""
+    from kdflow.evaluation.promotion import decide_promotion
+    from kdflow.pipeline.eval_steps import cycle_scores
+
+    cfg = ctx.config.promotion
+    candidate = [s for s in cycle_scores(ctx, last_cycle, "finetuned") if s.split == "held_out"]
+    if not candidate:
+        return {"promote": False, "reason": "no held-out questions (pipeline.held_out_per_topic is 0): nothing to judge by"}
+    champion = current_champion(ctx)
+    champion_rows = ([ScoreRow.model_validate(r) for r in ctx.store.read_jsonl(champion["held_out_scores"])]
+                     if champion and champion.get("run_id") != ctx.run_id else None)
+    decision = decide_promotion(candidate, champion_rows, cfg, metric=cfg.metric)
+    if decision["promote"]:
+        adapter = ctx.checkpoint(last_cycle, "adapter")
+        scores = ctx.checkpoint(last_cycle, "finetuned_scores.jsonl")
+        ctx.store.write_json(CHAMPION_KEY, {
+            "run_id": ctx.run_id, "cycle": last_cycle, "base_model": ctx.config.student.model,
+            "adapter": adapter.to_xcom(), "held_out_scores": scores.key, "metric": cfg.metric,
+            "mean": decision.get("candidate_mean"), "promoted_at": dt.datetime.now(dt.UTC).isoformat()})
+    log.info("promotion: %s (%s)", "PROMOTED" if decision["promote"] else "kept the current champion", decision["reason"])
+    return decision
+
+
+def save_pipeline_results(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> dict[str, Any]:
+    from kdflow.evaluation.report import build_report
+
+    all_cycles = ctx.publish(None, "all_cycles.json", inputs["compare_all_cycles"])
+    ctx.publish(None, "overall.json", inputs["calculate_overall_improvement"])
+    cycles = completed_cycles(ctx)
+    results = {
+        "run_id": ctx.run_id,
+        "metrics": list(ctx.config.evaluation.metrics),
+        "headline_metric": ctx.config.evaluation.metrics[0],
+        "success_threshold": ctx.config.evaluation.success_threshold,
+        "cycles": [_cycle_result(ctx, n) for n in cycles],
+        "usage": _usage(ctx),
+        "promotion": _promotion(ctx, cycles[-1]),
+    }
+    ctx.publish_json(None, "results.json", results)
+    with tempfile.TemporaryDirectory(prefix="kdflow-report-") as tmp:
+        files = build_report(results, Path(tmp))
+        report = ctx.store.upload_dir(tmp, ctx.key(None, "report"))
+    html_url = ctx.store.url_of(f"{ctx.key(None, 'report')}/{files['html'].relative_to(tmp).as_posix()}")
+    ctx.store.record_checkpoint(ctx.run_id, "report", report)
+    summary = {"report_html": html_url, "cycles": cycles, "promoted": results["promotion"]["promote"],
+               "all_cycles": all_cycles.url}
+    log.info("report: %s", html_url)
+    return report.model_copy(update={"summary": summary}).to_xcom()
+
+
+def pipeline_complete(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> dict[str, Any]:
+    record = ctx.store.read_json(ctx.checkpoint(None, "run.json"))
+    record.update(finished_at=dt.datetime.now(dt.UTC).isoformat(), status="complete",
+                  report=inputs["save_pipeline_results"]["summary"]["report_html"])
+    return ctx.publish_json(None, "run.json", record, summary={"report": record["report"]}).to_xcom()
+
+
+def _show(table: str):
+    def step(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> dict[str, Any]:
+        from kdflow.evaluation.report import render_tables
+
+        text = render_tables(ctx.store.read_json(ctx.checkpoint(None, "results.json")))[table]
+        log.info("%s\n%s", table.replace("_", " ").title(), text)
+        return {"table": table, "report": inputs["save_pipeline_results"]["summary"]["report_html"], "lines": text.count("\n") + 1}
+
+    step.__name__ = f"show_{table}"
+    step.__doc__ = f"Log the report's {table.replace('_', ' ')} table, readable in the task log."
+    return step
+
+
+display_final_results = _show("final_results")
+show_performance_comparison = _show("performance_comparison")
+display_improvement_statistics = _show("improvement_statistics")
+show_sample_qa_pairs = _show("sample_qa")

@@ -1,0 +1,129 @@
+"""Student steps: device plan and load check, baseline and fine-tuned answers, the training
+dataset, and fine-tuning. Each loads the model fresh and frees it when done (the diagram's
+memory management); adapters travel through the store."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kdflow.pipeline.context import CheckpointError, RunContext
+from kdflow.records import Answer, Reference, TrainingPair
+from kdflow.store import Pointer
+
+log = logging.getLogger(__name__)
+
+
+def _adapter_dir(ctx: RunContext, adapter: Pointer | dict | None, workdir: str) -> Path | None:
+    if adapter is None:
+        return None
+    return ctx.store.download_dir(adapter, Path(workdir) / "adapter")
+
+
+def _check_load(ctx: RunContext, cycle: int, adapter: Pointer | dict | None, name: str) -> dict[str, Any]:
+    """Make the device plan, check the model (plus adapter) loads, free it, record both."""
+    from kdflow.student.device import plan_device, release_memory
+    from kdflow.student.models import load_student, resolve_student
+
+    plan = plan_device(ctx.config.student, "answer")
+    model_path = resolve_student(ctx.config.student.model)
+    with tempfile.TemporaryDirectory(prefix="kdflow-load-") as tmp:
+        model, _tokenizer = load_student(model_path, plan, _adapter_dir(ctx, adapter, tmp))
+        parameters = sum(p.numel() for p in model.parameters())
+        memory = release_memory(model)
+        del model
+    record = {"model": ctx.config.student.model, "adapter": Pointer.of(adapter).url if adapter else None,
+              "plan": plan.model_dump(), "parameters": parameters, "memory": memory}
+    summary = {"device": plan.device, "quantization": plan.quantization, "adapter": record["adapter"]}
+    return ctx.publish_json(cycle, name, record, summary=summary).to_xcom()
+
+
+def load_student_model(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
+    from kdflow.pipeline.setup_steps import start_adapter
+
+    return _check_load(ctx, cycle, start_adapter(ctx, cycle), "baseline_model.json")
+
+
+def load_finetuned_model(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
+    return _check_load(ctx, cycle, ctx.checkpoint(cycle, "adapter"), "finetuned_model.json")
+
+
+def _answer(ctx: RunContext, cycle: int, adapter: Pointer | dict | None, stage: str) -> dict[str, Any]:
+    """Answer the cycle's questions and the held-out set in one batched pass."""
+    from kdflow.pipeline.teacher_steps import run_questions
+    from kdflow.student.device import plan_device
+    from kdflow.student.generate import answer_questions
+    from kdflow.student.models import resolve_student
+
+    questions = run_questions(ctx, cycle)
+    plan = plan_device(ctx.config.student, "answer")
+    with tempfile.TemporaryDirectory(prefix="kdflow-answer-") as tmp:
+        answers = answer_questions(ctx.config.student, resolve_student(ctx.config.student.model),
+                                   [q.question for q in questions], adapter_dir=_adapter_dir(ctx, adapter, tmp), plan=plan)
+    adapter_url = Pointer.of(adapter).url if adapter else None
+    rows = [
+        Answer(question_id=q.id, question=q.question, answer=a.text, stage=stage, split=q.split,
+               model=ctx.config.student.model, adapter=adapter_url, new_tokens=a.new_tokens)
+        for q, a in zip(questions, answers, strict=True)
+    ]
+    summary = {"tokens_per_s": answers.stats.tokens_per_s, "wall_s": answers.stats.wall_s, "device": plan.device}
+    return ctx.stage_rows(cycle, f"{stage}_answers.jsonl", rows, summary=summary).to_xcom()
+
+
+def generate_baseline_answers(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
+    from kdflow.pipeline.setup_steps import start_adapter
+
+    return _answer(ctx, cycle, start_adapter(ctx, cycle), "baseline")
+
+
+def generate_finetuned_answers(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
+    return _answer(ctx, cycle, ctx.checkpoint(cycle, "adapter"), "finetuned")
+
+
+def prepare_training_dataset(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Every gated training pair of cycles 1..n of this run; held-out questions never enter."""
+    pairs: list[TrainingPair] = []
+    dropped: list[dict[str, str]] = []
+    for n in range(1, cycle + 1):
+        questions = {q["id"]: q for q in ctx.rows(ctx.checkpoint(n, "questions.jsonl"))}
+        for row in ctx.rows(ctx.checkpoint(n, "references.jsonl")):
+            ref = Reference.model_validate(row)
+            question = questions.get(ref.question_id)
+            if question is None:
+                continue  # a held-out question: evaluated, never trained on
+            if ref.gate.get("decision") == "dropped":
+                dropped.append({"question_id": ref.question_id, "reason": ref.gate.get("reason", "gate")})
+                continue
+            pairs.append(TrainingPair(question_id=ref.question_id, cycle=n, topic=question["topic"],
+                                      prompt=ref.question, completion=ref.reference))
+    if not pairs:
+        raise CheckpointError(f"cycle {cycle}: the training dataset has zero pairs ({len(dropped)} dropped by the gate)")
+    log.info("cycle %d training dataset: %d pairs (%d dropped)", cycle, len(pairs), len(dropped))
+    pointer = ctx.store.write_jsonl(ctx.key(cycle, "dataset.jsonl"), pairs,
+                                    summary={"pairs": len(pairs), "dropped": len(dropped), "dropped_items": dropped[:20]})
+    ctx.store.record_checkpoint(ctx.run_id, ctx.checkpoint_name(cycle, "dataset.jsonl"), pointer)
+    return pointer.to_xcom()
+
+
+def finetune_student(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
+    """LoRA/QLoRA on the accumulated pairs, continuing from the adapter the cycle started from."""
+    from kdflow.pipeline.setup_steps import start_adapter
+    from kdflow.student.device import plan_device
+    from kdflow.student.models import resolve_student
+    from kdflow.student.train import train_adapter
+
+    rows = [TrainingPair.model_validate(r) for r in ctx.rows(inputs["prepare_training_dataset"])]
+    plan = plan_device(ctx.config.student, "train")
+    with tempfile.TemporaryDirectory(prefix="kdflow-train-") as tmp:
+        result = train_adapter(ctx.config.student, resolve_student(ctx.config.student.model),
+                               [(r.prompt, r.completion) for r in rows], Path(tmp) / "out",
+                               init_adapter_dir=_adapter_dir(ctx, start_adapter(ctx, cycle), tmp), plan=plan,
+                               seed=ctx.config.seed + cycle)
+        summary = {"steps": result.steps, "final_loss": result.final_loss, "initial_loss": result.initial_loss,
+                   "wall_s": result.wall_s, "device": plan.device, "pairs": result.pairs}
+        pointer = ctx.store.upload_dir(Path(tmp) / "out", ctx.staging_key(cycle, "adapter"), summary=summary)
+    log.info("cycle %d fine-tuned on %d pairs: loss %.3f -> %.3f in %.1fs", cycle, result.pairs,
+             result.initial_loss, result.final_loss, result.wall_s)
+    return pointer.to_xcom()

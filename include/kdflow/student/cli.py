@@ -1,0 +1,137 @@
+"""``kdflow student answer|train``: answer a question file or fine-tune on a dataset file with
+the student, without Airflow. ``register(subparsers)`` plugs into ``python -m kdflow``;
+``python -m kdflow.student.cli`` runs it alone."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"file not found: {path}")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise SystemExit(f"{path}:{number}: expected a JSON object per line")
+        rows.append(row)
+    return rows
+
+
+def _field(row: dict[str, Any], names: tuple[str, ...], where: str) -> str:
+    for name in names:
+        if isinstance(row.get(name), str) and row[name].strip():
+            return row[name]
+    raise SystemExit(f"{where}: needs a non-empty text field, one of {list(names)}")
+
+
+def questions_from(path: str | Path) -> list[dict[str, Any]]:
+    """Rows with a ``question`` (kdflow ``Question`` rows or any object with that field)."""
+    rows = read_jsonl(path)
+    return [{"id": row.get("id", str(n)), "question": _field(row, ("question",), f"{path}:{n}")} for n, row in enumerate(rows, 1)]
+
+
+def pairs_from(path: str | Path) -> list[tuple[str, str]]:
+    """(question, answer) pairs from ``prompt/completion`` (kdflow ``TrainingPair``),
+    ``question/answer`` or ``question/reference`` rows."""
+    return [
+        (_field(row, ("prompt", "question"), f"{path}:{n}"), _field(row, ("completion", "answer", "reference"), f"{path}:{n}"))
+        for n, row in enumerate(read_jsonl(path), 1)
+    ]
+
+
+def _student_setup(args: argparse.Namespace, purpose: str) -> tuple[Any, Any, Any]:
+    from kdflow.config import ConfigError, load_config
+    from kdflow.student.device import plan_device
+    from kdflow.student.models import StudentModelError, resolve_student
+
+    overrides = {"student": {"model": args.model}} if args.model else None
+    try:
+        cfg = load_config(overrides, config_file=getattr(args, "config", None))
+        model_path = resolve_student(cfg.student.model, args.cache_dir)
+    except (ConfigError, StudentModelError) as exc:
+        raise SystemExit(str(exc)) from None
+    return cfg, model_path, plan_device(cfg.student, purpose)
+
+
+def cmd_answer(args: argparse.Namespace) -> int:
+    from kdflow.student.generate import answer_questions
+
+    questions = questions_from(args.questions)
+    cfg, model_path, plan = _student_setup(args, "answer")
+    answers = answer_questions(cfg.student, model_path, [q["question"] for q in questions], adapter_dir=args.adapter, plan=plan)
+    lines = [
+        json.dumps({"id": q["id"], "question": q["question"], "answer": a.text, "new_tokens": a.new_tokens}, ensure_ascii=False)
+        for q, a in zip(questions, answers, strict=True)
+    ]
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    print(answers.stats.model_dump_json(), file=sys.stderr)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from kdflow.student.train import train_adapter
+
+    pairs = pairs_from(args.dataset)
+    cfg, model_path, plan = _student_setup(args, "train")
+    seed = cfg.seed if args.seed is None else args.seed
+    result = train_adapter(cfg.student, model_path, pairs, args.out, init_adapter_dir=args.init_adapter, plan=plan, seed=seed)
+    print(result.model_dump_json(indent=2))
+    return 0
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``student answer`` and ``student train``; each sets ``func(args) -> int``."""
+    student = subparsers.add_parser("student", help="answer questions or fine-tune the student model")
+    commands = student.add_subparsers(dest="student_command", required=True)
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--model", help="student model: hub id, folder, .gguf or 'embedded' (default: config student.model)")
+        parser.add_argument("--cache-dir", help="where converted GGUF models are kept (default ~/.cache/kdflow/models)")
+
+    answer = commands.add_parser("answer", help="answer the questions of a JSONL file (one {'question': ...} per line)")
+    answer.add_argument("--questions", required=True, help="JSONL file with a 'question' field per row")
+    answer.add_argument("--adapter", help="LoRA adapter folder to apply")
+    answer.add_argument("--out", help="write answers here as JSONL (default: stdout)")
+    common(answer)
+    answer.set_defaults(func=cmd_answer)
+
+    train = commands.add_parser("train", help="fine-tune a LoRA adapter on a JSONL dataset of question/answer pairs")
+    train.add_argument("--dataset", required=True, help="JSONL with prompt/completion, question/answer or question/reference")
+    train.add_argument("--out", required=True, help="folder for the adapter and train_result.json")
+    train.add_argument("--init-adapter", help="continue from this adapter (the previous cycle's)")
+    train.add_argument("--seed", type=int, help="random seed (default: config seed)")
+    common(train)
+    train.set_defaults(func=cmd_train)
+    return student
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="kdflow")
+    parser.add_argument("--config", help="YAML config file (default: KDFLOW_CONFIG)")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Device plan, memory release, model resolution and the shared prompt: no model is loaded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kdflow.config import StudentConfig
+from kdflow.student.device import GIB, DevicePlan, plan_device, read_free_gpu_bytes, release_memory
+from kdflow.student.models import StudentModelError, check_adapter, resolve_student, target_modules_for
+
+
+def test_plan_reads_the_real_device_when_no_reading_is_given():
+    free = read_free_gpu_bytes()
+    plan = plan_device(StudentConfig(gpu_min_free_gib=10.0), "train")
+    if free is None:  # no CUDA: the CPU plan, float32, plain LoRA
+        assert (plan.device, plan.dtype, plan.quantization, plan.free_gpu_gib) == ("cpu", "float32", None, None)
+        assert "no CUDA" in plan.reason
+    else:
+        assert plan.free_gpu_gib is not None and plan.device == ("cuda" if free >= 10 * GIB else "cpu")
+
+
+@pytest.mark.parametrize(
+    ("purpose", "free_gib", "load_in_4bit", "expected"),
+    [
+        ("train", 12.0, True, ("cuda", "bfloat16", "nf4")),
+        ("train", 12.0, False, ("cuda", "bfloat16", None)),
+        ("answer", 12.0, True, ("cuda", "bfloat16", None)),  # bnb 4-bit generation is slower than bf16
+        ("train", 10.0, True, ("cuda", "bfloat16", "nf4")),  # at the threshold counts as enough
+        ("train", 9.99, True, ("cpu", "float32", None)),
+        ("answer", 0.5, True, ("cpu", "float32", None)),
+    ],
+)
+def test_plan_from_faked_free_memory(purpose, free_gib, load_in_4bit, expected):
+    cfg = StudentConfig(gpu_min_free_gib=10.0, load_in_4bit=load_in_4bit)
+    plan = plan_device(cfg, purpose, free_gpu_bytes=int(free_gib * GIB))
+    assert (plan.device, plan.dtype, plan.quantization) == expected
+    assert plan.free_gpu_gib == pytest.approx(free_gib, abs=0.01)
+    assert plan.threshold_gib == 10.0
+    assert str(plan.threshold_gib) in plan.reason
+    assert DevicePlan.model_validate_json(plan.model_dump_json()) == plan  # recorded in step outputs
+
+
+def test_plan_rejects_unknown_purpose():
+    with pytest.raises(ValueError, match="purpose"):
+        plan_device(StudentConfig(), "evaluate", free_gpu_bytes=0)
+
+
+def test_release_memory_empties_the_model_even_if_still_referenced():
+    import torch
+
+    model = torch.nn.Linear(512, 512)
+    report = release_memory(model)
+    assert model.weight.numel() == 0 and model.bias.numel() == 0
+    assert set(report) == {"before", "after"} and "rss_mb" in report["before"]
+
+
+def test_resolve_local_folder_and_errors(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text("{}")
+    assert resolve_student(str(tmp_path)) == tmp_path.resolve()
+    with pytest.raises(StudentModelError, match="no config.json"):
+        resolve_student(str(tmp_path.parent))
+    with pytest.raises(StudentModelError, match="GGUF file not found"):
+        resolve_student(str(tmp_path / "missing.gguf"))
+    with pytest.raises(StudentModelError, match="folder not found"):
+        resolve_student("./no/such/model")
+    with pytest.raises(StudentModelError, match="neither"):
+        resolve_student("not a/valid/id")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(StudentModelError, match="not in the local Hugging Face cache"):
+        resolve_student("microsoft/phi-2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert resolve_student("microsoft/phi-2") == "microsoft/phi-2"  # hub ids stay strings
+
+
+def test_target_modules_by_architecture():
+    assert target_modules_for("phi") == ["q_proj", "k_proj", "v_proj", "dense"]
+    assert target_modules_for("llama") == target_modules_for("qwen2") == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert target_modules_for("phi", ["fc1"]) == ["fc1"]
+    with pytest.raises(StudentModelError, match="student.target_modules"):
+        target_modules_for("mamba")
+
+
+def test_adapter_for_another_base_is_refused(tmp_path):
+    from transformers import PhiConfig
+
+    cfg = PhiConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    with pytest.raises(StudentModelError, match="no adapter_config.json"):
+        check_adapter(adapter, tmp_path / "tiny", cfg)
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/x/other-model"}))
+    with pytest.raises(StudentModelError, match="other-model"):
+        check_adapter(adapter, tmp_path / "tiny", cfg)
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/elsewhere/tiny"}))
+    check_adapter(adapter, tmp_path / "tiny", cfg)  # same name in another cache folder: accepted
+    (adapter / "kdflow_base.json").write_text(json.dumps({"model_type": "phi", "hidden_size": 128, "num_hidden_layers": 2, "vocab_size": 512}))
+    with pytest.raises(StudentModelError, match="hidden_size"):
+        check_adapter(adapter, tmp_path / "tiny", cfg)

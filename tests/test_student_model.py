@@ -1,0 +1,143 @@
+"""Answering and LoRA/QLoRA training on a tiny random Phi-2-architecture model (built at test time)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+
+from kdflow.student.device import DevicePlan
+from kdflow.student.generate import answer_questions
+from kdflow.student.models import StudentModelError, load_student, load_tokenizer
+from kdflow.student.prompt import DEFAULT_SYSTEM_PROMPT, build_prompt, completion_text
+from kdflow.student.train import train_adapter
+
+CPU = DevicePlan.cpu()
+NF4_CPU = DevicePlan(device="cpu", dtype="float32", quantization="nf4", threshold_gib=0.0, reason="4-bit on CPU (test)")
+
+
+def _questions(pairs):
+    return [q for q, _ in pairs]
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def cycle1(tiny_phi_dir, tmp_path_factory):
+    """One trained cycle-1 adapter, shared by the tests that build on it."""
+    from fixtures_student import TINY_PAIRS, student_settings
+
+    out = tmp_path_factory.mktemp("cycle1")
+    result = train_adapter(student_settings(), tiny_phi_dir, list(TINY_PAIRS), out, plan=CPU, seed=7)
+    return out, result
+
+
+def test_prompt_is_the_chat_template_or_phi_format(tiny_phi_dir):
+    tokenizer = load_tokenizer(tiny_phi_dir)
+    prompt = build_prompt(tokenizer, " What is a Pod? ")
+    assert prompt == f"<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\nWhat is a Pod?<|im_end|>\n<|im_start|>assistant\n"
+    assert completion_text(tokenizer, "A group. ") == "A group.<|im_end|>"
+    tokenizer.chat_template = None  # Phi-2 ships without one
+    assert build_prompt(tokenizer, "What is a Pod?", "Be brief.") == "Instruct: Be brief.\nWhat is a Pod?\nOutput:"
+    with pytest.raises(ValueError, match="empty"):
+        build_prompt(tokenizer, "  ")
+
+
+def test_batched_answers_equal_one_by_one(tiny_phi_dir, student_cfg, tiny_pairs):
+    questions = _questions(tiny_pairs)
+    batched = answer_questions(student_cfg, tiny_phi_dir, questions, plan=CPU)
+    single = answer_questions(student_cfg.model_copy(update={"generation_batch_size": 1}), tiny_phi_dir, questions, plan=CPU)
+    assert [a.text for a in batched] == [a.text for a in single]
+    assert [a.new_tokens for a in batched] == [a.new_tokens for a in single]
+    assert [a.question for a in batched] == questions
+    assert all(0 < a.new_tokens <= student_cfg.max_new_tokens for a in batched)
+    stats = batched.stats
+    assert stats.questions == 3 and stats.new_tokens == sum(a.new_tokens for a in batched) and stats.tokens_per_s > 0
+    assert stats.plan == CPU and set(stats.memory) == {"before", "after"}
+
+
+def test_lora_training_lowers_the_loss_and_saves_the_adapter(cycle1, student_cfg):
+    out, result = cycle1
+    assert result.final_loss < result.initial_loss - 1.0, result
+    assert result.steps == len(result.losses) == student_cfg.epochs * 2  # 3 pairs in batches of 2
+    assert result.target_modules == ["dense", "k_proj", "q_proj", "v_proj"]
+    assert result.plan == CPU and result.init_adapter is None and result.tokens_per_s > 0 and result.peak_memory_mb > 0
+    assert {"adapter_model.safetensors", "adapter_config.json", "kdflow_base.json", "train_result.json"} <= set(_digest(out))
+    assert json.loads((out / "train_result.json").read_text())["losses"] == result.losses
+
+
+def test_reloaded_adapter_changes_the_answers(cycle1, tiny_phi_dir, student_cfg, tiny_pairs):
+    adapter, _ = cycle1
+    questions = _questions(tiny_pairs)
+    base = answer_questions(student_cfg, tiny_phi_dir, questions, plan=CPU)
+    tuned = answer_questions(student_cfg, tiny_phi_dir, questions, plan=CPU, adapter_dir=adapter)
+    again = answer_questions(student_cfg, tiny_phi_dir, questions, plan=CPU, adapter_dir=adapter)
+    assert [a.text for a in tuned] != [a.text for a in base]
+    assert [a.text for a in tuned] == [a.text for a in again]
+    assert tuned.stats.adapter == str(adapter)
+
+
+def test_cycle_two_continues_from_cycle_one(cycle1, tiny_phi_dir, student_cfg, tiny_pairs, tmp_path):
+    adapter, first = cycle1
+    before = _digest(adapter)
+    second = train_adapter(student_cfg, tiny_phi_dir, tiny_pairs, tmp_path / "cycle2", init_adapter_dir=adapter, plan=CPU, seed=7)
+    assert second.init_adapter == str(adapter)
+    assert second.initial_loss == pytest.approx(first.final_loss, abs=1e-3)  # starts where cycle 1 ended
+    assert second.initial_loss < first.initial_loss - 1.0  # not from scratch
+    assert _digest(adapter) == before  # cycle 1's adapter is left as it was
+
+
+def test_qlora_nf4_trains_on_cpu(tiny_phi_dir, student_cfg, tiny_pairs, tmp_path):
+    model, _ = load_student(tiny_phi_dir, NF4_CPU, trainable=True)
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    del model
+    result = train_adapter(student_cfg, tiny_phi_dir, tiny_pairs, tmp_path / "qlora", plan=NF4_CPU, seed=3)
+    assert result.plan.quantization == "nf4"
+    assert result.final_loss < result.initial_loss - 0.5, result
+
+
+def test_training_after_4bit_generation_trains_a_fresh_model(tiny_phi_dir, student_cfg, tiny_pairs, tmp_path):
+    """The trap: training a 4-bit model object that already ran generate() trains silently wrong
+    on CPU. train_adapter must load its own model, so generating first changes nothing."""
+    reference = train_adapter(student_cfg, tiny_phi_dir, tiny_pairs, tmp_path / "ref", plan=NF4_CPU, seed=5)
+    model, tokenizer = load_student(tiny_phi_dir, NF4_CPU)
+    prompt = build_prompt(tokenizer, tiny_pairs[0][0])
+    model.generate(**tokenizer([prompt], return_tensors="pt", add_special_tokens=False), max_new_tokens=4, do_sample=False)
+    after_generation = train_adapter(student_cfg, tiny_phi_dir, tiny_pairs, tmp_path / "after", plan=NF4_CPU, seed=5)
+    assert after_generation.losses == pytest.approx(reference.losses, abs=1e-4)
+    assert after_generation.final_loss < after_generation.initial_loss - 0.5
+
+
+def test_training_refuses_no_pairs_and_a_foreign_adapter(cycle1, tiny_phi_dir, student_cfg, tiny_pairs, tmp_path):
+    with pytest.raises(ValueError, match="at least one"):
+        train_adapter(student_cfg, tiny_phi_dir, [], tmp_path / "none", plan=CPU, seed=1)
+    other = shutil.copytree(tiny_phi_dir, tmp_path / "other-model")
+    with pytest.raises(StudentModelError, match="trained on"):
+        train_adapter(student_cfg, other, tiny_pairs, tmp_path / "x", init_adapter_dir=cycle1[0], plan=CPU, seed=1)
+
+
+def test_cli_answers_trains_and_answers_differently(tiny_phi_dir, tiny_pairs, tmp_path, monkeypatch, capsys):
+    from kdflow.student.cli import main
+
+    for key, value in {"EPOCHS": "6", "LEARNING_RATE": "0.03", "MAX_NEW_TOKENS": "12", "LORA_DROPOUT": "0"}.items():
+        monkeypatch.setenv(f"KDFLOW__STUDENT__{key}", value)
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, (q, _) in enumerate(tiny_pairs)))
+    dataset = tmp_path / "dataset.jsonl"
+    dataset.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in tiny_pairs))
+    model = ["--model", str(tiny_phi_dir)]
+    assert main(["student", "answer", "--questions", str(questions), "--out", str(tmp_path / "before.jsonl"), *model]) == 0
+    assert main(["student", "train", "--dataset", str(dataset), "--out", str(tmp_path / "adapter"), *model]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["final_loss"] < trained["initial_loss"] and trained["epochs"] == 6
+    assert main(["student", "answer", "--questions", str(questions), "--adapter", str(tmp_path / "adapter"), *model]) == 0
+    after = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    before = [json.loads(line) for line in (tmp_path / "before.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in after] == ["q0", "q1", "q2"]
+    assert [r["answer"] for r in after] != [r["answer"] for r in before]
+    with pytest.raises(SystemExit, match="needs a non-empty text field"):
+        main(["student", "train", "--dataset", str(questions), "--out", str(tmp_path / "bad"), *model])

@@ -22,7 +22,8 @@ Schema (``RunResults.model_validate(results)`` checks a plain dict against it)::
           "gate": {"kept": 3, "regenerated": 1, "dropped": 0}   # teacher quality gate, may be {}
         }
       ],
-      "usage": {"teacher": {"calls", "cache_hits", "prompt_tokens", "completion_tokens", "cost_usd"},
+      "usage": {"teacher": {"calls", "cache_hits", "errors", "prompt_tokens", "completion_tokens",
+                            "seconds", "cost_usd"},          # = UsageLedger.as_dict()["tasks"]
                 "judge": {...}},
       "promotion": {"promote": true, "reason": "...", ...} | null   # decide_promotion() output
     }
@@ -71,10 +72,14 @@ class CycleResult(_Model):
 
 
 class UsageEntry(_Model):
+    """One task's row of ``UsageLedger.as_dict()["tasks"]`` (that dict can be passed as is)."""
+
     calls: int = 0
     cache_hits: int = 0
+    errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    seconds: float = 0.0
     cost_usd: float = 0.0
 
 

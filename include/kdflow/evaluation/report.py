@@ -1,0 +1,276 @@
+"""The run report: ``report.html`` (self-contained, PNGs embedded as base64), ``report.json``
+(the same numbers), ``report.md`` (a short summary) and ``plots/*.png``, plus the plain-text
+tables the DAG's "Display ..." tasks log.
+
+Every number is computed here from the per-question scores in ``results`` (schema in
+:mod:`kdflow.evaluation.results`); nothing is typed in. All three outputs format numbers with
+the same functions (:data:`FORMATTERS`), so a value reads the same in each.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kdflow.evaluation import plots
+from kdflow.evaluation.aggregate import aggregate, compare_all, compare_cycle, select
+from kdflow.evaluation.results import RunResults, UsageEntry, parse_results
+
+TEMPLATE = "report.html.j2"
+SAMPLES_PER_CYCLE = 3
+DASH = "-"
+
+
+def fmt_score(x: float | None) -> str:
+    return DASH if x is None else f"{x:.3f}"
+
+
+def fmt_signed(x: float | None) -> str:
+    return DASH if x is None else f"{x:+.3f}"
+
+
+def fmt_pct(x: float | None) -> str:
+    return DASH if x is None else f"{x:+.1f}%"
+
+
+def fmt_share(x: float | None) -> str:
+    return DASH if x is None else f"{x * 100:.0f}%"
+
+
+def fmt_seconds(x: float | None) -> str:
+    return DASH if x is None else f"{x:.1f} s"
+
+
+def fmt_usd(x: float | None) -> str:
+    return DASH if x is None else f"${x:.4f}"
+
+
+def fmt_rate(x: float | None) -> str:
+    return DASH if x is None else f"{x:.0f}"
+
+
+def fmt_count(x: int | None) -> str:
+    return DASH if x is None else str(x)
+
+
+FORMATTERS = {
+    "score": fmt_score, "signed": fmt_signed, "pct": fmt_pct, "share": fmt_share,
+    "secs": fmt_seconds, "usd": fmt_usd, "rate": fmt_rate, "whole": fmt_count,
+}  # fmt: skip
+
+
+def _usage_table(usage: dict[str, UsageEntry]) -> dict[str, dict[str, Any]]:
+    rows = {task: entry.model_dump() for task, entry in sorted(usage.items()) if task != "total"}
+    if rows:
+        rows["total"] = {k: sum(r[k] for r in rows.values()) for k in UsageEntry.model_fields}
+    return rows
+
+
+def _samples(parsed: RunResults, per_cycle: int) -> list[dict[str, Any]]:
+    """Sample Q&A of every cycle (train questions, plus one held-out question when there is one),
+    with both stages' scores attached."""
+    samples = []
+    for cycle in parsed.cycles:
+        scores = {(r.question_id, r.split, r.stage): r for r in cycle.scores}
+        ordered = sorted(cycle.answers, key=lambda a: (a.split != "train", a.topic, a.question_id))
+        held = [a for a in ordered if a.split == "held_out"][:1] if per_cycle > 1 else []
+        picked = [a for a in ordered if a.split == "train"][: per_cycle - len(held)] + held
+        picked += [a for a in ordered if a not in picked][: per_cycle - len(picked)]
+        for qa in picked:
+            entry = {"cycle": cycle.cycle, **qa.model_dump()}
+            for stage in ("baseline", "finetuned"):
+                row = scores.get((qa.question_id, qa.split, stage))
+                entry[f"{stage}_scores"] = dict(row.scores) if row else {}
+                entry[f"{stage}_failures"] = dict(row.failures) if row else {}
+            samples.append(entry)
+    return samples
+
+
+def _failures(parsed: RunResults) -> list[dict[str, Any]]:
+    """Every recorded metric failure (judge output unusable, missing reference ...), with its reason."""
+    return [
+        {"cycle": c.cycle, "split": r.split, "stage": r.stage, "question_id": r.question_id, "metric": metric, "reason": reason}
+        for c in parsed.cycles for r in c.scores for metric, reason in sorted(r.failures.items())
+    ]  # fmt: skip
+
+
+def compute_report(results: dict[str, Any] | RunResults, *, samples_per_cycle: int = SAMPLES_PER_CYCLE) -> dict[str, Any]:
+    """Everything the report shows, as JSON-ready data (this is ``report.json``)."""
+    parsed = parse_results(results)
+    cycles = []
+    for cycle in parsed.cycles:
+        training = cycle.training.model_dump() if cycle.training else None
+        comparison = compare_cycle(
+            select(cycle.scores, stage="baseline"), select(cycle.scores, stage="finetuned"),
+            training=training, success_threshold=parsed.success_threshold,
+        )
+        comparison["cycle"] = cycle.cycle
+        comparison["aggregates"] = aggregate(cycle.scores)
+        comparison["gate"] = dict(cycle.gate)
+        cycles.append(comparison)
+    return {
+        "run_id": parsed.run_id,
+        "metrics": list(parsed.metrics),
+        "headline_metric": parsed.headline_metric,
+        "success_threshold": parsed.success_threshold,
+        "cycles": cycles,
+        "across": compare_all(cycles),
+        "usage": _usage_table(parsed.usage),
+        "promotion": parsed.promotion,
+        "samples": _samples(parsed, samples_per_cycle),
+        "failures": _failures(parsed),
+    }
+
+
+def _draw_plots(parsed: RunResults, report: dict[str, Any], plot_dir: Path) -> dict[str, Path]:
+    metric, table = parsed.headline_metric, report["across"]["table"]
+    pairs: dict[int, list[tuple[float, float]]] = {}
+    for cycle in parsed.cycles:
+        base = {(r.question_id, r.split): r.scores.get(metric) for r in select(cycle.scores, stage="baseline")}
+        pairs[cycle.cycle] = [
+            (b, v) for r in select(cycle.scores, stage="finetuned")
+            if (v := r.scores.get(metric)) is not None and (b := base.get((r.question_id, r.split))) is not None
+        ]
+    losses = {c["cycle"]: (c["training"] or {}).get("losses", []) for c in report["cycles"]}
+    metrics = [m for m in parsed.metrics if any(row["metric"] == m for row in table)]
+    out = {
+        "scores_per_cycle": plots.scores_per_cycle(table, metrics, "train", plot_dir / "scores_per_cycle.png"),
+        "before_after": plots.before_after(pairs, metric, plot_dir / "before_after.png"),
+        "loss_curves": plots.loss_curves(losses, plot_dir / "loss_curves.png"),
+    }
+    if any(row["split"] == "held_out" for row in table):
+        out["held_out_scores_per_cycle"] = plots.scores_per_cycle(table, metrics, "held_out", plot_dir / "held_out_scores_per_cycle.png")
+        out["held_out_trend"] = plots.held_out_trend(report["across"]["held_out_trend"], plot_dir / "held_out_trend.png")
+    return out
+
+
+def _render_html(report: dict[str, Any], images: dict[str, str]) -> str:
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    env = Environment(
+        loader=PackageLoader("kdflow", "templates"), autoescape=select_autoescape(default=True), undefined=StrictUndefined
+    )
+    env.filters.update(FORMATTERS)
+    return env.get_template(TEMPLATE).render(report=report, images=images)
+
+
+def build_report(results: dict[str, Any] | RunResults, out_dir: Path) -> dict[str, Path]:
+    """Write report.html, report.json, report.md and plots/*.png under ``out_dir``; returns
+    ``{"html", "json", "md", <plot name>...}`` -> path (the pipeline uploads the folder)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parsed = parse_results(results)
+    report = compute_report(parsed)
+    plot_paths = _draw_plots(parsed, report, out_dir / "plots")
+    images = {name: base64.b64encode(path.read_bytes()).decode("ascii") for name, path in plot_paths.items()}
+    paths = {"html": out_dir / "report.html", "json": out_dir / "report.json", "md": out_dir / "report.md"}
+    paths["html"].write_text(_render_html(report, images), encoding="utf-8")
+    paths["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    paths["md"].write_text(_markdown(report), encoding="utf-8")
+    return {**paths, **plot_paths}
+
+
+# -- plain-text and Markdown tables ------------------------------------------------------------
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    cells = lambda r: "| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |"  # noqa: E731
+    return "\n".join([cells(header), cells(["---"] * len(header)), *(cells(r) for r in rows)])
+
+
+def _metric_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["cycle", "split", "metric", "baseline", "fine-tuned", "abs", "rel", "improved", "above thr", "n", "failed"]
+    rows = [
+        [str(r["cycle"]), r["split"], r["metric"], fmt_score(r["baseline_mean"]), fmt_score(r["finetuned_mean"]),
+         fmt_signed(r["abs_improvement"]), fmt_pct(r["rel_improvement_pct"]), fmt_share(r["improved_share"]),
+         fmt_share(r["finetuned_above_threshold_share"]), str(r["finetuned_count"]),
+         str(r["failures"])]
+        for r in report["across"]["table"]
+    ]  # fmt: skip
+    return header, rows
+
+
+def _overall_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["split", "metric", "first baseline", "last fine-tuned", "abs", "rel"]
+    rows = [
+        [split, metric, fmt_score(o["first_baseline_mean"]), fmt_score(o["last_finetuned_mean"]),
+         fmt_signed(o["abs_improvement"]), fmt_pct(o["rel_improvement_pct"])]
+        for split, per_metric in report["across"]["overall"].items() for metric, o in per_metric.items()
+    ]  # fmt: skip
+    return header, rows
+
+
+def _training_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["cycle", "train time", "steps", "tokens/s", "final loss"]
+    rows = []
+    for c in report["cycles"]:
+        t = c["training"] or {}
+        rows.append([str(c["cycle"]), fmt_seconds(t.get("wall_s")), fmt_count(t.get("steps")),
+                     fmt_rate(t.get("tokens_per_s")), fmt_score(t.get("final_loss"))])
+    return header, rows
+
+
+def _usage_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["task", "calls", "cache hits", "errors", "prompt tokens", "completion tokens", "cost"]
+    rows = [[task, str(u["calls"]), str(u["cache_hits"]), str(u["errors"]), str(u["prompt_tokens"]), str(u["completion_tokens"]),
+             fmt_usd(u["cost_usd"])] for task, u in report["usage"].items()]  # fmt: skip
+    return header, rows
+
+
+def _sample_text(sample: dict[str, Any], width: int = 400) -> str:
+    clip = lambda s: " ".join(str(s).split())[:width]  # noqa: E731
+    scores = lambda stage: ", ".join(f"{m}={fmt_score(v)}" for m, v in sample[f"{stage}_scores"].items()) or DASH  # noqa: E731
+    return "\n".join([
+        f"[cycle {sample['cycle']} | {sample['split']} | {sample['topic']} | {sample['question_id']}]",
+        f"Q: {clip(sample['question'])}",
+        f"baseline ({scores('baseline')}): {clip(sample['baseline_answer'])}",
+        f"fine-tuned ({scores('finetuned')}): {clip(sample['finetuned_answer'])}",
+        f"reference: {clip(sample['reference'])}",
+    ])  # fmt: skip
+
+
+def render_tables(results: dict[str, Any] | RunResults) -> dict[str, str]:
+    """Plain-text tables for the DAG's "Display ..." tasks, computed like the report."""
+    report = compute_report(results)
+    promotion = report["promotion"]
+    decision = "" if not promotion else f"\n\npromotion: {'PROMOTED' if promotion.get('promote') else 'kept champion'} - {promotion.get('reason', '')}"
+    success_header = ["cycle", "split", "metric", "improved", "above thr before", "above thr after", "paired"]
+    success_rows = [
+        [str(r["cycle"]), r["split"], r["metric"], fmt_share(r["improved_share"]), fmt_share(r["baseline_above_threshold_share"]),
+         fmt_share(r["finetuned_above_threshold_share"]), str(r["paired"])]
+        for r in report["across"]["table"]
+    ]  # fmt: skip
+    return {
+        "final_results": text_table(*_metric_rows(report)) + decision,
+        "performance_comparison": "overall (first baseline -> last fine-tuned)\n" + text_table(*_overall_rows(report)),
+        "improvement_statistics": "\n\n".join([
+            f"success threshold {report['success_threshold']}\n" + text_table(success_header, success_rows),
+            text_table(*_training_rows(report)),
+            text_table(*_usage_rows(report)) if report["usage"] else "no teacher/judge usage recorded",
+        ]),  # fmt: skip
+        "sample_qa": "\n\n".join(_sample_text(s) for s in report["samples"]) or "no answers recorded",
+    }
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    promotion = report["promotion"]
+    parts = [
+        f"# kdflow run {report['run_id']}",
+        f"Headline metric: **{report['headline_metric']}**; success threshold {report['success_threshold']}.",
+        "## Overall (first baseline -> last fine-tuned)", _markdown_table(*_overall_rows(report)),
+        "## Per cycle", _markdown_table(*_metric_rows(report)),
+        "## Training", _markdown_table(*_training_rows(report)),
+    ]  # fmt: skip
+    if report["usage"]:
+        parts += ["## Teacher and judge usage", _markdown_table(*_usage_rows(report))]
+    if promotion:
+        parts += ["## Promotion", f"{'Promoted' if promotion.get('promote') else 'Not promoted'}: {promotion.get('reason', '')}"]
+    parts.append("Full report with plots and sample answers: report.html")
+    return "\n\n".join(parts) + "\n"

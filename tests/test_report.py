@@ -1,0 +1,176 @@
+"""The report renders from hand-made results, every number in it is one of report.json's, the
+plots are valid PNGs, and model text is escaped."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+from kdflow.evaluation.report import FORMATTERS, build_report, render_tables
+from kdflow.records import ScoreRow
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+METRICS = ["answer_relevancy", "semantic_similarity", "rouge_l"]
+EVIL = "<script>alert('x')</script>"
+
+
+def scores(cycle: int, split: str, stage: str, qid: str, topic: str, base: float, failed: bool = False) -> ScoreRow:
+    values = {"answer_relevancy": None if failed else base, "semantic_similarity": base + 0.1, "rouge_l": base / 2}
+    failures = {"answer_relevancy": "InstructorRetryException: judge reply not JSON"} if failed else {}
+    return ScoreRow(question_id=qid, topic=topic, split=split, stage=stage, cycle=cycle, scores=values, failures=failures)
+
+
+def make_results() -> dict:
+    cycles = []
+    for cycle, (lift, losses) in enumerate([(0.2, [2.4, 1.9, 1.5]), (0.1, [1.6, 1.2, 0.9])], start=1):
+        rows, answers = [], []
+        for i, topic in enumerate(["pods", "services", "storage"]):
+            qid, hid = f"{topic}-c{cycle}", f"{topic}-held"
+            start = 0.3 + 0.1 * i + 0.1 * (cycle - 1)
+            rows += [scores(cycle, "train", "baseline", qid, topic, start), scores(cycle, "train", "finetuned", qid, topic, start + lift,
+                                                                                   failed=(cycle == 2 and i == 0))]
+            rows += [scores(cycle, "held_out", "baseline", hid, topic, start - 0.05),
+                     scores(cycle, "held_out", "finetuned", hid, topic, start - 0.05 + lift / 2)]
+            answers.append({"question_id": qid, "topic": topic, "split": "train", "question": f"What is a {topic} thing {cycle}?",
+                            "reference": f"The teacher's reference about {topic}.", "baseline_answer": f"I think {topic} {EVIL}",
+                            "finetuned_answer": f"A {topic} object does X."})
+            answers.append({"question_id": hid, "topic": topic, "split": "held_out", "question": f"What is a held-out {topic} thing?",
+                            "reference": "Held-out reference.", "baseline_answer": "No idea.", "finetuned_answer": "It does Y."})
+        cycles.append({"cycle": cycle, "scores": [r.model_dump() for r in rows], "answers": answers, "gate": {"kept": 3, "dropped": cycle - 1},
+                       "training": {"losses": losses, "wall_s": 30.0 + cycle, "tokens_per_s": 512.4, "steps": 3}})
+    return {
+        "run_id": "manual__test", "metrics": METRICS, "success_threshold": 0.5, "cycles": cycles,
+        "usage": {"teacher": {"calls": 12, "cache_hits": 3, "prompt_tokens": 5000, "completion_tokens": 1200, "cost_usd": 0.00147},
+                  "judge": {"calls": 36, "cache_hits": 0, "prompt_tokens": 18000, "completion_tokens": 900, "cost_usd": 0.00324}},
+        "promotion": {"promote": True, "reason": "no champion yet; candidate becomes the first", "metric": "answer_relevancy"},
+    }  # fmt: skip
+
+
+class _Cells(HTMLParser):
+    """Collects the text of every numeric <td> (class "text" cells hold labels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells, self._in, self._text = [], False, []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "td" and ("class", "text") not in attrs:
+            self._in, self._text = True, []
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._in:
+            self.cells.append("".join(self._text).strip())
+            self._in = False
+
+    def handle_data(self, data):
+        if self._in:
+            self._text.append(data)
+
+
+def _json_numbers(node) -> list[float]:
+    if isinstance(node, bool):
+        return []
+    if isinstance(node, int | float):
+        return [node]
+    if isinstance(node, dict):
+        return [n for v in node.values() for n in _json_numbers(v)]
+    if isinstance(node, list):
+        return [n for v in node for n in _json_numbers(v)]
+    return []
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return build_report(make_results(), out), out
+
+
+def test_report_files_and_plots_are_valid_pngs(report):
+    paths, out = report
+    assert {"html", "json", "md", "scores_per_cycle", "before_after", "loss_curves", "held_out_trend"} <= paths.keys()
+    from matplotlib.image import imread
+
+    for name, path in paths.items():
+        assert path.is_file() and path.stat().st_size > 0, name
+        if path.suffix == ".png":
+            assert path.parent == out / "plots" and path.read_bytes().startswith(PNG_MAGIC)
+            assert imread(path).shape[0] > 100
+    html = paths["html"].read_text()
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(embedded) == sum(1 for p in paths.values() if p.suffix == ".png")
+    assert all(base64.b64decode(data).startswith(PNG_MAGIC) for data in embedded)
+    assert "src=\"http" not in html and "<link" not in html  # self-contained
+
+
+def test_every_number_in_the_html_is_in_the_json(report):
+    paths, _ = report
+    data = json.loads(paths["json"].read_text())
+    allowed = {f(n) for n in _json_numbers(data) for f in FORMATTERS.values()} | {str(n) for n in _json_numbers(data)} | {"-"}
+    parser = _Cells()
+    parser.feed(paths["html"].read_text())
+    assert len(parser.cells) > 60
+    stray = [c for c in parser.cells if c not in allowed]
+    assert stray == []
+    sample_scores = re.findall(r"(answer_relevancy|semantic_similarity|rouge_l) (\d\.\d{3})", paths["html"].read_text())
+    assert sample_scores and all(s in allowed for _, s in sample_scores)
+
+
+def test_report_numbers_are_computed_from_the_scores(report):
+    paths, _ = report
+    data = json.loads(paths["json"].read_text())
+    c1 = data["cycles"][0]["splits"]["train"]["answer_relevancy"]
+    assert c1["baseline_mean"] == pytest.approx(0.4) and c1["finetuned_mean"] == pytest.approx(0.6)
+    assert c1["rel_improvement_pct"] == pytest.approx(50.0) and c1["improved_share"] == 1.0
+    c2 = data["cycles"][1]["splits"]["train"]["answer_relevancy"]
+    assert c2["finetuned_count"] == 2 and c2["failures"] == 1 and c2["finetuned_mean"] == pytest.approx(0.65)
+    overall = data["across"]["overall"]["held_out"]["answer_relevancy"]
+    assert overall["first_baseline_mean"] == pytest.approx(0.35) and overall["last_finetuned_mean"] == pytest.approx(0.5)
+    assert data["cycles"][1]["training"]["final_loss"] == 0.9
+    assert data["usage"]["total"]["calls"] == 48 and data["usage"]["total"]["cost_usd"] == pytest.approx(0.00471)
+    html = paths["html"].read_text()
+    for shown in ["+50.0%", "0.600", "$0.0047", "31.0 s", "0.900", "Promoted to champion"]:
+        assert shown in html
+    assert len(data["samples"]) == 6 and {s["cycle"] for s in data["samples"]} == {1, 2}
+    assert [s["split"] for s in data["samples"]] == ["train", "train", "held_out"] * 2
+    held = data["samples"][2]
+    assert held["question_id"] == "pods-held" and held["finetuned_scores"]["answer_relevancy"] == pytest.approx(0.35)
+
+
+def test_failures_and_topics_are_listed(report):
+    paths, _ = report
+    data = json.loads(paths["json"].read_text())
+    assert data["failures"] == [{"cycle": 2, "split": "train", "stage": "finetuned", "question_id": "pods-c2",
+                                 "metric": "answer_relevancy", "reason": "InstructorRetryException: judge reply not JSON"}]  # fmt: skip
+    html = paths["html"].read_text()
+    assert "Metric failures (1)" in html and "judge reply not JSON" in html
+    assert data["cycles"][0]["aggregates"]["by_topic"]["held_out"]["finetuned"]["storage"]["answer_relevancy"]["mean"] == pytest.approx(0.55)
+    assert re.search(r"<td>1</td><td class=\"text\">storage</td><td>0.450</td><td>0.550</td>", html)
+
+
+def test_model_text_is_escaped(report):
+    paths, _ = report
+    html = paths["html"].read_text()
+    assert "<script>" not in html and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
+
+
+def test_markdown_summary_and_text_tables(report):
+    paths, _ = report
+    md = paths["md"].read_text()
+    assert "# kdflow run manual__test" in md and "| held_out | answer_relevancy | 0.350 | 0.500 | +0.150 | +42.9% |" in md
+    tables = render_tables(make_results())
+    assert set(tables) == {"final_results", "performance_comparison", "improvement_statistics", "sample_qa"}
+    assert "PROMOTED" in tables["final_results"] and "+50.0%" in tables["final_results"]
+    assert "0.350" in tables["performance_comparison"] and "+42.9%" in tables["performance_comparison"]
+    assert "100%" in tables["improvement_statistics"] and "$0.0047" in tables["improvement_statistics"]
+    assert tables["sample_qa"].count("Q: What is a") == 6 and EVIL in tables["sample_qa"]  # plain text: not escaped
+
+
+def test_bad_results_name_the_field():
+    bad = make_results()
+    del bad["cycles"][0]["cycle"]
+    with pytest.raises(ValueError, match=r"cycles\.0\.cycle"):
+        render_tables(bad)

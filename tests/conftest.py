@@ -23,7 +23,7 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytest_plugins = ["fixtures_student"]
+pytest_plugins = ["fixtures_student", "fixtures_llm"]
 
 
 def free_port() -> int:

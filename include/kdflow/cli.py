@@ -5,6 +5,7 @@ Everything the DAG does is reachable here without Airflow."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -53,13 +54,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from kdflow.pipeline.runner import run_pipeline
 
     outputs = run_pipeline(_overrides(args), run_id=args.run_id, progress=lambda line: print(line, flush=True))
-    results = outputs.get("save_pipeline_results", {})
-    print(f"\nrun {outputs['run_id']} complete")
-    if results:
-        print(f"report: {results.get('summary', {}).get('report_html', results.get('url'))}")
-        tables = results.get("summary", {}).get("headline")
-        if tables:
-            print(tables)
+    args.run_id = outputs["run_id"]
+    return _cmd_report(args)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Print a finished run's report tables and where its HTML report is."""
+    from kdflow.evaluation.report import render_tables
+    from kdflow.store import ArtifactStore, run_key
+
+    config = load_config(_overrides(args))
+    store = ArtifactStore.from_config(config)
+    run_id = args.run_id
+    if run_id is None:
+        finished = []
+        for key in store.list_keys("runs"):
+            if key.endswith("/results.json") and key.count("/") == 2:
+                finished.append((store.read_json(key.rsplit("/", 1)[0] + "/run.json").get("finished_at") or "", key.split("/")[1]))
+        if not finished:
+            print(f"kdflow: no finished run with a report in {store.url}", file=sys.stderr)
+            return 1
+        run_id = max(finished)[1]
+    results = store.read_json(run_key(run_id, "results.json"))
+    tables = render_tables(results)
+    for name in ("final_results", "performance_comparison", "improvement_statistics"):
+        print(f"\n== {name.replace('_', ' ')} ==\n{tables[name]}")
+    print(f"\nrun {run_id}: report {store.url_of(run_key(run_id, 'report', 'report.html'))}")
     return 0
 
 
@@ -94,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(config)
     config.set_defaults(func=_cmd_config)
 
+    report = sub.add_parser("report", help="print a finished run's report tables (default: the latest run)")
+    report.add_argument("--run-id", help="run id (default: the most recently finished run)")
+    report.add_argument("--latest", action="store_true", help="the most recently finished run (the default)")
+    report.add_argument("--store", help="artifact store URL")
+    report.set_defaults(func=_cmd_report)
+
     for module in ("kdflow.teacher.cli", "kdflow.student.cli", "kdflow.evaluation.cli"):
         try:
             register = __import__(module, fromlist=["register"]).register
@@ -113,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "urllib3", "botocore", "s3fs", "fsspec", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if len(inspect.signature(args.func).parameters) == 2:  # subcommands that take the loaded config
+            return args.func(args, load_config(_overrides(args)))
         return args.func(args)
     except ConfigError as exc:
         print(f"kdflow: {exc}", file=sys.stderr)

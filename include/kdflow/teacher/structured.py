@@ -69,6 +69,8 @@ def complete_json(
             completion = raw.parse()
         except openai.APIError as exc:
             raise LLMError(explain_api_error(exc, endpoint)) from None
+        except ValueError as exc:  # a 200 whose body is not JSON (a proxy's error page, a non-OpenAI server)
+            raise LLMError(f"teacher endpoint {endpoint.label} sent a reply that is not a chat completion: {exc}") from None
         if raw.headers.get(CACHE_KEY_HEADER):
             cache_keys.append(raw.headers[CACHE_KEY_HEADER])
         choice = completion.choices[0] if completion.choices else None

@@ -1,0 +1,107 @@
+"""New questions grounded in the knowledge base, one per call from one passage.
+
+A tiny teacher (SmolLM2-135M) follows "write one question about this passage" but not "write N
+questions about a topic", so each call sees one passage, chosen deterministically from
+(seed, cycle, topic, split, slot, attempt): a rerun sends identical requests and is served from
+the cache. Every candidate passes the question checks of :mod:`kdflow.teacher.gate`
+(form, duplicates of earlier questions and of each other, answerability) or is asked for again,
+within ``max_attempts_per_question``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from kdflow.kb import KnowledgeBase, Passage
+from kdflow.records import Question, question_id
+from kdflow.teacher.gate import DuplicateIndex, QuestionGate, TeacherError
+from kdflow.teacher.structured import complete_json
+
+log = logging.getLogger(__name__)
+
+QUESTION_MAX_TOKENS = 96
+# One interrogative sentence ending in "?", no quotes, colons or line breaks: on llama.cpp the schema
+# becomes a grammar, so the tiny teacher cannot append an answer or a second question.
+QUESTION_PATTERN = r"^(What|How|Why|When|Which|Who|Where|Can|Does|Do|Is|Are) [^?\n\"\\:;`{}]{8,150}\?$"
+
+SYSTEM_PROMPT = "You write quiz questions for students of {kb_name}."
+USER_PROMPT = (
+    "Passage ({section}):\n{text}\n\n"
+    "Write one question that can be answered from this passage. Give only the question, not the answer."
+)
+
+
+class QuestionDraft(BaseModel):
+    question: str = Field(pattern=QUESTION_PATTERN)
+
+
+def stable_int(*parts: Any) -> int:
+    """A 31-bit integer from ``parts`` that is the same in every process (``hash()`` is salted)."""
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+def question_messages(kb_name: str, passage: Passage) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT.format(kb_name=kb_name)},
+        {"role": "user", "content": USER_PROMPT.format(section=passage.section, text=passage.text)},
+    ]
+
+
+def generate_questions(
+    client: Any,
+    endpoint: Any,
+    cfg: Any,
+    kb: KnowledgeBase,
+    topic: str,
+    n: int,
+    *,
+    existing: list[str],
+    seed: int,
+    cycle: int | None,
+    split: str = "train",
+    gate: QuestionGate | None = None,
+) -> list[Question]:
+    """``n`` new questions on ``topic``, each grounded in one passage (its id is saved with it).
+    Raises :class:`TeacherError` when a slot finds no acceptable question within the bound."""
+    passages = kb.passages_for(topic)
+    order = list(range(len(passages)))
+    random.Random(stable_int(seed, cycle, topic, split)).shuffle(order)
+    gate = gate or QuestionGate.from_config(cfg)
+    seen = DuplicateIndex(existing, threshold=cfg.dedup_similarity)
+    accepted: list[Question] = []
+    draws = 0  # walks the shuffled passages across slots so consecutive slots use different passages
+    for slot in range(n):
+        rejected: list[dict[str, Any]] = []
+        for attempt in range(cfg.max_attempts_per_question):
+            passage = passages[order[draws % len(order)]]
+            draws += 1
+            draft = complete_json(
+                client, endpoint, question_messages(kb.name, passage), QuestionDraft,
+                temperature=cfg.temperature, max_tokens=QUESTION_MAX_TOKENS,
+                seed=stable_int(seed, cycle, topic, split, slot, attempt),
+            )  # fmt: skip
+            text = " ".join(draft.question.split())
+            verdict = gate.check(text, passage, seen)
+            if verdict.ok:
+                seen.add(text)
+                gate_record = {"decision": "kept", "attempts": attempt + 1, "scores": verdict.scores, "rejected": rejected}
+                accepted.append(
+                    Question(id=question_id(topic, text), topic=topic, question=text, passage_ids=[passage.id],
+                             split=split, cycle=cycle, gate=gate_record)  # fmt: skip
+                )
+                break
+            log.info("rejected question %r (%s)", text, verdict.reason)
+            rejected.append({"question": text, "passage_id": passage.id, "reason": verdict.reason, "scores": verdict.scores})
+        else:
+            last = rejected[-1]["reason"] if rejected else "none"
+            raise TeacherError(
+                f"topic {topic!r} looks exhausted: no new acceptable question for slot {slot + 1} of {n} after "
+                f"{cfg.max_attempts_per_question} attempts (last rejection: {last}); add passages, ask for fewer "
+                "questions, or raise teacher.max_attempts_per_question / teacher.dedup_similarity"
+            )
+    return accepted

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Run the knowledge_distillation DAG once, end to end, in this process tree (`airflow dags test`):
+# a local AIRFLOW_HOME with SQLite, the local folder store and the embedded llama.cpp teacher.
+# Extra DAG-run params as JSON in KDFLOW_CONF, e.g. KDFLOW_CONF='{"cycles": 1}'.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export AIRFLOW_HOME=${AIRFLOW_HOME:-$ROOT/.kdflow/airflow}
+export AIRFLOW__CORE__DAGS_FOLDER=$ROOT/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER=$ROOT/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export KDFLOW__STORE__URL=${KDFLOW__STORE__URL:-$ROOT/artifacts}
+export RAGAS_DO_NOT_TRACK=true HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+mkdir -p "$AIRFLOW_HOME"
+BIN=$ROOT/.venv/bin
+LOG=$AIRFLOW_HOME/last-dag-test.log
+
+echo "[run] Airflow home $AIRFLOW_HOME, store $KDFLOW__STORE__URL (full log: $LOG)"
+"$BIN/airflow" db migrate >/dev/null 2>&1
+set +e
+"$BIN/airflow" dags test knowledge_distillation -c "${KDFLOW_CONF:-{\}}" 2>&1 | tee "$LOG" \
+  | sed -un 's/.*\[DAG TEST\] end task task_id=\([^ ]*\).*/[run] done: \1/p; s/.*Task failed.*/[run] FAILED: &/p; s/.*DagRun Finished: .*state=\([a-z]*\).*/[run] DAG run finished: \1/p'
+status=${PIPESTATUS[0]}
+set -e
+if ! grep -q "DagRun Finished: .*state=success" "$LOG"; then
+  echo "[run] the DAG run did not succeed (exit $status); see $LOG" >&2
+  exit 1
+fi
+"$BIN/python" -m kdflow report --latest

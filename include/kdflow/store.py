@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import tempfile
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -231,7 +230,7 @@ class ArtifactStore:
             rel = file.relative_to(local_dir).as_posix()
             data = file.read_bytes()
             files[rel] = self.write_bytes(f"{key}/{rel}", data).sha256
-        marker = {"files": files, "id": uuid.uuid4().hex}
+        marker = {"files": files}
         pointer = self.write_json(f"{key}/{DIR_MARKER}", marker, count=len(files), summary=summary)
         return pointer
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +20,12 @@ from kdflow.pipeline.registry import ALL_STEPS
 log = logging.getLogger(__name__)
 
 SKIPPED = "skipped"
+# Fault drills and tests: KDFLOW_FAIL_STEP=cycle_2.finetune_student makes that step fail on purpose.
+FAIL_STEP_ENV = "KDFLOW_FAIL_STEP"
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by a step named in KDFLOW_FAIL_STEP, to rehearse recovery."""
 
 
 def execute(
@@ -39,6 +46,9 @@ def execute(
     started = time.perf_counter()
     where = f"cycle {cycle}" if cycle else "run"
     log.info("step %s (%s) of %s %s: starting", step_id, spec.display_name(cycle, **_names(ctx, cycle)), where, run_id)
+    qualified = f"cycle_{cycle}.{step_id}" if cycle else step_id
+    if os.environ.get(FAIL_STEP_ENV) == qualified:
+        raise InjectedFailure(f"{qualified} failed on purpose ({FAIL_STEP_ENV} is set)")
     result = func(ctx, cycle, dict(inputs or {}))
     log.info("step %s: done in %.1fs", step_id, time.perf_counter() - started)
     return result

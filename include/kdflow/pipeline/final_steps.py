@@ -59,18 +59,26 @@ def _cycle_result(ctx: RunContext, n: int) -> dict[str, Any]:
             entry[f"{stage}_answer"] = a["answer"]
     training = ctx.store.read_json(ctx.checkpoint(n, "training.json"))
     cycle_questions = [q for q in questions.values() if q.split == "train"]
+    # reference counts are over this cycle's training questions (held-out references recur every cycle)
+    decisions = [references.get(q.id, {}).get("gate", {}).get("decision") for q in cycle_questions]
     gate = {
         "questions_kept": len(cycle_questions),
         "questions_regenerated": sum(1 for q in cycle_questions if q.gate.get("attempts", 1) > 1),
-        "references_extractive": sum(1 for r in references.values() if r.get("mode") == "extractive"),
-        "references_dropped": sum(1 for r in references.values() if r.get("gate", {}).get("decision") == "dropped"),
+        "questions_rejected": sum(len(q.gate.get("rejected", [])) for q in cycle_questions),
+        **{f"references_{d}": decisions.count(d) for d in ("kept", "rewritten", "regenerated", "extractive", "dropped")},
     }
+    dropped = [
+        {"question_id": qid, "split": questions[qid].split if qid in questions else "train", "question": r["question"],
+         "reason": r["gate"].get("reason", "")}
+        for qid, r in references.items() if r.get("gate", {}).get("decision") == "dropped"
+    ]  # fmt: skip
     return {
         "cycle": n,
         "scores": [s.model_dump() for s in cycle_scores(ctx, n, "baseline") + cycle_scores(ctx, n, "finetuned")],
         "training": {k: training.get(k) for k in ("losses", "wall_s", "tokens_per_s", "steps")},
         "answers": list(answers.values()),
         "gate": gate,
+        "gate_dropped": dropped,
     }
 
 
@@ -95,16 +103,18 @@ def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
     if not candidate:
         return {"promote": False, "reason": "no held-out questions (pipeline.held_out_per_topic is 0): nothing to judge by"}
     champion = current_champion(ctx)
-    champion_rows = ([ScoreRow.model_validate(r) for r in ctx.store.read_jsonl(champion["held_out_scores"])]
-                     if champion and champion.get("run_id") != ctx.run_id else None)
+    champion_rows = [ScoreRow.model_validate(r) for r in ctx.store.read_jsonl(champion["held_out_scores"])] if champion else None
     decision = decide_promotion(candidate, champion_rows, cfg, metric=cfg.metric)
     if decision["promote"]:
-        adapter = ctx.checkpoint(last_cycle, "adapter")
-        scores = ctx.checkpoint(last_cycle, "finetuned_scores.jsonl")
+        previous = champion
+        if champion is not None:  # keep the chain short: the previous champion's own history is not needed
+            previous = {k: v for k, v in champion.items() if k != "previous"}
         ctx.store.write_json(CHAMPION_KEY, {
             "run_id": ctx.run_id, "cycle": last_cycle, "base_model": ctx.config.student.model,
-            "adapter": adapter.to_xcom(), "held_out_scores": scores.key, "metric": cfg.metric,
-            "mean": decision.get("candidate_mean"), "promoted_at": dt.datetime.now(dt.UTC).isoformat()})
+            "adapter": ctx.checkpoint(last_cycle, "adapter").to_xcom(),
+            "held_out_scores": ctx.checkpoint(last_cycle, "finetuned_scores.jsonl").key, "metric": cfg.metric,
+            "mean": decision.get("candidate_mean"), "promoted_at": dt.datetime.now(dt.UTC).isoformat(),
+            "previous": previous})
     log.info("promotion: %s (%s)", "PROMOTED" if decision["promote"] else "kept the current champion", decision["reason"])
     return decision
 

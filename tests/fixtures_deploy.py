@@ -1,0 +1,255 @@
+"""The docker-compose topology, natively: Postgres, Redis, an S3 server, api-server, scheduler,
+dag-processor and two Celery workers (queues ``default`` and ``gpu``), all on 127.0.0.1.
+
+One session fixture (``airflow_topology``) serves the native topology test and the browser test, so
+Airflow starts once. Every process runs in its own session and is stopped by its PID (its process
+group) at the end. ``worker_hostname`` is the ``AIRFLOW__CORE__HOSTNAME_CALLABLE`` the two workers
+use, so each task instance records which worker ran it (both run on the same machine here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DAG_ID = "knowledge_distillation"
+WORKERS = {"default": "worker-default", "gpu": "worker-gpu"}  # queue -> hostname its tasks record
+PG = {"host": "127.0.0.1", "port": "5432", "user": "postgres"}
+REDIS_URL = "redis://127.0.0.1:6379"
+ADMIN_USER = "admin"
+CONN_ID = "minio"
+
+# The smallest pipeline that still runs every step (no judge calls); the same knobs as docker-compose's env.
+FAST_PIPELINE_ENV = {
+    "KDFLOW__STUDENT__EPOCHS": "1",
+    "KDFLOW__STUDENT__MAX_NEW_TOKENS": "32",
+    "KDFLOW__EVALUATION__METRICS": "[semantic_similarity, rouge_l]",
+}
+
+
+def worker_hostname() -> str:
+    """Hostname a task records: the worker's name from KDFLOW_WORKER_NAME (set per worker process)."""
+    import socket
+
+    return os.environ.get("KDFLOW_WORKER_NAME") or socket.getfqdn()
+
+
+@dataclass
+class AirflowTopology:
+    base_url: str
+    env: dict[str, str]
+    home: Path
+    bucket: str
+    s3_endpoint: str
+    password: str
+    database: str
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    store_prefix: str = "artifacts"
+
+    # -- processes ---------------------------------------------------------------------------
+    def start(self, name: str, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = open(self.home / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), *args], env={**self.env, **(extra_env or {})},
+                                stdout=log, stderr=subprocess.STDOUT, cwd=self.home, start_new_session=True)
+        log.close()
+        self.processes[name] = proc
+        return proc
+
+    def airflow_cli(self, *args: str, timeout: float = 300) -> str:
+        done = subprocess.run([str(Path(sys.executable).with_name("airflow")), *args], env=self.env, cwd=self.home,
+                              capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"airflow {' '.join(args)} failed ({done.returncode}): {done.stderr[-3000:]}")
+        return done.stdout
+
+    def stop(self) -> None:
+        """SIGTERM each process group by its leader's PID, then SIGKILL what is left."""
+        for proc in self.processes.values():
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(proc, signal.SIGKILL)  # the group may outlive its leader (celery/uvicorn children)
+            proc.wait(timeout=10)
+
+    def assert_alive(self) -> None:
+        dead = {name: proc.returncode for name, proc in self.processes.items() if proc.poll() is not None}
+        if dead:
+            raise RuntimeError(f"Airflow processes exited: {dead}; logs in {self.home / 'logs'}")
+
+    def log_tail(self, name: str, chars: int = 3000) -> str:
+        return (self.home / "logs" / f"{name}.log").read_text(errors="replace")[-chars:]
+
+    # -- REST API v2 -------------------------------------------------------------------------
+    def client(self):
+        """An httpx client on /api/v2 with a bearer token from /auth/token."""
+        import httpx
+
+        token = httpx.post(f"{self.base_url}/auth/token", json={"username": ADMIN_USER, "password": self.password},
+                           timeout=30).raise_for_status().json()["access_token"]
+        return httpx.Client(base_url=f"{self.base_url}/api/v2", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+    def wait_for_run(self, api, run_id: str, timeout: float, states=("success", "failed")) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}").raise_for_status().json()
+            if run["state"] in states:
+                return run
+            self.assert_alive()
+            time.sleep(3)
+        raise TimeoutError(f"run {run_id} not in {states} after {timeout}s; scheduler log:\n{self.log_tail('scheduler')}")
+
+    def task_instances(self, api, run_id: str) -> list[dict]:
+        return api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", params={"limit": 1000}).raise_for_status().json()[
+            "task_instances"]
+
+    def s3(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.s3_endpoint, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def s3_keys(self, prefix: str) -> list[str]:
+        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the process group whose leader is this PID (start_new_session=True)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} did not answer in {timeout}s")
+
+
+def topology_env(*, home: Path, database: str, redis_db: int, port: int, s3_endpoint: str, bucket: str,
+                 password: str) -> dict[str, str]:
+    """The environment every component shares; docker-compose's x-airflow-common sets the same keys."""
+    from cryptography.fernet import Fernet
+
+    (home / "passwords.json").write_text(json.dumps({ADMIN_USER: password}))
+    sql = f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{database}"
+    conn = {"conn_type": "aws", "login": "testing", "password": "testing",
+            "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}}
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+    return {
+        **{k: os.environ[k] for k in keep if k in os.environ},
+        "AIRFLOW_HOME": str(home),
+        "PYTHONPATH": os.pathsep.join([str(REPO / "include"), str(REPO / "tests")]),
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql,
+        "AIRFLOW__CELERY__BROKER_URL": f"{REDIS_URL}/{redis_db}",
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + sql.replace("+psycopg2", ""),
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__API__SECRET_KEY": secrets.token_hex(32),
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(48),  # 96 bytes, shared by every component
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps(conn),
+        "AIRFLOW__CORE__XCOM_BACKEND": "airflow.providers.common.io.xcom.backend.XComObjectStorageBackend",
+        "AIRFLOW__COMMON_IO__XCOM_OBJECTSTORAGE_PATH": f"s3://{CONN_ID}@{bucket}/xcom",
+        "AIRFLOW__COMMON_IO__XCOM_OBJECTSTORAGE_THRESHOLD": "65536",
+        "KDFLOW__STORE__URL": f"s3://{CONN_ID}@{bucket}/artifacts",
+        "HF_HUB_OFFLINE": "1",
+        "RAGAS_DO_NOT_TRACK": "true",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        **FAST_PIPELINE_ENV,
+        "KDFLOW__AIRFLOW__SCHEDULE": "null",  # no nightly run on unpause: the test's runs are the only ones
+    }
+
+
+def _psql(sql: str) -> None:
+    subprocess.run(["psql", "-h", PG["host"], "-p", PG["port"], "-U", PG["user"], "-d", "postgres", "-v", "ON_ERROR_STOP=1",
+                    "-q", "-c", sql], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def airflow_topology(s3_server, tiny_phi_dir):
+    """Start the two-worker Celery topology once per session; yields an :class:`AirflowTopology`.
+    The student is the tiny random Phi-2 model: the topology, not the model, is under test here."""
+    from conftest import free_port
+
+    home = Path(tempfile.mkdtemp(prefix="kdflow-topology-"))
+    (home / "logs").mkdir()
+    database = f"kdflow_topology_{uuid.uuid4().hex[:8]}"
+    bucket = f"kdflow-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    password = secrets.token_urlsafe(12)
+    topo = AirflowTopology(base_url=f"http://127.0.0.1:{port}", home=home, bucket=bucket, s3_endpoint=s3_server,
+                           password=password, database=database,
+                           env=topology_env(home=home, database=database, redis_db=1 + secrets.randbelow(15), port=port,
+                                            s3_endpoint=s3_server, bucket=bucket, password=password))
+    topo.env["KDFLOW__STUDENT__MODEL"] = str(tiny_phi_dir)
+    _psql(f"CREATE DATABASE {database}")
+    topo.s3().create_bucket(Bucket=bucket)
+    try:
+        # What docker-compose's airflow-init does.
+        topo.airflow_cli("db", "migrate")
+        topo.airflow_cli("pools", "set", "gpu", "1", "GPU slots: student steps")
+        api = topo.start("api-server", "api-server", "-H", "127.0.0.1", "-p", str(port), "-w", "1")
+        topo.start("scheduler", "scheduler", "--skip-serve-logs")
+        topo.start("dag-processor", "dag-processor")
+        for queue, name in WORKERS.items():
+            topo.start(f"worker-{queue}", "celery", "worker", "-q", queue, "-c", "1", "--skip-serve-logs",
+                       "--celery-hostname", f"{name}@%h", "--without-gossip", "--without-mingle",
+                       extra_env={"KDFLOW_WORKER_NAME": name,
+                                  "AIRFLOW__CORE__HOSTNAME_CALLABLE": "fixtures_deploy.worker_hostname"})
+        _wait_http(f"{topo.base_url}/api/v2/monitor/health", 180, api)
+        with topo.client() as client:
+            _wait_for_dag(topo, client)
+        yield topo
+    finally:
+        topo.stop()
+        try:
+            _psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        except subprocess.CalledProcessError:
+            pass
+
+
+def _wait_for_dag(topo: AirflowTopology, api, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if api.get(f"/dags/{DAG_ID}").status_code == 200:
+            return
+        topo.assert_alive()
+        time.sleep(2)
+    raise TimeoutError(f"dag-processor did not register {DAG_ID} in {timeout}s:\n{topo.log_tail('dag-processor')}")

@@ -1,0 +1,82 @@
+"""The Airflow UI in a real browser (Debian's chromium driven by playwright-core): log in, trigger
+the DAG through its params form, wait for success, open the run's Report tab (the kdflow plugin)
+and see both cycles, then clear a failed task from the graph view and watch it rerun.
+
+Prerequisites: scripts/setup-browser.sh (chromium from apt, playwright-core from npm). Screenshots
+land in $KDFLOW_SCREENSHOTS (default artifacts/test-screenshots/browser) for CI to keep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from fixtures_deploy import ADMIN_USER, DAG_ID, REPO
+from kdflow.pipeline.registry import ALL_STEPS
+
+pytestmark = pytest.mark.slow
+
+BROWSER_DIR = REPO / "tests" / "browser"
+SCREENSHOTS = Path(os.environ.get("KDFLOW_SCREENSHOTS", REPO / "artifacts" / "test-screenshots" / "browser"))
+CONF = {"topics": ["pods"], "cycles": 2, "questions_per_cycle": 1, "held_out_per_topic": 0}
+FAILED_ON_PURPOSE = "show_sample_qa_pairs"  # a leaf: clearing it reruns only itself
+
+
+@pytest.fixture(scope="module")
+def browser_tools():
+    """chromium and playwright-core, installed by scripts/setup-browser.sh when missing."""
+    if not (shutil.which("chromium") and (BROWSER_DIR / "node_modules" / "playwright-core").is_dir()):
+        subprocess.run(["bash", str(REPO / "scripts" / "setup-browser.sh")], check=True, timeout=900)
+    assert shutil.which("chromium") and shutil.which("node"), "chromium or node missing after scripts/setup-browser.sh"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOTS
+
+
+def _ui(topo, phase: str, state: Path, **env: str) -> dict:
+    """Run one phase of tests/browser/airflow_ui.js; returns the JSON line it prints."""
+    done = subprocess.run(["node", str(BROWSER_DIR / "airflow_ui.js"), phase], cwd=BROWSER_DIR, capture_output=True, text=True,
+                          timeout=240, env={**os.environ, "BASE_URL": topo.base_url, "AIRFLOW_USER": ADMIN_USER,
+                                            "AIRFLOW_PASSWORD": topo.password, "DAG_ID": DAG_ID, "SHOTS": str(SCREENSHOTS),
+                                            "STATE": str(state), **env})
+    assert done.returncode == 0, f"browser phase {phase} failed: {done.stderr.strip()[-2000:]} (screenshots in {SCREENSHOTS})"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_trigger_report_and_clear_in_a_real_browser(airflow_topology, browser_tools, tmp_path):
+    topo, state = airflow_topology, tmp_path / "storage-state.json"
+    run_id = f"browser_{uuid.uuid4().hex[:8]}"
+    with topo.client() as api:
+        api.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).raise_for_status()
+
+        started = time.monotonic()
+        assert _ui(topo, "trigger", state, RUN_ID=run_id, CONF=json.dumps(CONF))["topics"] == CONF["topics"]
+        run = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}").raise_for_status().json()
+        assert {k: run["conf"].get(k) for k in CONF} == CONF, run["conf"]
+        run = topo.wait_for_run(api, run_id, timeout=1500)
+        print(f"\n[browser] run {run_id}: {run['state']} in {time.monotonic() - started:.0f}s")
+        assert run["state"] == "success"
+
+        report = _ui(topo, "report", state, RUN_ID=run_id)
+        assert report["cycles"] == ["1", "2"], report
+        assert {"Cycle 1", "Cycle 2"} <= set(report["headings"]), report
+
+        # Fail a task on purpose, then clear it from the graph view and watch it rerun in the UI.
+        base = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{FAILED_ON_PURPOSE}"
+        api.patch(base, json={"new_state": "failed"}).raise_for_status()
+        failed_try = api.get(base).raise_for_status().json()["try_number"]
+        label = ALL_STEPS[FAILED_ON_PURPOSE].display_name()
+        seen = _ui(topo, "clear", state, RUN_ID=run_id, TASK_ID=FAILED_ON_PURPOSE, TASK_LABEL=label)["states"]
+        assert seen[0] == "failed" and seen[-1] == "success", seen
+        rerun = api.get(base).raise_for_status().json()
+        assert (rerun["state"], rerun["try_number"]) == ("success", failed_try + 1)
+        assert topo.wait_for_run(api, run_id, timeout=120)["state"] == "success"
+    shots = {p.name for p in SCREENSHOTS.glob("*.png")}
+    assert {"02-trigger-form.png", "05-report.png", "06-graph-failed-task.png", "07-clear-dialog.png",
+            "08-rerun-succeeded.png"} <= shots

@@ -1,0 +1,176 @@
+"""docker-compose.yaml and the Dockerfile, checked statically (no Docker engine on our machines):
+services, queues, pool, env, volumes, healthchecks, and that everything they reference exists in
+the repo and agrees with kdflow's config and with the native topology test."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fixtures_deploy import CONN_ID, topology_env
+from kdflow.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yaml").read_text())
+SERVICES = COMPOSE["services"]
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+ENV_EXAMPLE = (REPO / ".env.example").read_text()
+AIRFLOW_CFG = load_config(environ={}).airflow
+AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
+                    "airflow-worker", "airflow-worker-gpu", "airflow-init"]
+LONG_RUNNING = ["postgres", "redis", "minio", *[s for s in AIRFLOW_SERVICES if s != "airflow-init"], "local-teacher"]
+VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?][^}]*)?\}")
+
+
+def _env(service: str) -> dict[str, str]:
+    return {k: str(v) for k, v in SERVICES[service]["environment"].items()}
+
+
+def _command(service: str) -> str:
+    command = SERVICES[service]["command"]
+    return command if isinstance(command, str) else " ".join(command)
+
+
+def _queues(service: str) -> list[str]:
+    match = re.search(r"(?:-q|--queues)\s+(\S+)", _command(service))
+    assert match, f"{service} names no Celery queue"
+    return match.group(1).split(",")
+
+
+def test_every_service_of_the_topology_is_there():
+    assert set(SERVICES) == {"postgres", "redis", "minio", "minio-init", *AIRFLOW_SERVICES, "local-teacher"}
+    for service in AIRFLOW_SERVICES:
+        assert _env(service)["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", service
+    assert _command("airflow-apiserver").startswith("api-server")
+    assert _command("airflow-scheduler").startswith("scheduler")
+    assert _command("airflow-dag-processor").startswith("dag-processor")
+    assert _command("airflow-triggerer").startswith("triggerer")
+
+
+def test_workers_split_the_queues_like_the_dag_assigns_them():
+    assert _queues("airflow-worker") == [AIRFLOW_CFG.default_queue]
+    assert _queues("airflow-worker-gpu") == [AIRFLOW_CFG.gpu_queue]
+    for service in ("airflow-worker", "airflow-worker-gpu", "airflow-scheduler", "airflow-triggerer"):
+        assert "--skip-serve-logs" in _command(service), service
+
+
+def test_gpu_worker_reserves_an_nvidia_gpu_and_uses_the_cuda_image():
+    gpu = SERVICES["airflow-worker-gpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert [(d["driver"], d["capabilities"]) for d in devices] == [("nvidia", ["gpu"])]
+    assert gpu["build"]["args"]["TORCH_FLAVOR"] == "gpu"
+    assert gpu["image"] != SERVICES["airflow-worker"]["image"]
+    assert "deploy" not in SERVICES["airflow-worker"]
+    assert SERVICES["airflow-worker"]["build"]["args"]["TORCH_FLAVOR"] == "cpu"
+
+
+def test_init_migrates_and_creates_the_gpu_pool_before_anything_starts():
+    script = _command("airflow-init")
+    assert "airflow db migrate" in script
+    assert re.search(rf"airflow pools set {AIRFLOW_CFG.gpu_pool} ", script)
+    assert "passwords.json" in script
+    for service in AIRFLOW_SERVICES:
+        if service != "airflow-init":
+            depends = SERVICES[service]["depends_on"]
+            assert depends["airflow-init"]["condition"] == "service_completed_successfully", service
+            assert depends["minio-init"]["condition"] == "service_completed_successfully", service
+
+
+def test_store_and_xcom_backend_point_at_minio_through_one_aws_connection():
+    env = _env("airflow-worker")
+    conn = json.loads(env[f"AIRFLOW_CONN_{CONN_ID.upper()}"].replace("${MINIO_ROOT_USER:?set MINIO_ROOT_USER in .env}", "u")
+                      .replace("${MINIO_ROOT_PASSWORD:?set MINIO_ROOT_PASSWORD in .env}", "p"))
+    assert conn["conn_type"] == "aws" and conn["extra"]["endpoint_url"] == "http://minio:9000"
+    bucket = "${KDFLOW_BUCKET:-kdflow}"
+    assert env["KDFLOW__STORE__URL"] == f"s3://{CONN_ID}@{bucket}/artifacts"
+    assert env["AIRFLOW__COMMON_IO__XCOM_OBJECTSTORAGE_PATH"] == f"s3://{CONN_ID}@{bucket}/xcom"
+    assert env["AIRFLOW__CORE__XCOM_BACKEND"].endswith("XComObjectStorageBackend")
+    assert "mc mb --ignore-existing" in _command("minio-init") and "KDFLOW_BUCKET" in _command("minio-init")
+    load_config(environ={"KDFLOW__STORE__URL": env["KDFLOW__STORE__URL"].replace(bucket, "kdflow")})  # a valid store URL
+
+
+def test_compose_sets_every_key_the_native_topology_sets(tmp_path):
+    native = topology_env(home=tmp_path, database="db", redis_db=1, port=8080, s3_endpoint="http://127.0.0.1:9000",
+                          bucket="kdflow", password="pw")
+    test_only = {"PYTHONPATH", "AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__CORE__PLUGINS_FOLDER",
+                 "AIRFLOW__CELERY__WORKER_CONCURRENCY", "KDFLOW__AIRFLOW__SCHEDULE", "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"}
+    shared = {k for k in native if k.startswith(("AIRFLOW", "KDFLOW__STORE", "HF_", "RAGAS", "TOKENIZERS"))} - test_only
+    for service in AIRFLOW_SERVICES:
+        missing = shared - set(_env(service))
+        assert not missing, f"{service} lacks {sorted(missing)} that tests/fixtures_deploy.py sets"
+    assert _env("airflow-worker")["RAGAS_DO_NOT_TRACK"] == "true"
+
+
+def test_secrets_come_from_env_file_and_are_never_baked_in():
+    for service in AIRFLOW_SERVICES:
+        assert SERVICES[service]["env_file"] == [{"path": ".env", "required": True}], service
+    secrets = ["POSTGRES_PASSWORD", "REDIS_PASSWORD", "MINIO_ROOT_PASSWORD", "AIRFLOW__CORE__FERNET_KEY",
+               "AIRFLOW__API__SECRET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW_ADMIN_PASSWORD"]
+    text = (REPO / "docker-compose.yaml").read_text()
+    for name in secrets:
+        assert re.search(rf"\$\{{{name}:\?", text), f"{name} must be required from .env, never defaulted"
+    assert not re.search(r"^\s*(ENV|ARG)\s+.*(PASSWORD|SECRET|API_KEY|FERNET)", DOCKERFILE, re.M | re.I)
+    assert not re.search(r"(?i)(sk-[A-Za-z0-9]{20,}|password\s*=\s*[^$\s])", DOCKERFILE)
+
+
+def test_every_variable_compose_reads_is_documented_in_env_example():
+    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE, re.M))
+    used = set(VAR.findall((REPO / "docker-compose.yaml").read_text()))
+    undocumented = {name for name, _ in used} - documented
+    assert not undocumented, f"document these in .env.example: {sorted(undocumented)}"
+    assert "change-me" in ENV_EXAMPLE and "sk-" not in ENV_EXAMPLE.replace("sk-...", "")
+
+
+@pytest.mark.parametrize("service", LONG_RUNNING)
+def test_long_running_services_have_healthchecks(service):
+    test = SERVICES[service]["healthcheck"]["test"]
+    assert test[0] in ("CMD", "CMD-SHELL") and len(test) > 1
+
+
+def test_volumes_are_declared_and_logs_shared_or_remote():
+    declared = set(COMPOSE["volumes"])
+    for name, service in SERVICES.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            assert source in declared, f"{name} mounts undeclared volume {source}"
+    env = _env("airflow-worker-gpu")
+    assert env["AIRFLOW__LOGGING__REMOTE_LOGGING"] == "true" and env["AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID"] == CONN_ID
+
+
+def test_api_server_binds_to_loopback_by_default():
+    (port,) = SERVICES["airflow-apiserver"]["ports"]
+    assert port.startswith("${AIRFLOW_BIND_ADDRESS:-127.0.0.1}:")
+    assert "AIRFLOW_BIND_ADDRESS=127.0.0.1" in ENV_EXAMPLE
+
+
+def test_dockerfile_builds_on_airflow_3_3_2_with_pinned_requirements_and_explicit_torch_builds():
+    assert re.search(r"^ARG AIRFLOW_IMAGE=apache/airflow:3\.3\.2$", DOCKERFILE, re.M)
+    assert "FROM ${AIRFLOW_IMAGE}" in DOCKERFILE
+    assert re.search(r"^FROM base AS torch-cpu$", DOCKERFILE, re.M) and re.search(r"^FROM base AS torch-gpu$", DOCKERFILE, re.M)
+    assert "FROM torch-${TORCH_FLAVOR}" in DOCKERFILE
+    assert "whl/cpu" in DOCKERFILE and "-r /opt/kdflow/requirements-gpu.txt" in DOCKERFILE
+    assert "-r /opt/kdflow/requirements.txt" in DOCKERFILE
+    gpu_reqs = (REPO / "requirements-gpu.txt").read_text()
+    torch_pin = re.search(r"^torch==(\S+)", (REPO / "requirements.txt").read_text(), re.M).group(1)
+    assert re.search(rf"^torch=={re.escape(torch_pin)}$", gpu_reqs, re.M), "GPU torch must match requirements.txt's pin"
+    assert "apache-airflow[postgres]==3.3.2" in (REPO / "requirements.txt").read_text()
+
+
+def test_everything_referenced_exists_in_the_repo():
+    copied = [src for line in re.findall(r"^COPY\s+(?:--\S+\s+)*(.+)$", DOCKERFILE, re.M) for src in line.split()[:-1]]
+    assert {"dags/", "plugins/", "include/"} <= set(copied)
+    for source in copied:
+        assert (REPO / source).exists(), f"Dockerfile copies {source}, which is not in the repo"
+    assert ".env" not in copied
+    # The local teacher serves the GGUF that kdflow packages; its launcher function must exist.
+    from kdflow.llm.server import packaged_gguf
+
+    assert callable(packaged_gguf) and "kdflow.llm.server import packaged_gguf" in _command("local-teacher")
+    assert SERVICES["local-teacher"]["profiles"] == ["local-teacher"]
+    for script in re.findall(r"(scripts/[\w.-]+)", (REPO / "docker-compose.yaml").read_text() + DOCKERFILE):
+        assert (REPO / script).exists(), script
+    assert (REPO / "dags" / "knowledge_distillation.py").exists() and (REPO / "plugins" / "kdflow_reports.py").exists()

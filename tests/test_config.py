@@ -79,3 +79,11 @@ def test_missing_and_malformed_config_file(tmp_path):
     scalar.write_text("42\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(config_file=scalar, environ={})
+
+
+def test_public_dict_masks_store_credentials():
+    cfg = load_config({"store": {"storage_options": {"key": "AKIA123", "secret": "s3cr3t",
+                                                     "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}}}, environ={})
+    options = cfg.public_dict()["store"]["storage_options"]
+    assert options == {"key": "***", "secret": "***", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
+    assert cfg.store.storage_options["secret"] == "s3cr3t"  # the live config still has it

@@ -75,6 +75,30 @@ class StoreConfig(_Section):
         return url
 
 
+class GateConfig(_Section):
+    """Quality gate on the teacher's data (issue #10): question bounds, then reference faithfulness."""
+
+    # questions: word bounds, least MiniLM cosine question <-> source passage
+    min_words: int = Field(4, ge=1, le=200)
+    max_words: int = Field(40, ge=2, le=500)
+    passage_floor: float = Field(0.3, ge=0.0, le=1.0)
+    # references: abstractive (gated teacher text), extractive (passage sentences), hybrid (gated, extractive fallback)
+    reference_mode: Literal["abstractive", "extractive", "hybrid"] = "hybrid"
+    support_floor: float = Field(0.7, ge=0.0, le=1.0)
+    min_kept_share: float = Field(0.5, gt=0.0, le=1.0)
+    reference_attempts: int = Field(2, ge=1, le=10)
+    extractive_sentences: int = Field(2, ge=1, le=10)
+    extractive_floor: float = Field(0.3, ge=0.0, le=1.0)
+    llm_check: bool = False
+    llm_floor: float = Field(0.5, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _word_bounds_ordered(self) -> GateConfig:
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words={self.min_words} exceeds max_words={self.max_words}")
+        return self
+
+
 class TeacherConfig(_Section):
     provider: Literal["embedded", "openai"] = "embedded"
     model: str = Field("gpt-4o-mini", min_length=1)
@@ -92,6 +116,7 @@ class TeacherConfig(_Section):
     price_per_mtok_output: float = Field(0.60, ge=0)
     max_attempts_per_question: int = Field(6, ge=1, le=50)
     dedup_similarity: float = Field(0.92, gt=0.0, le=1.0)
+    gate: GateConfig = Field(default_factory=GateConfig)
 
     @field_validator("base_url")
     @classmethod
@@ -162,8 +187,21 @@ class KdflowConfig(_Section):
     airflow: AirflowConfig = Field(default_factory=AirflowConfig)
 
     def public_dict(self) -> dict[str, Any]:
-        """The config as plain data, safe to store beside a run (it never holds secrets)."""
-        return self.model_dump(mode="json")
+        """The config as plain data, safe to store beside a run: store credentials are masked."""
+        data = self.model_dump(mode="json")
+        data["store"]["storage_options"] = _mask_secrets(data["store"]["storage_options"])
+        return data
+
+
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+
+
+def _mask_secrets(options: Any) -> Any:
+    """storage_options may carry credentials (key, secret, token ...): never write them out."""
+    if isinstance(options, dict):
+        return {k: "***" if any(w in str(k).lower() for w in _SECRET_WORDS) and not isinstance(v, dict) else _mask_secrets(v)
+                for k, v in options.items()}
+    return options
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

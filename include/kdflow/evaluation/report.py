@@ -110,6 +110,7 @@ def compute_report(results: dict[str, Any] | RunResults, *, samples_per_cycle: i
         comparison["cycle"] = cycle.cycle
         comparison["aggregates"] = aggregate(cycle.scores)
         comparison["gate"] = dict(cycle.gate)
+        comparison["gate_dropped"] = list(cycle.gate_dropped)
         cycles.append(comparison)
     return {
         "run_id": parsed.run_id,
@@ -217,6 +218,13 @@ def _training_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def gate_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Teacher-data gate counts, one row per cycle; columns are every count any cycle recorded."""
+    columns = list(dict.fromkeys(k for c in report["cycles"] for k in c["gate"]))
+    rows = [[str(c["cycle"]), *(fmt_count(c["gate"].get(k)) for k in columns)] for c in report["cycles"]]
+    return ["cycle", *(k.replace("_", " ") for k in columns)], rows
+
+
 def _usage_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["task", "calls", "cache hits", "errors", "prompt tokens", "completion tokens", "cost"]
     rows = [[task, str(u["calls"]), str(u["cache_hits"]), str(u["errors"]), str(u["prompt_tokens"]), str(u["completion_tokens"]),
@@ -253,6 +261,7 @@ def render_tables(results: dict[str, Any] | RunResults) -> dict[str, str]:
         "improvement_statistics": "\n\n".join([
             f"success threshold {report['success_threshold']}\n" + text_table(success_header, success_rows),
             text_table(*_training_rows(report)),
+            "teacher data quality gate\n" + text_table(*gate_rows(report)),
             text_table(*_usage_rows(report)) if report["usage"] else "no teacher/judge usage recorded",
         ]),  # fmt: skip
         "sample_qa": "\n\n".join(_sample_text(s) for s in report["samples"]) or "no answers recorded",
@@ -267,6 +276,7 @@ def _markdown(report: dict[str, Any]) -> str:
         "## Overall (first baseline -> last fine-tuned)", _markdown_table(*_overall_rows(report)),
         "## Per cycle", _markdown_table(*_metric_rows(report)),
         "## Training", _markdown_table(*_training_rows(report)),
+        "## Teacher data quality gate", _markdown_table(*gate_rows(report)),
     ]  # fmt: skip
     if report["usage"]:
         parts += ["## Teacher and judge usage", _markdown_table(*_usage_rows(report))]

@@ -19,7 +19,8 @@ Schema (``RunResults.model_validate(results)`` checks a plain dict against it)::
             {"question_id", "topic", "split", "question", "reference",
              "baseline_answer", "finetuned_answer"}
           ],
-          "gate": {"kept": 3, "regenerated": 1, "dropped": 0}   # teacher quality gate, may be {}
+          "gate": {"questions_kept": 3, "references_dropped": 1, ...},  # teacher quality gate counts, may be {}
+          "gate_dropped": [{"question_id", "split", "question", "reason"}]  # what the gate dropped
         }
       ],
       "usage": {"teacher": {"calls", "cache_hits", "errors", "prompt_tokens", "completion_tokens",
@@ -69,6 +70,8 @@ class CycleResult(_Model):
     training: TrainingSummary | None = None
     answers: list[QAPair] = Field(default_factory=list)
     gate: dict[str, int] = Field(default_factory=dict)
+    # items the teacher-data gate dropped: {"question_id", "split", "question", "reason"}
+    gate_dropped: list[dict[str, str]] = Field(default_factory=list)
 
 
 class UsageEntry(_Model):

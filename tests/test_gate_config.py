@@ -1,0 +1,62 @@
+"""The teacher-data gate section of the config (issue #10): defaults, overrides, ranges, and the
+gates built from it."""
+
+import pytest
+
+from kdflow.config import ConfigError, load_config
+from kdflow.teacher.gate import QuestionGate
+from kdflow.teacher.references import ReferenceGate
+
+
+def test_gate_defaults_and_the_gates_built_from_them():
+    cfg = load_config(environ={})
+    gate = cfg.teacher.gate
+    assert gate.reference_mode == "hybrid" and not gate.llm_check
+    assert QuestionGate.from_config(cfg.teacher) == QuestionGate(min_words=4, max_words=40, passage_floor=0.3)
+    assert ReferenceGate.from_config(cfg.teacher) == ReferenceGate(
+        mode="hybrid", support_floor=gate.support_floor, min_kept_share=gate.min_kept_share,
+        attempts=gate.reference_attempts, extractive_sentences=gate.extractive_sentences,
+        extractive_floor=gate.extractive_floor, llm_floor=gate.llm_floor,
+    )  # fmt: skip
+
+
+def test_gate_overrides_from_env_and_params():
+    env = {"KDFLOW__TEACHER__GATE__REFERENCE_MODE": "extractive", "KDFLOW__TEACHER__GATE__SUPPORT_FLOOR": "0.8"}
+    cfg = load_config({"teacher": {"gate": {"reference_attempts": 4, "min_words": 6}}}, environ=env)
+    reference_gate = ReferenceGate.from_config(cfg.teacher)
+    assert (reference_gate.mode, reference_gate.support_floor, reference_gate.attempts) == ("extractive", 0.8, 4)
+    assert QuestionGate.from_config(cfg.teacher).min_words == 6
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "fragment"),
+    [
+        ({"reference_mode": "summary"}, "teacher.gate.reference_mode", "'abstractive', 'extractive' or 'hybrid'"),
+        ({"support_floor": 1.5}, "teacher.gate.support_floor", "less than or equal to 1"),
+        ({"support_floor": -0.1}, "teacher.gate.support_floor", "greater than or equal to 0"),
+        ({"min_kept_share": 0}, "teacher.gate.min_kept_share", "greater than 0"),
+        ({"reference_attempts": 0}, "teacher.gate.reference_attempts", "greater than or equal to 1"),
+        ({"reference_attempts": 11}, "teacher.gate.reference_attempts", "less than or equal to 10"),
+        ({"extractive_sentences": 0}, "teacher.gate.extractive_sentences", "greater than or equal to 1"),
+        ({"passage_floor": 2}, "teacher.gate.passage_floor", "less than or equal to 1"),
+        ({"min_words": 0}, "teacher.gate.min_words", "greater than or equal to 1"),
+        ({"min_words": 30, "max_words": 10}, "teacher.gate", "min_words=30 exceeds max_words=10"),
+        ({"llm_check": "maybe"}, "teacher.gate.llm_check", "valid boolean"),
+        ({"suport_floor": 0.5}, "teacher.gate.suport_floor", "unknown key"),
+    ],
+)
+def test_each_bad_gate_value_is_rejected_with_its_field_and_range(override, field, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_config({"teacher": {"gate": override}}, environ={})
+    message = str(info.value)
+    assert f"- {field}:" in message
+    assert fragment in message
+
+
+def test_student_learning_rate_default_is_the_measured_one():
+    student = load_config(environ={}).student
+    assert (student.learning_rate, student.epochs) == (LEARNING_RATE, EPOCHS)
+
+
+# The embedded-default profile measured for issue #10 (see the comment in defaults.yaml).
+LEARNING_RATE, EPOCHS = 5.0e-4, 3

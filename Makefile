@@ -5,7 +5,7 @@ export RAGAS_DO_NOT_TRACK := true
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run run-cli test test-fast lint services
+.PHONY: setup run run-cli test test-fast lint services bench
 
 setup:
 	bash scripts/setup.sh
@@ -29,6 +29,11 @@ test: setup services
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
+## Benchmark the pipeline and each stage (about 15 min on 2 CPU cores); writes docs/benchmarks/results.{json,md}.
+## One section alone: make bench BENCH_ARGS="--sections generation".
+bench: setup
+	$(PY) -m kdflow.bench $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check include dags plugins tests

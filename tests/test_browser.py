@@ -74,7 +74,11 @@ def test_trigger_report_and_clear_in_a_real_browser(airflow_topology, browser_to
         label = ALL_STEPS[FAILED_ON_PURPOSE].display_name()
         seen = _ui(topo, "clear", state, RUN_ID=run_id, TASK_ID=FAILED_ON_PURPOSE, TASK_LABEL=label)["states"]
         assert seen[0] == "failed" and seen[-1] == "success", seen
+        deadline = time.monotonic() + 300  # the UI can show success a moment before the API records it
         rerun = api.get(base).raise_for_status().json()
+        while rerun["state"] not in ("success", "failed", "upstream_failed") and time.monotonic() < deadline:
+            time.sleep(2)
+            rerun = api.get(base).raise_for_status().json()
         assert (rerun["state"], rerun["try_number"]) == ("success", failed_try + 1)
         assert topo.wait_for_run(api, run_id, timeout=120)["state"] == "success"
     shots = {p.name for p in SCREENSHOTS.glob("*.png")}

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     import openai
 
 STRUCTURED_OUTPUT_MODES = ("json_schema", "json_object_schema", "json_object")
-STORE_ATTRIBUTE = "_kdflow_store"  # lets the teacher evict cached replies that failed validation
 
 
 class LLMError(RuntimeError):
@@ -48,7 +47,6 @@ def make_client(
     else:
         http = openai.DefaultHttpxClient(transport=CachingTransport(store, ledger, task))
         client = openai.OpenAI(http_client=http, **common)
-    setattr(client, STORE_ATTRIBUTE, store)
     return client
 
 

@@ -2,8 +2,8 @@
 
 The request form follows the endpoint's capability (``Endpoint.structured_output``); the reply is
 validated with pydantic and, when it does not fit, asked for again with the validation error fed
-back. If every attempt fails, the cached replies of this call are evicted so that a retried task
-asks the teacher again instead of replaying the failure.
+back. If every attempt fails, the replies stay cached, so a rerun replays them and decides the same way
+(see README "Cache eviction" to ask afresh).
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from kdflow.llm.cache import CACHE_KEY_HEADER, evict
-from kdflow.llm.client import STORE_ATTRIBUTE, LLMError, explain_api_error, json_response_format
+from kdflow.llm.client import LLMError, explain_api_error, json_response_format
 from kdflow.llm.server import Endpoint
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -54,7 +53,6 @@ def complete_json(
     if endpoint.structured_output == "json_object":
         conversation = _with_schema_hint(conversation, schema)
     extra = {} if seed is None else {"seed": seed}
-    cache_keys: list[str] = []
     last_error = "no attempt made"
     for _ in range(max(1, attempts)):
         try:
@@ -71,8 +69,6 @@ def complete_json(
             raise LLMError(explain_api_error(exc, endpoint)) from None
         except ValueError as exc:  # a 200 whose body is not JSON (a proxy's error page, a non-OpenAI server)
             raise LLMError(f"teacher endpoint {endpoint.label} sent a reply that is not a chat completion: {exc}") from None
-        if raw.headers.get(CACHE_KEY_HEADER):
-            cache_keys.append(raw.headers[CACHE_KEY_HEADER])
         choice = completion.choices[0] if completion.choices else None
         content = (choice.message.content or "") if choice else ""
         try:
@@ -90,8 +86,7 @@ def complete_json(
             {"role": "assistant", "content": content},
             {"role": "user", "content": f"That reply was not valid: {last_error}. Reply again with only the corrected JSON."},
         ]
-    store = getattr(client, STORE_ATTRIBUTE, None)  # set by make_client; other clients have no cache
-    for key in cache_keys if store is not None else []:
-        evict(store, key)
+    # The failed replies stay cached: a rerun replays the same drafts and reaches the same decision
+    # (asking again would not be reproducible: llama.cpp's output depends on its KV-cache state).
     raise LLMError(f"teacher endpoint {endpoint.label} gave no valid {schema.__name__} JSON after {attempts} attempts; last error: {last_error}")
 

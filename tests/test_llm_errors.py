@@ -43,8 +43,12 @@ def test_malformed_json_is_retried_with_the_error_then_fails_clearly(tmp_path, f
         complete_json(client, endpoint, MESSAGES, Named, temperature=0, max_tokens=20, attempts=3)
     assert fake_completion_server.server.requests == 3
     assert ledger.as_dict()["tasks"]["t"]["calls"] == 3
-    # the failed replies are not kept: a retried task asks the teacher again
-    assert store.list_keys("cache") == []
+    # the failed replies stay cached: a rerun replays them and fails the same way without new calls
+    assert len(store.list_keys("cache")) == 3
+    with pytest.raises(LLMError):
+        complete_json(client, endpoint, MESSAGES, Named, temperature=0, max_tokens=20, attempts=3)
+    assert fake_completion_server.server.requests == 3
+    assert ledger.as_dict()["tasks"]["t"]["cache_hits"] == 3
 
 
 def test_wrong_shape_is_fed_back_and_a_later_valid_reply_is_cached(tmp_path, fake_completion_server):

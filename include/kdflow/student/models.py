@@ -4,7 +4,6 @@ folder 0.2 s), plus loading with the device plan and an optional LoRA adapter.""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -15,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kdflow.integrity import file_sha256
 from kdflow.student.device import DevicePlan
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,6 @@ def embedded_gguf() -> Path:
     return verified_smollm2_gguf(path)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def convert_gguf(gguf: Path, cache_dir: str | Path | None = None) -> Path:
     """Dequantize a GGUF into a float32 safetensors folder, once per file content.
 
@@ -64,7 +56,7 @@ def convert_gguf(gguf: Path, cache_dir: str | Path | None = None) -> Path:
     Dequantizing explicitly matters: a GGUF-quantized model can neither be trained nor saved.
     """
     cache = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
-    target = cache / f"{gguf.stem}-{_file_sha256(gguf)[:12]}"
+    target = cache / f"{gguf.stem}-{file_sha256(gguf)[:12]}"
     if (target / "config.json").is_file():
         return target
     import torch

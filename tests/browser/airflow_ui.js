@@ -93,6 +93,24 @@ async function stateBadge(page, state) {
 }
 
 // Clear a failed task from the graph view, then watch the task-instance panel until it reruns to success.
+// The graph view can re-render back to the run while the task is selected; then "shift+c" opens the
+// whole run's clear dialog. Open the task's own page and make sure the dialog is the task's.
+async function openTaskClearDialog(page, taskId) {
+  const taskUrl = `${BASE}/dags/${DAG}/runs/${encodeURIComponent(env('RUN_ID'))}/tasks/${taskId}`;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    if (!new URL(page.url()).pathname.endsWith(`/tasks/${taskId}`)) await page.goto(taskUrl);
+    await (await stateBadge(page, 'failed')).waitFor();
+    await page.getByRole('button', { name: /shift\+c to clear/i }).first().click();
+    const dialog = page.locator(OPEN_DIALOG);
+    await dialog.waitFor();
+    if (!(await dialog.innerText()).includes('Clear Dag Run')) return dialog;
+    await page.keyboard.press('Escape');
+    await dialog.waitFor({ state: 'detached' });
+    await page.goto(taskUrl);
+  }
+  throw new Error(`the clear button kept opening the whole run's dialog, not ${taskId}'s`);
+}
+
 async function clear(page) {
   const taskId = env('TASK_ID');
   await page.goto(`${BASE}/dags/${DAG}/runs/${encodeURIComponent(env('RUN_ID'))}`);
@@ -101,8 +119,7 @@ async function clear(page) {
   await page.waitForURL((url) => url.pathname.endsWith(`/tasks/${taskId}`));
   await (await stateBadge(page, 'failed')).waitFor();
   await shot(page, '06-graph-failed-task');
-  await page.getByRole('button', { name: /shift\+c to clear/i }).click();
-  const dialog = page.locator(OPEN_DIALOG);
+  const dialog = await openTaskClearDialog(page, taskId);
   await dialog.getByText(/Affected Tasks: [1-9]/).waitFor();
   await shot(page, '07-clear-dialog');
   await dialog.getByRole('button', { name: /Confirm/ }).click();

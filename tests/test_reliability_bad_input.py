@@ -1,6 +1,6 @@
 """Bad input through the pipeline steps: each fails its task with one clear line naming the input,
-and nothing already stored changes (only the failing task's usage record and cache entries of
-valid teacher replies may be added).
+and nothing already stored changes (only the failing task's usage record and the cached teacher
+replies may be added: rejected replies stay cached so a rerun replays them instead of asking again).
 Covered elsewhere: params and config (test_config.py, test_dag_integrity.py), the knowledge base
 (test_kb.py), missing key / malformed JSON / wrong schema (test_llm_errors.py), NaN and unparsable
 judge output (test_evaluation_metrics.py, test_evaluation_judge.py)."""
@@ -30,7 +30,7 @@ def _run(overrides, *steps: str, cycle: int | None = None) -> None:
 def _fails_and_changes_nothing(store: ArtifactStore, overrides, step: str, error: type[Exception], match: str,
                                cycle: int | None = None) -> str:
     """Run ``step``; it must raise ``error`` matching ``match`` in one line, and leave every stored
-    object as it was (new keys: usage records and cached valid teacher replies only). Returns the message."""
+    object as it was (new keys: usage records and cached teacher replies only). Returns the message."""
     before = store_snapshot(store)
     with pytest.raises(error, match=match) as info:
         execute(step, run_id=RUN, overrides=overrides, cycle=cycle)
@@ -60,14 +60,21 @@ def openai_teacher(tmp_path, monkeypatch, fake_completion_server):
     return start
 
 
-def test_a_10000_character_question_fails_the_schema_and_is_not_kept(openai_teacher):
+def test_a_10000_character_question_fails_the_schema_and_is_not_kept(openai_teacher, fake_completion_server):
     huge = "What is " + "a pod and " * 1000 + "?"
     assert len(huge) > 10_000
     store, overrides = openai_teacher(json.dumps({"question": huge}))
     message = _fails_and_changes_nothing(store, overrides, "generate_questions", Exception,
                                          r"gave no valid QuestionDraft JSON after 3 attempts; last error: question: String should match pattern", cycle=1)
     assert "a pod and a pod and" not in message  # the message names the field, not the 10 kB text
-    assert store.list_keys("cache") == []  # rejected replies are not cached
+    assert not any(k.startswith("runs/") and "/usage/" not in k and "questions" in k for k in store_snapshot(store))
+    # The 3 rejected replies stay cached: a rerun replays them and fails the same way without new calls.
+    assert len(store.list_keys("cache")) == 3
+    calls = fake_completion_server.server.requests
+    with pytest.raises(Exception, match="gave no valid QuestionDraft JSON after 3 attempts"):
+        execute("generate_questions", run_id=RUN, overrides=overrides, cycle=1)
+    assert len(store.list_keys("cache")) == 3
+    assert fake_completion_server.server.requests == calls == 3
 
 
 def test_questions_that_are_all_duplicates_exhaust_the_topic(openai_teacher):

@@ -8,6 +8,7 @@ import json
 import pytest
 from pydantic import BaseModel
 
+from fixtures_llm import chat_completion_body
 from kdflow.config import load_config
 from kdflow.llm import Endpoint, LLMError, UsageLedger, make_client, teacher_endpoint
 from kdflow.llm.server import EndpointError, free_port
@@ -49,6 +50,20 @@ def test_malformed_json_is_retried_with_the_error_then_fails_clearly(tmp_path, f
         complete_json(client, endpoint, MESSAGES, Named, temperature=0, max_tokens=20, attempts=3)
     assert fake_completion_server.server.requests == 3
     assert ledger.as_dict()["tasks"]["t"]["cache_hits"] == 3
+
+
+def test_a_reply_cut_at_max_tokens_is_not_asked_again(tmp_path, fake_completion_server):
+    """A looping small model or a too-long answer: the same budget would cut the retry too."""
+    body = json.loads(chat_completion_body('{"name": "pod pod pod pod'))
+    body["choices"][0]["finish_reason"] = "length"
+    endpoint, client, store, ledger = _client(tmp_path, fake_completion_server(raw=json.dumps(body).encode()))
+    with pytest.raises(
+        LLMError,
+        match=r"gave no valid Named JSON after 1 attempt; last error: .*"
+        r"\(reply cut at max_tokens=20; not asked again\)$",
+    ):
+        complete_json(client, endpoint, MESSAGES, Named, temperature=0, max_tokens=20, attempts=3)
+    assert fake_completion_server.server.requests == 1
 
 
 def test_wrong_shape_is_fed_back_and_a_later_valid_reply_is_cached(tmp_path, fake_completion_server):

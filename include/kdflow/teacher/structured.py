@@ -2,7 +2,7 @@
 
 The request form follows the endpoint's capability (``Endpoint.structured_output``); the reply is
 validated with pydantic and, when it does not fit, asked for again with the validation error fed
-back. If every attempt fails, the replies stay cached, so a rerun replays them and decides the same way
+back (except a reply cut at max_tokens: the same budget would cut it again). If every attempt fails, the replies stay cached, so a rerun replays them and decides the same way
 (see README "Cache eviction" to ask afresh).
 """
 
@@ -54,7 +54,9 @@ def complete_json(
         conversation = _with_schema_hint(conversation, schema)
     extra = {} if seed is None else {"seed": seed}
     last_error = "no attempt made"
-    for _ in range(max(1, attempts)):
+    tried = 0
+    while tried < max(1, attempts):
+        tried += 1
         try:
             raw = client.chat.completions.with_raw_response.create(
                 model=endpoint.model,
@@ -80,7 +82,10 @@ def complete_json(
         except (ValidationError, ValueError) as exc:
             last_error = _short_error(exc)
             if choice is not None and choice.finish_reason == "length":
-                last_error += f" (reply cut at max_tokens={max_tokens})"
+                # Asking again under the same budget gets another cut reply (a small model looping,
+                # or an answer too long for max_tokens), at the highest price of any attempt.
+                last_error += f" (reply cut at max_tokens={max_tokens}; not asked again)"
+                break
         conversation = [
             *conversation,
             {"role": "assistant", "content": content},
@@ -88,5 +93,7 @@ def complete_json(
         ]
     # The failed replies stay cached: a rerun replays the same drafts and reaches the same decision
     # (asking again would not be reproducible: llama.cpp's output depends on its KV-cache state).
-    raise LLMError(f"teacher endpoint {endpoint.label} gave no valid {schema.__name__} JSON after {attempts} attempts; last error: {last_error}")
-
+    raise LLMError(
+        f"teacher endpoint {endpoint.label} gave no valid {schema.__name__} JSON after {tried} "
+        f"attempt{'s' if tried > 1 else ''}; last error: {last_error}"
+    )

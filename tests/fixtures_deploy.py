@@ -5,6 +5,8 @@ One session fixture (``airflow_topology``) serves the native topology test and t
 Airflow starts once. Every process runs in its own session and is stopped by its PID (its process
 group) at the end. ``worker_hostname`` is the ``AIRFLOW__CORE__HOSTNAME_CALLABLE`` the two workers
 use, so each task instance records which worker ran it (both run on the same machine here).
+``kill``/``restart`` let the fault tests take one component down and bring it back with its own
+command line.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ FAST_PIPELINE_ENV = {
     "KDFLOW__STUDENT__MAX_NEW_TOKENS": "32",
     "KDFLOW__EVALUATION__METRICS": "[semantic_similarity, rouge_l]",
 }
+# A killed worker's task is found by its missing heartbeat: 30 s here instead of 300 s, so the fault
+# tests wait seconds, not minutes. Test-only, like the pipeline knobs above (not in docker-compose).
+FAST_HEARTBEAT_ENV = {
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+}
 
 
 def worker_hostname() -> str:
@@ -56,6 +64,7 @@ class AirflowTopology:
     password: str
     database: str
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    commands: dict[str, tuple[tuple[str, ...], dict[str, str]]] = field(default_factory=dict)
     store_prefix: str = "artifacts"
 
     # -- processes ---------------------------------------------------------------------------
@@ -65,7 +74,52 @@ class AirflowTopology:
                                 stdout=log, stderr=subprocess.STDOUT, cwd=self.home, start_new_session=True)
         log.close()
         self.processes[name] = proc
+        self.commands[name] = (args, dict(extra_env or {}))
         return proc
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 120) -> None:
+        """Signal a component's process group and every descendant (the task runner of a worker
+        has a group of its own), as a container kill would; wait until its leader has exited."""
+        import psutil
+
+        proc = self.processes[name]
+        try:
+            tree = psutil.Process(proc.pid).children(recursive=True) if sig == signal.SIGKILL else []
+        except psutil.NoSuchProcess:
+            tree = []
+        _signal_group(proc, sig)
+        for child in tree:
+            try:
+                child.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"{name} still running {timeout}s after signal {sig}:\n{self.log_tail(name)}") from None
+        _, alive = psutil.wait_procs(tree, timeout=30)
+        assert not alive, f"{name}: processes outlived the kill: {alive}"
+
+    def restart(self, name: str) -> subprocess.Popen:
+        """Start a stopped component again with the command line and environment it first had."""
+        assert self.processes[name].poll() is not None, f"{name} is still running"
+        args, extra_env = self.commands[name]
+        return self.start(name, *args, extra_env=extra_env)
+
+    def log_size(self, name: str) -> int:
+        return (self.home / "logs" / f"{name}.log").stat().st_size
+
+    def wait_for_log(self, name: str, text: str, since: int, timeout: float = 180) -> None:
+        """Wait until ``text`` appears in the component's log after byte offset ``since``."""
+        path, deadline = self.home / "logs" / f"{name}.log", time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with path.open("rb") as log:
+                log.seek(since)
+                if text.encode() in log.read():
+                    return
+            self.assert_alive()
+            time.sleep(1)
+        raise TimeoutError(f"{name} did not log {text!r} in {timeout}s:\n{self.log_tail(name)}")
 
     def airflow_cli(self, *args: str, timeout: float = 300) -> str:
         done = subprocess.run([str(Path(sys.executable).with_name("airflow")), *args], env=self.env, cwd=self.home,
@@ -219,6 +273,7 @@ def airflow_topology(s3_server, tiny_phi_dir):
                            env=topology_env(home=home, database=database, redis_db=1 + secrets.randbelow(15), port=port,
                                             s3_endpoint=s3_server, bucket=bucket, password=password))
     topo.env["KDFLOW__STUDENT__MODEL"] = str(tiny_phi_dir)
+    topo.env.update(FAST_HEARTBEAT_ENV)
     _psql(f"CREATE DATABASE {database}")
     topo.s3().create_bucket(Bucket=bucket)
     try:

@@ -105,13 +105,14 @@ class TeacherConfig(_Section):
     base_url: str | None = None
     api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     temperature: float = Field(0.7, ge=0.0, le=2.0)
-    max_tokens: int = Field(384, ge=16, le=16384)
+    max_tokens: int = Field(256, ge=16, le=16384)
     timeout_s: float = Field(120, gt=0, le=3600)
     max_retries: int = Field(4, ge=0, le=20)
     concurrency: int = Field(2, ge=1, le=64)
     structured_output: Literal["json_schema", "json_object_schema", "json_object"] = "json_schema"
     gguf_path: str | None = None
     n_ctx: int = Field(4096, ge=512, le=131072)
+    embedded_servers: int = Field(2, ge=1, le=16)
     price_per_mtok_input: float = Field(0.15, ge=0)
     price_per_mtok_output: float = Field(0.60, ge=0)
     max_attempts_per_question: int = Field(6, ge=1, le=50)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from kdflow.llm.cache import AsyncCachingTransport, CachingTransport, UsageLedger
+from kdflow.llm.replicas import AsyncReplicaTransport, ReplicaTransport
 from kdflow.llm.server import Endpoint
 from kdflow.store import ArtifactStore
 
@@ -37,15 +38,18 @@ def make_client(
     max_retries: int = 4,
 ) -> openai.OpenAI | openai.AsyncOpenAI:
     """A sync (teacher) or async (RAGAS judge) openai client whose responses are cached in
-    ``store`` and whose usage is counted in ``ledger`` under ``task``."""
+    ``store`` and whose usage is counted in ``ledger`` under ``task``; cache misses are spread
+    over the endpoint's replicas when it has any."""
     import openai
 
     common = {"base_url": endpoint.base_url, "api_key": endpoint.api_key, "timeout": timeout_s, "max_retries": max_retries}
+    urls = (endpoint.base_url, *endpoint.replicas) if endpoint.replicas and endpoint.base_url else ()
     if async_client:
-        http = openai.DefaultAsyncHttpxClient(transport=AsyncCachingTransport(store, ledger, task))
+        inner = AsyncReplicaTransport(urls) if urls else None
+        http = openai.DefaultAsyncHttpxClient(transport=AsyncCachingTransport(store, ledger, task, inner))
         client = openai.AsyncOpenAI(http_client=http, **common)
     else:
-        http = openai.DefaultHttpxClient(transport=CachingTransport(store, ledger, task))
+        http = openai.DefaultHttpxClient(transport=CachingTransport(store, ledger, task, ReplicaTransport(urls) if urls else None))
         client = openai.OpenAI(http_client=http, **common)
     return client
 

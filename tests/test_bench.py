@@ -3,6 +3,8 @@ comparison, written to JSON and Markdown with the keys the committed results rel
 
 import json
 
+import pytest
+
 from kdflow import bench
 
 QUESTIONS = ["What is a Pod?", "What does a Service do?", "What is a PersistentVolume?", "What is a Node?"]
@@ -43,7 +45,17 @@ def test_step_lines_of_the_runner_are_parsed():
 
 
 def test_unknown_section_is_refused(tmp_path):
-    import pytest
-
     with pytest.raises(ValueError, match="unknown benchmark section"):
         bench.run_benchmark(["parse", "gpu"], out_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_teacher_pool_section_measures_both_pools_on_the_real_server(tmp_path):
+    from kdflow.bench_teacher import teacher_pool
+
+    pool = teacher_pool(repeats=1)
+    assert set(pool["by_servers"]) == {"1", "2"}
+    assert all(row["runs"][0]["tokens"] > 0 and row["median_s"] > 0 for row in pool["by_servers"].values())
+    assert pool["speedup"] == round(pool["by_servers"]["1"]["median_s"] / pool["by_servers"]["2"]["median_s"], 2)
+    _, md_path = bench.write_results({"machine": bench.machine(), "measured_at": "now", "commands": [], "teacher_pool": pool}, tmp_path)
+    assert "## Embedded teacher: one llama.cpp server vs a pool" in md_path.read_text()

@@ -26,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "dags"
 DEFAULT_OUT = ROOT / "docs" / "benchmarks"
-SECTIONS = ("parse", "load", "generation", "e2e")
+SECTIONS = ("parse", "load", "generation", "teacher_pool", "e2e")
 # Stages of the issue -> the runner's step ids that make them up (model loads count with the answers).
 STAGES = {
     "held_out_questions": ("prepare_held_out_questions",),
@@ -290,6 +290,15 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += _table(["batch size", "tokens/s (median)", "speedup vs one by one", "runs", "load avg"], [
             [size, row["tokens_per_s_median"], f"{row['speedup_vs_one_by_one']}x", row["tokens_per_s_runs"], row["load_avg"]]
             for size, row in gen["by_batch_size"].items()])
+    if pool := results.get("teacher_pool"):
+        lines += ["## Embedded teacher: one llama.cpp server vs a pool", "",
+                  f"{pool['calls_per_round']} reference calls ({pool['max_tokens']} tokens max, greedy) at concurrency "
+                  f"{pool['concurrency']} through the real client with an empty cache, median of {pool['repeats']} rounds, "
+                  f"each round measuring both pools back to back (`teacher.embedded_servers`).", ""]
+        lines += _table(["servers", "seconds (median)", "runs", "load avg"], [
+            [size, row["median_s"], [r["seconds"] for r in row["runs"]], [r["load_avg"] for r in row["runs"]]]
+            for size, row in pool["by_servers"].items()])
+        lines += [f"Pool speedup: {pool['speedup']}x.", ""]
     if load := results.get("load"):
         lines += ["## Student model load", ""]
         lines += _table(["load", "seconds", "runs", "load avg"], [
@@ -318,6 +327,7 @@ def write_results(results: dict[str, Any], out_dir: Path | str = DEFAULT_OUT) ->
 def run_benchmark(sections: Sequence[str] = SECTIONS, *, out_dir: Path | str = DEFAULT_OUT, store: Path | None = None,
                   repeats: int = 3, max_new_tokens: int = 64) -> dict[str, Any]:
     """Run the chosen sections (cheap ones first) and write the results; returns what was measured."""
+    from kdflow.bench_teacher import teacher_pool
     from kdflow.student.models import resolve_student
 
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -332,6 +342,7 @@ def run_benchmark(sections: Sequence[str] = SECTIONS, *, out_dir: Path | str = D
         "parse": lambda: parse_time(repeats=max(repeats, 5)),
         "load": lambda: model_load(repeats),
         "generation": lambda: generation_comparison(resolve_student("embedded"), repeats=repeats, max_new_tokens=max_new_tokens),
+        "teacher_pool": lambda: teacher_pool(repeats),
         "e2e": lambda: end_to_end(store),
     }
     for section in SECTIONS:  # cheap ones first; written after each, so a late failure keeps the rest

@@ -4,8 +4,10 @@ tiny local HTTP server for the single fault a real server cannot be made to prod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -28,16 +30,23 @@ def embedded_endpoint() -> Iterator:
 @pytest.fixture()
 def fake_completion_server() -> Iterator[Callable[..., str]]:
     """``start(content=...)`` serves a chat completion whose message is ``content``; ``start(raw=...)``
-    serves ``raw`` bytes as the body. Returns the /v1 URL; ``start.server.requests`` counts POSTs."""
+    serves ``raw`` bytes as the body; ``serial_delay_s`` answers one request at a time, each taking
+    that long (as llama-cpp-python's server does). Returns the /v1 URL; ``start.server.requests``
+    counts POSTs and ``start.server.hosts`` collects their Host headers."""
     servers: list[ThreadingHTTPServer] = []
 
-    def start(content: str | None = None, raw: bytes | None = None) -> str:
+    def start(content: str | None = None, raw: bytes | None = None, serial_delay_s: float | None = None) -> str:
         body = raw if raw is not None else chat_completion_body(content or "")
+        one_at_a_time = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server API
                 self.rfile.read(int(self.headers.get("content-length", 0)))
-                server.requests += 1
+                with one_at_a_time if serial_delay_s else contextlib.nullcontext():
+                    server.requests += 1
+                    server.hosts.add(self.headers["host"])
+                    if serial_delay_s:
+                        time.sleep(serial_delay_s)
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
@@ -48,7 +57,7 @@ def fake_completion_server() -> Iterator[Callable[..., str]]:
                 pass
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.requests = 0
+        server.requests, server.hosts = 0, set()
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         start.server = server

@@ -4,52 +4,25 @@ and cache keys do not depend on which server answered."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx2
 import pytest
 
-from fixtures_llm import chat_completion_body
 from kdflow.llm import Endpoint, UsageLedger, make_client
 from kdflow.llm.replicas import ReplicaTransport
 from kdflow.store import ArtifactStore
 
 
 @pytest.fixture()
-def slow_servers():
+def slow_servers(fake_completion_server):
     """Two servers that each answer one request at a time in 0.3 s (like llama-cpp-python's lock)."""
-    servers = []
+    servers, urls = [], []
     for _ in range(2):
-        lock = threading.Lock()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self, lock=lock) -> None:  # noqa: N802 - http.server API
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                with lock:
-                    self.server.requests += 1
-                    self.server.hosts.add(self.headers["host"])
-                    time.sleep(0.3)
-                body = chat_completion_body("ok")
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.requests, server.hosts = 0, set()
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-    yield servers, [f"http://127.0.0.1:{s.server_address[1]}/v1" for s in servers]
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+        urls.append(fake_completion_server(content="ok", serial_delay_s=0.3))
+        servers.append(fake_completion_server.server)
+    return servers, urls
 
 
 def _ask(client, i: int) -> str:

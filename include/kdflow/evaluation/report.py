@@ -10,6 +10,7 @@ the same functions (:data:`FORMATTERS`), so a value reads the same in each.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any
 
 from kdflow.evaluation import plots
 from kdflow.evaluation.aggregate import aggregate, compare_all, compare_cycle, select
-from kdflow.evaluation.results import RunResults, UsageEntry, parse_results
+from kdflow.evaluation.results import RunResults, parse_results
+from kdflow.llm.cache import TaskUsage
 
 TEMPLATE = "report.html.j2"
 SAMPLES_PER_CYCLE = 3
@@ -62,10 +64,10 @@ FORMATTERS = {
 }  # fmt: skip
 
 
-def _usage_table(usage: dict[str, UsageEntry]) -> dict[str, dict[str, Any]]:
-    rows = {task: entry.model_dump() for task, entry in sorted(usage.items()) if task != "total"}
+def _usage_table(usage: dict[str, TaskUsage]) -> dict[str, dict[str, Any]]:
+    rows = {task: dataclasses.asdict(entry) for task, entry in sorted(usage.items()) if task != "total"}
     if rows:
-        rows["total"] = {k: sum(r[k] for r in rows.values()) for k in UsageEntry.model_fields}
+        rows["total"] = {f.name: sum(r[f.name] for r in rows.values()) for f in dataclasses.fields(TaskUsage)}
     return rows
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kdflow.llm.cache import TaskUsage
 from kdflow.records import ScoreRow, Split
 
 
@@ -74,25 +75,13 @@ class CycleResult(_Model):
     gate_dropped: list[dict[str, str]] = Field(default_factory=list)
 
 
-class UsageEntry(_Model):
-    """One task's row of ``UsageLedger.as_dict()["tasks"]`` (that dict can be passed as is)."""
-
-    calls: int = 0
-    cache_hits: int = 0
-    errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-    cost_usd: float = 0.0
-
-
 class RunResults(_Model):
     run_id: str
     metrics: list[str] = Field(min_length=1)
     headline_metric: str = "answer_relevancy"
     success_threshold: float = Field(0.5, ge=0.0, le=1.0)
     cycles: list[CycleResult] = Field(min_length=1)
-    usage: dict[str, UsageEntry] = Field(default_factory=dict)
+    usage: dict[str, TaskUsage] = Field(default_factory=dict)  # UsageLedger.as_dict()["tasks"] as is
     promotion: dict[str, Any] | None = None
 
 

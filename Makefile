@@ -25,7 +25,7 @@ run-cli: setup
 ## Set up, then run every test (the slow end-to-end ones included), as CI does.
 test: setup services
 	bash scripts/setup-browser.sh
-	$(PY) -m pytest -v --timeout=1800 $(PYTEST_ARGS)
+	$(PY) -m pytest -v --timeout=1800 --durations=25 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)

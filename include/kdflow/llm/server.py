@@ -155,13 +155,6 @@ def embedded_servers(
             log_file.unlink(missing_ok=True)
 
 
-@contextmanager
-def embedded_server(gguf: Path, *, n_ctx: int, n_threads: int = 1, timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
-    """Run one ``llama_cpp.server`` on 127.0.0.1 for the ``with`` block; yields its ``/v1`` base URL."""
-    with embedded_servers(gguf, 1, n_ctx=n_ctx, n_threads=n_threads, timeout_s=timeout_s) as (base_url,):
-        yield base_url
-
-
 def api_key_from_env(variable: str) -> str:
     """The key from ``variable``, or from an Airflow connection of that name (its password) when
     running under Airflow; a clear error naming the variable when neither exists."""

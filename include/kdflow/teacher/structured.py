@@ -2,8 +2,9 @@
 
 The request form follows the endpoint's capability (``Endpoint.structured_output``); the reply is
 validated with pydantic and, when it does not fit, asked for again with the validation error fed
-back (except a reply cut at max_tokens: the same budget would cut it again). If every attempt fails, the replies stay cached, so a rerun replays them and decides the same way
-(see README "Cache eviction" to ask afresh).
+back (except a reply cut at max_tokens: the same budget would cut it again). If every attempt
+fails, the replies stay cached, so a rerun replays them and decides the same way (see README
+"Cache eviction" to ask afresh).
 """
 
 from __future__ import annotations

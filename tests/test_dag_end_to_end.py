@@ -97,6 +97,16 @@ def test_clean_run_publishes_every_checkpoint(clean_run, e2e_env):
     assert "Cycle 1" in html and "Cycle 2" in html
 
 
+def test_the_benchmark_reads_the_run_timing_from_the_metadata_db(dag, clean_run):
+    """kdflow.bench's Airflow section: the run's wall time vs its task instances, from the real DB."""
+    from kdflow.bench_airflow import run_timing
+
+    timing = run_timing(Path(os.environ["AIRFLOW_HOME"]) / "airflow.db", clean_run.run_id)
+    assert (timing["run_id"], timing["state"], timing["task_instances"]) == (clean_run.run_id, "success", len(dag.task_ids))
+    assert 0 < timing["task_sum_s"] < timing["run_wall_s"] and 0 < timing["outside_tasks_share"] < 1
+    assert len(timing["slowest_tasks"]) == 5 and all(t in dag.task_ids for t in timing["slowest_tasks"])
+
+
 def test_xcom_carries_pointers_only(clean_run):
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session

@@ -293,7 +293,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                   "(what `make run` does); task durations from the run's metadata database.", ""]
         lines += _table(["measure", "value", "load avg"], [
             ["wall time (script: db migrate, run, report)", f"{air['wall_s']} s", air["load_avg_before"]],
-            ["DAG run wall time", f"{air['run_wall_s']} s", None],
+            ["DAG run wall time (first task scheduled to last task done)", f"{air['run_wall_s']} s", None],
             [f"sum of the {air['task_instances']} task instance durations", f"{air['task_sum_s']} s", None],
             ["share of the run outside task instances", f"{air['outside_tasks_share']:.1%}", None],
             ["slowest tasks (s)", air["slowest_tasks"], None]])

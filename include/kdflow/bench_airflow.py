@@ -20,15 +20,18 @@ RUN_DAG = ROOT / "scripts" / "run-dag.sh"
 
 
 def run_timing(database: Path, run_id: str | None = None) -> dict[str, Any]:
-    """Wall time of a DAG run (default: the latest) and the summed durations of its task instances."""
+    """Wall time of a DAG run (default: the latest), from the scheduling of its first task to the
+    end of its last (``dag.test`` records the logical date as the run's start), and its task
+    instances' durations."""
     with sqlite3.connect(database) as db:
         where, args = ("WHERE run_id = ?", (run_id,)) if run_id else ("", ())
-        run_id, start, end, state = db.execute(
-            f"SELECT run_id, start_date, end_date, state FROM dag_run {where} ORDER BY start_date DESC LIMIT 1", args).fetchone()
-        tasks = db.execute("SELECT task_id, duration FROM task_instance WHERE run_id = ?", (run_id,)).fetchall()
-    wall = (dt.datetime.fromisoformat(end) - dt.datetime.fromisoformat(start)).total_seconds()
-    in_tasks = sum(duration or 0.0 for _, duration in tasks)
-    slowest = sorted(((duration or 0.0, task) for task, duration in tasks), reverse=True)[:5]
+        run_id, state = db.execute(f"SELECT run_id, state FROM dag_run {where} ORDER BY start_date DESC LIMIT 1", args).fetchone()
+        tasks = db.execute("SELECT task_id, duration, COALESCE(scheduled_dttm, start_date), end_date FROM task_instance "
+                           "WHERE run_id = ?", (run_id,)).fetchall()  # fmt: skip
+    ran = [(dt.datetime.fromisoformat(start), dt.datetime.fromisoformat(end)) for _, _, start, end in tasks if start and end]
+    wall = (max(end for _, end in ran) - min(start for start, _ in ran)).total_seconds()
+    in_tasks = sum(duration or 0.0 for _, duration, _, _ in tasks)
+    slowest = sorted(((duration or 0.0, task) for task, duration, _, _ in tasks), reverse=True)[:5]
     return {"run_id": run_id, "state": state, "task_instances": len(tasks), "run_wall_s": round(wall, 1),
             "task_sum_s": round(in_tasks, 1), "outside_tasks_share": round(1 - in_tasks / wall, 3),
             "slowest_tasks": {task: round(seconds, 1) for seconds, task in slowest}}  # fmt: skip

@@ -42,6 +42,7 @@ def airflow_run(cycles: int = 2, questions: int = 3) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="kdflow-bench-airflow-"))
     conf = {"cycles": cycles, "questions_per_cycle": questions}
     env = {**os.environ, "AIRFLOW_HOME": str(home), "KDFLOW__STORE__URL": str(home / "store"), "KDFLOW_CONF": json.dumps(conf)}
+    env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)  # the run's own SQLite in the fresh home, read below
     load, started = round(os.getloadavg()[0], 2), time.perf_counter()
     done = subprocess.run(["bash", str(RUN_DAG)], cwd=ROOT, env=env, capture_output=True, text=True)
     wall = round(time.perf_counter() - started, 1)

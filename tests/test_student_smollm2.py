@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from kdflow.student.models import EMBEDDED_GGUF, resolve_student
+from kdflow.integrity import SMOLLM2_GGUF
+from kdflow.student.models import resolve_student
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,7 @@ def test_embedded_gguf_is_converted_once(model_cache):
     started = time.perf_counter()
     folder = resolve_student("embedded", model_cache)
     first_s = time.perf_counter() - started
-    assert folder.parent == model_cache and folder.name.startswith(EMBEDDED_GGUF.removesuffix(".gguf") + "-")
+    assert folder.parent == model_cache and folder.name.startswith(SMOLLM2_GGUF.relpath.removesuffix(".gguf") + "-")
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
     assert json.loads((folder / "config.json").read_text())["model_type"] == "llama"
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())  # dequantized: trainable, savable

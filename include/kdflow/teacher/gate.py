@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from kdflow.config import GateConfig
 from kdflow.embeddings import embed, max_similarity
 from kdflow.kb import Passage
 
@@ -54,6 +55,9 @@ class DuplicateIndex:
         self.matrix = np.vstack([self.matrix, vector[None, :]])
 
 
+GATE_DEFAULTS = GateConfig()  # the dataclass defaults below are the config's, written once there
+
+
 @dataclass(frozen=True)
 class Verdict:
     ok: bool
@@ -66,9 +70,9 @@ class QuestionGate:
     """Bounds for a question; ``passage_floor`` is the least MiniLM cosine between question and
     source passage for the question to count as answerable from it."""
 
-    min_words: int = 4
-    max_words: int = 40
-    passage_floor: float = 0.3
+    min_words: int = GATE_DEFAULTS.min_words
+    max_words: int = GATE_DEFAULTS.max_words
+    passage_floor: float = GATE_DEFAULTS.passage_floor
 
     @classmethod
     def from_config(cls, cfg: Any) -> QuestionGate:

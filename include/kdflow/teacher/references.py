@@ -27,6 +27,7 @@ from kdflow.llm.client import LLMError
 from kdflow.records import Question, Reference
 from kdflow.retrieval import Retriever
 from kdflow.teacher.faithfulness import PassageSentences, SentenceJudge, split_sentences
+from kdflow.teacher.gate import GATE_DEFAULTS
 from kdflow.teacher.structured import complete_json
 
 log = logging.getLogger(__name__)
@@ -75,13 +76,13 @@ def reference_messages(kb_name: str, question: str, passages: list[Passage], *, 
 class ReferenceGate:
     """The reference half of ``teacher.gate`` (see :class:`kdflow.config.GateConfig`)."""
 
-    mode: ReferenceMode = "hybrid"
-    support_floor: float = 0.7
-    min_kept_share: float = 0.5
-    attempts: int = 2
-    extractive_sentences: int = 2
-    extractive_floor: float = 0.3
-    llm_floor: float = 0.5
+    mode: ReferenceMode = GATE_DEFAULTS.reference_mode
+    support_floor: float = GATE_DEFAULTS.support_floor
+    min_kept_share: float = GATE_DEFAULTS.min_kept_share
+    attempts: int = GATE_DEFAULTS.reference_attempts
+    extractive_sentences: int = GATE_DEFAULTS.extractive_sentences
+    extractive_floor: float = GATE_DEFAULTS.extractive_floor
+    llm_floor: float = GATE_DEFAULTS.llm_floor
 
     @classmethod
     def from_config(cls, cfg: Any) -> ReferenceGate:

@@ -1,6 +1,10 @@
+from typing import Literal
+
 import pytest
+from pydantic import Field, create_model
 
 from kdflow.config import ConfigError, KdflowConfig, env_overrides, load_config
+from kdflow.config_errors import describe_field
 
 
 def test_defaults_load_and_match_the_design():
@@ -33,22 +37,35 @@ def test_precedence_file_then_env_then_overrides(tmp_path):
 @pytest.mark.parametrize(
     ("override", "field", "fragment"),
     [
-        ({"pipeline": {"cycles": 0}}, "pipeline.cycles", "greater than or equal to 1"),
-        ({"pipeline": {"cycles": 99}}, "pipeline.cycles", "less than or equal to 20"),
-        ({"pipeline": {"cycles": 4}}, "pipeline", "exceeds max_cycles=3"),
-        ({"pipeline": {"questions_per_cycle": -3}}, "pipeline.questions_per_cycle", "greater than or equal to 1"),
-        ({"pipeline": {"questions_per_cycle": 100000}}, "pipeline.questions_per_cycle", "less than or equal to 200"),
-        ({"pipeline": {"questions_per_cycle": "three"}}, "pipeline.questions_per_cycle", "valid integer"),
-        ({"pipeline": {"topics": []}}, "pipeline.topics", "at least 1 item"),
+        ({"pipeline": {"cycles": 0}}, "pipeline.cycles", "must be an integer between 1 and 20 (got 0)"),
+        ({"pipeline": {"cycles": 99}}, "pipeline.cycles", "must be an integer between 1 and 20 (got 99)"),
+        ({"pipeline": {"cycles": 4}}, "pipeline.cycles", "must be at most max_cycles=3 (got 4)"),
+        ({"pipeline": {"questions_per_cycle": -3}}, "pipeline.questions_per_cycle", "between 1 and 200 (got -3)"),
+        ({"pipeline": {"questions_per_cycle": 100000}}, "pipeline.questions_per_cycle", "between 1 and 200 (got 100000)"),
+        ({"pipeline": {"questions_per_cycle": "three"}}, "pipeline.questions_per_cycle", "between 1 and 200 (got 'three')"),
+        ({"pipeline": {"topics": []}}, "pipeline.topics", "must be a list with at least 1 item (got [])"),
         ({"pipeline": {"topics": ["pods", "Pods"]}}, "pipeline.topics", "must be unique"),
-        ({"teacher": {"temperature": 3}}, "teacher.temperature", "less than or equal to 2"),
-        ({"teacher": {"provider": "bard"}}, "teacher.provider", "'embedded' or 'openai'"),
+        ({"teacher": {"temperature": 3}}, "teacher.temperature", "must be a number between 0 and 2 (got 3)"),
+        ({"teacher": {"provider": "bard"}}, "teacher.provider", "must be one of 'embedded', 'openai' (got 'bard')"),
         ({"teacher": {"base_url": "ftp://x"}}, "teacher.base_url", "must start with http"),
-        ({"teacher": {"api_key_env": "not a var"}}, "teacher.api_key_env", "pattern"),
-        ({"student": {"lora_r": 0}}, "student.lora_r", "greater than or equal to 1"),
-        ({"student": {"learning_rate": 0}}, "student.learning_rate", "greater than 0"),
-        ({"student": {"lora_dropout": 1.0}}, "student.lora_dropout", "less than 1"),
-        ({"evaluation": {"metrics": ["bogus"]}}, "evaluation.metrics.0", "answer_relevancy"),
+        ({"teacher": {"api_key_env": "not a var"}}, "teacher.api_key_env", "must be text matching ^[A-Za-z_][A-Za-z0-9_]*$"),
+        ({"teacher": {"max_tokens": 8}}, "teacher.max_tokens", "must be an integer between 16 and 16384 (got 8)"),
+        ({"teacher": {"max_tokens": 20000}}, "teacher.max_tokens", "must be an integer between 16 and 16384 (got 20000)"),
+        ({"teacher": {"model": ""}}, "teacher.model", "must be text with at least 1 character"),
+        ({"student": {"lora_r": 0}}, "student.lora_r", "must be an integer between 1 and 512 (got 0)"),
+        ({"student": {"learning_rate": 0}}, "student.learning_rate", "must be a number, greater than 0 and at most 1 (got 0)"),
+        ({"student": {"lora_dropout": 1.0}}, "student.lora_dropout", "must be a number, at least 0 and less than 1 (got 1.0)"),
+        ({"student": {"epochs": 0}}, "student.epochs", "must be an integer between 1 and 100 (got 0)"),
+        ({"student": {"epochs": 101}}, "student.epochs", "must be an integer between 1 and 100 (got 101)"),
+        ({"student": {"max_length": 16}}, "student.max_length", "must be an integer between 32 and 32768 (got 16)"),
+        ({"student": {"batch_size": 0}}, "student.batch_size", "must be an integer between 1 and 512 (got 0)"),
+        ({"student": {"gpu_min_free_gib": -1}}, "student.gpu_min_free_gib", "must be a number between 0 and 1024 (got -1)"),
+        ({"student": {"load_in_4bit": "maybe"}}, "student.load_in_4bit", "must be true or false (got 'maybe')"),
+        ({"student": {"profiles": {"phi-2": {"epochs": 0}}}}, "student.profiles.phi-2.epochs", "between 1 and 100 (got 0)"),
+        ({"student": {"profiles": {"qwen": {"epochs": 2}}}}, "student.profiles.qwen.learning_rate", "is required"),
+        ({"seed": -1}, "seed", "must be an integer, at least 0 (got -1)"),
+        ({"seed": "abc"}, "seed", "must be an integer, at least 0 (got 'abc')"),
+        ({"evaluation": {"metrics": ["bogus"]}}, "evaluation.metrics.0", "must be one of 'answer_relevancy', 'semantic"),
         ({"store": {"url": "ftp://host/x"}}, "store.url", "unknown store scheme 'ftp'"),
         ({"teacher": {"modle": "x"}}, "teacher.modle", "unknown key"),
         ({"surprise": 1}, "surprise", "unknown key"),
@@ -58,8 +75,47 @@ def test_each_bad_value_is_rejected_with_its_field_and_range(override, field, fr
     with pytest.raises(ConfigError) as info:
         load_config(override, environ={})
     message = str(info.value)
-    assert f"- {field}:" in message
-    assert fragment in message
+    assert f"- {field}: " in message, message
+    assert fragment in message, message
+    assert "Input should" not in message  # pydantic's wording never reaches the user
+
+
+@pytest.mark.parametrize(
+    ("annotation", "constraints", "expected"),
+    [
+        (int, {"ge": 1, "le": 20}, "must be an integer between 1 and 20"),
+        (float, {"gt": 0.0}, "must be a number, greater than 0"),
+        (float, {"ge": 0.5, "lt": 1.0}, "must be a number, at least 0.5 and less than 1"),
+        (int, {"le": 7}, "must be an integer, at most 7"),
+        (str, {}, "must be text"),
+        (list[str], {"min_length": 2}, "must be a list with at least 2 items"),
+        (Literal["a", "b"], {}, "must be one of 'a', 'b'"),
+        (bool, {}, "must be true or false"),
+    ],
+)
+def test_the_allowed_range_is_derived_from_the_field_constraints(annotation, constraints, expected):
+    """One formatter for every field: a new field gets its message from its own Field(...)."""
+
+    probe = create_model("Probe", value=(annotation, Field(**constraints)))
+    assert describe_field(probe.model_fields["value"]) == expected
+    optional = create_model("OptionalProbe", value=(annotation | None, Field(None, **constraints)))
+    assert describe_field(optional.model_fields["value"]) == expected  # None allowed too: same range
+
+
+def test_promotion_metric_must_be_an_evaluated_metric():
+    """A metric that is not measured has no held-out scores: the run could never promote."""
+    measured = {"metrics": ["answer_relevancy", "rouge_l"]}
+    with pytest.raises(ConfigError) as info:
+        load_config({"evaluation": measured, "promotion": {"metric": "semantic_similarity"}}, environ={})
+    expected = "- promotion.metric: must be one of evaluation.metrics ['answer_relevancy', 'rouge_l'] (got 'semantic_similarity')"
+    assert expected in str(info.value)
+    assert load_config({"evaluation": measured, "promotion": {"metric": "rouge_l"}}, environ={}).promotion.metric == "rouge_l"
+
+
+def test_promotion_metric_default_follows_the_evaluated_metrics():
+    assert load_config(environ={}).promotion.metric == "semantic_similarity"  # judge-free, against the reference
+    only = load_config({"evaluation": {"metrics": ["answer_relevancy", "rouge_l"]}}, environ={})
+    assert only.promotion.metric == "answer_relevancy"  # semantic_similarity not measured: the headline metric
 
 
 def test_all_errors_reported_at_once():
@@ -87,3 +143,42 @@ def test_public_dict_masks_store_credentials():
     options = cfg.public_dict()["store"]["storage_options"]
     assert options == {"key": "***", "secret": "***", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
     assert cfg.store.storage_options["secret"] == "s3cr3t"  # the live config still has it
+
+
+# -- training defaults per model profile (issue #10) ---------------------------------------------
+def _training(student: dict | None = None, environ: dict | None = None):
+    cfg = load_config({"student": student} if student else None, environ=environ or {}).student
+    return cfg.training_profile, cfg.learning_rate, cfg.epochs
+
+
+def test_the_embedded_default_gets_the_smollm2_profile():
+    assert _training() == ("smollm2", 5.0e-4, 3)
+    assert _training({"model": "/models/SmolLM2-360M-Instruct.Q8_0.gguf"}) == ("smollm2", 5.0e-4, 3)
+
+
+def test_phi2_gets_its_own_profile():
+    assert _training({"model": "microsoft/phi-2"}) == ("phi-2", 2.0e-4, 3)
+    assert _training({"model": "/srv/models/Phi-2/"}) == ("phi-2", 2.0e-4, 3)  # a local folder, any case
+
+
+def test_an_unknown_model_gets_the_generic_profile():
+    assert _training({"model": "Qwen/Qwen2.5-0.5B-Instruct"}) == ("*", 5.0e-4, 3)
+    assert _training({"model": "microsoft/phi-1_5"}) == ("*", 5.0e-4, 3)  # not "phi-2"
+
+
+def test_explicit_training_values_win_over_the_profile(tmp_path):
+    assert _training({"model": "microsoft/phi-2", "learning_rate": 1e-3}) == ("phi-2", 1e-3, 3)  # params/overrides
+    assert _training({"model": "microsoft/phi-2"}, {"KDFLOW__STUDENT__EPOCHS": "5"}) == ("phi-2", 2.0e-4, 5)  # env
+    user = tmp_path / "kdflow.yaml"
+    user.write_text("student:\n  model: microsoft/phi-2\n  learning_rate: 3.0e-4\n")
+    assert _training(environ={"KDFLOW_CONFIG": str(user)}) == ("phi-2", 3.0e-4, 3)  # config file
+    assert _training({"profiles": {"phi-2": {"learning_rate": 1e-4}}, "model": "microsoft/phi-2"}) == ("phi-2", 1e-4, 3)
+
+
+def test_profiles_and_student_config_built_in_code_agree_with_the_yaml():
+    from kdflow.config import StudentConfig
+
+    assert StudentConfig() == load_config(environ={}).student
+    assert StudentConfig(model="microsoft/phi-2", epochs=1).learning_rate == 2.0e-4
+    with pytest.raises(ValueError, match="no student.profiles pattern matches model 'embedded'"):
+        StudentConfig(profiles={"phi-2": {"learning_rate": 1e-4, "epochs": 1}})

@@ -31,17 +31,17 @@ def test_gate_overrides_from_env_and_params():
 @pytest.mark.parametrize(
     ("override", "field", "fragment"),
     [
-        ({"reference_mode": "summary"}, "teacher.gate.reference_mode", "'abstractive', 'extractive' or 'hybrid'"),
-        ({"support_floor": 1.5}, "teacher.gate.support_floor", "less than or equal to 1"),
-        ({"support_floor": -0.1}, "teacher.gate.support_floor", "greater than or equal to 0"),
-        ({"min_kept_share": 0}, "teacher.gate.min_kept_share", "greater than 0"),
-        ({"reference_attempts": 0}, "teacher.gate.reference_attempts", "greater than or equal to 1"),
-        ({"reference_attempts": 11}, "teacher.gate.reference_attempts", "less than or equal to 10"),
-        ({"extractive_sentences": 0}, "teacher.gate.extractive_sentences", "greater than or equal to 1"),
-        ({"passage_floor": 2}, "teacher.gate.passage_floor", "less than or equal to 1"),
-        ({"min_words": 0}, "teacher.gate.min_words", "greater than or equal to 1"),
-        ({"min_words": 30, "max_words": 10}, "teacher.gate", "min_words=30 exceeds max_words=10"),
-        ({"llm_check": "maybe"}, "teacher.gate.llm_check", "valid boolean"),
+        ({"reference_mode": "summary"}, "teacher.gate.reference_mode", "one of 'abstractive', 'extractive', 'hybrid' (got"),
+        ({"support_floor": 1.5}, "teacher.gate.support_floor", "must be a number between 0 and 1 (got 1.5)"),
+        ({"support_floor": -0.1}, "teacher.gate.support_floor", "must be a number between 0 and 1 (got -0.1)"),
+        ({"min_kept_share": 0}, "teacher.gate.min_kept_share", "must be a number, greater than 0 and at most 1 (got 0)"),
+        ({"reference_attempts": 0}, "teacher.gate.reference_attempts", "must be an integer between 1 and 10 (got 0)"),
+        ({"reference_attempts": 11}, "teacher.gate.reference_attempts", "must be an integer between 1 and 10 (got 11)"),
+        ({"extractive_sentences": 0}, "teacher.gate.extractive_sentences", "must be an integer between 1 and 10 (got 0)"),
+        ({"passage_floor": 2}, "teacher.gate.passage_floor", "must be a number between 0 and 1 (got 2)"),
+        ({"min_words": 0}, "teacher.gate.min_words", "must be an integer between 1 and 200 (got 0)"),
+        ({"min_words": 30, "max_words": 10}, "teacher.gate.min_words", "must be at most max_words=10 (got 30)"),
+        ({"llm_check": "maybe"}, "teacher.gate.llm_check", "must be true or false (got 'maybe')"),
         ({"suport_floor": 0.5}, "teacher.gate.suport_floor", "unknown key"),
     ],
 )
@@ -49,13 +49,13 @@ def test_each_bad_gate_value_is_rejected_with_its_field_and_range(override, fiel
     with pytest.raises(ConfigError) as info:
         load_config({"teacher": {"gate": override}}, environ={})
     message = str(info.value)
-    assert f"- {field}:" in message
-    assert fragment in message
+    assert f"- {field}: " in message, message
+    assert fragment in message, message
 
 
 def test_student_learning_rate_default_is_the_measured_one():
     student = load_config(environ={}).student
-    assert (student.learning_rate, student.epochs) == (LEARNING_RATE, EPOCHS)
+    assert (student.training_profile, student.learning_rate, student.epochs) == ("smollm2", LEARNING_RATE, EPOCHS)
 
 
 # The embedded-default profile measured for issue #10 (see the comment in defaults.yaml).

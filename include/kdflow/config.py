@@ -8,13 +8,17 @@ so a bad value stops a run before any work starts, with one message naming each 
 from __future__ import annotations
 
 import copy
+import fnmatch
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kdflow.config_errors import field_conflict, format_validation_error
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 ENV_PREFIX = "KDFLOW__"
@@ -50,13 +54,13 @@ class PipelineConfig(_Section):
         if any(not t for t in cleaned):
             raise ValueError("topic names must not be empty")
         if len(set(cleaned)) != len(cleaned):
-            raise ValueError(f"topics must be unique, got {topics}")
+            raise ValueError("topics must be unique (case-insensitive)")
         return cleaned
 
     @model_validator(mode="after")
     def _cycles_within_max(self) -> PipelineConfig:
         if self.cycles > self.max_cycles:
-            raise ValueError(f"cycles={self.cycles} exceeds max_cycles={self.max_cycles}")
+            raise field_conflict("cycles", f"must be at most max_cycles={self.max_cycles}", self.cycles)
         return self
 
 
@@ -71,7 +75,7 @@ class StoreConfig(_Section):
 
         scheme = url_scheme(url)
         if scheme not in SUPPORTED_SCHEMES:
-            raise ValueError(f"unknown store scheme {scheme!r} in {url!r}; use one of {sorted(SUPPORTED_SCHEMES)}")
+            raise ValueError(f"unknown store scheme {scheme!r}; use one of {sorted(SUPPORTED_SCHEMES)}")
         return url
 
 
@@ -95,7 +99,7 @@ class GateConfig(_Section):
     @model_validator(mode="after")
     def _word_bounds_ordered(self) -> GateConfig:
         if self.min_words > self.max_words:
-            raise ValueError(f"min_words={self.min_words} exceeds max_words={self.max_words}")
+            raise field_conflict("min_words", f"must be at most max_words={self.max_words}", self.min_words)
         return self
 
 
@@ -123,8 +127,41 @@ class TeacherConfig(_Section):
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
         if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {url!r}")
+            raise ValueError("must start with http:// or https://")
         return url
+
+
+LearningRate = Annotated[float, Field(gt=0.0, le=1.0)]
+Epochs = Annotated[int, Field(ge=1, le=100)]
+GENERIC_PROFILE = "*"
+
+
+class TrainingProfile(_Section):
+    """Training defaults for the students whose name matches a ``student.profiles`` pattern."""
+
+    learning_rate: LearningRate
+    epochs: Epochs
+
+
+@functools.cache
+def _default_profiles() -> dict[str, TrainingProfile]:
+    """The profiles of defaults.yaml, so the measured numbers live in one place only."""
+    return {name: TrainingProfile.model_validate(p) for name, p in _read_yaml(DEFAULTS_FILE)["student"]["profiles"].items()}
+
+
+def match_profile(model: str, patterns: Iterable[str]) -> str | None:
+    """The most specific pattern found in the model's name (case-insensitive glob, ``*`` matches
+    anything), or None. The name is the hub id's or path's last part; ``embedded`` is the packaged
+    SmolLM2-135M-Instruct."""
+    model = model.strip()
+    if model == "embedded":
+        from kdflow.integrity import SMOLLM2_GGUF
+
+        name = SMOLLM2_GGUF.relpath
+    else:
+        name = Path(model.rstrip("/")).name or model
+    found = [p for p in patterns if fnmatch.fnmatchcase(name.lower(), f"*{p.lower()}*")]
+    return max(found, key=lambda p: len(p.replace("*", "")), default=None)
 
 
 class StudentConfig(_Section):
@@ -133,8 +170,10 @@ class StudentConfig(_Section):
     lora_alpha: int = Field(32, ge=1, le=1024)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | None = None
-    epochs: int = Field(3, ge=1, le=100)
-    learning_rate: float = Field(5e-4, gt=0.0, le=1.0)
+    # None: taken from the model's profile when the config is validated (an explicit value wins).
+    epochs: Epochs | None = None
+    learning_rate: LearningRate | None = None
+    profiles: dict[str, TrainingProfile] = Field(default_factory=lambda: copy.deepcopy(_default_profiles()))
     max_length: int = Field(512, ge=32, le=32768)
     batch_size: int = Field(4, ge=1, le=512)
     gradient_accumulation_steps: int = Field(1, ge=1, le=512)
@@ -143,6 +182,27 @@ class StudentConfig(_Section):
     load_in_4bit: bool = True
     gpu_min_free_gib: float = Field(10.0, ge=0.0, le=1024)
     torch_threads: int = Field(1, ge=1, le=256)
+
+    @property
+    def training_profile(self) -> str | None:
+        """The ``profiles`` pattern that gives this model its training defaults (``*``: generic)."""
+        return match_profile(self.model, self.profiles)
+
+    @model_validator(mode="after")
+    def _training_defaults_from_profile(self) -> StudentConfig:
+        if self.learning_rate is not None and self.epochs is not None:
+            return self
+        name = self.training_profile
+        if name is None:
+            unset = "learning_rate" if self.learning_rate is None else "epochs"
+            message = f"is not set and no student.profiles pattern matches model {self.model!r}"
+            raise field_conflict(unset, f"{message} (add a {GENERIC_PROFILE!r} profile)", None)
+        profile = self.profiles[name]
+        if self.learning_rate is None:
+            self.learning_rate = profile.learning_rate
+        if self.epochs is None:
+            self.epochs = profile.epochs
+        return self
 
 
 EvaluationMetric = Literal[
@@ -162,8 +222,11 @@ class EvaluationConfig(_Section):
     success_threshold: float = Field(0.5, ge=0.0, le=1.0)
 
 
+PROMOTION_METRIC = "semantic_similarity"  # promotion.metric null: this one when measured, else the headline
+
+
 class PromotionConfig(_Section):
-    metric: EvaluationMetric = "semantic_similarity"
+    metric: EvaluationMetric | None = None  # None: resolved against evaluation.metrics by KdflowConfig
     margin: float = Field(0.0, ge=-1.0, le=1.0)
     topic_tolerance: float = Field(0.05, ge=0.0, le=1.0)
 
@@ -186,6 +249,17 @@ class KdflowConfig(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     airflow: AirflowConfig = Field(default_factory=AirflowConfig)
+
+    @model_validator(mode="after")
+    def _promotion_metric_is_measured(self) -> KdflowConfig:
+        """Promotion compares held-out scores of ``promotion.metric``: a metric that is not
+        measured would never promote, so it must be one of ``evaluation.metrics``."""
+        metrics = self.evaluation.metrics
+        if self.promotion.metric is None:
+            self.promotion.metric = PROMOTION_METRIC if PROMOTION_METRIC in metrics else metrics[0]
+        elif self.promotion.metric not in metrics:
+            raise field_conflict("promotion.metric", f"must be one of evaluation.metrics {list(metrics)}", self.promotion.metric)
+        return self
 
     def public_dict(self) -> dict[str, Any]:
         """The config as plain data, safe to store beside a run: store credentials are masked."""
@@ -253,19 +327,6 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return result
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "config"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see kdflow/defaults.yaml for the known keys)"
-        value = err.get("input")
-        shown = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {value!r})"
-        lines.append(f"  - {field}: {msg}{shown}")
-    return "invalid kdflow configuration:\n" + "\n".join(lines)
-
-
 def load_config(
     overrides: Mapping[str, Any] | None = None,
     *,
@@ -284,4 +345,4 @@ def load_config(
     try:
         return KdflowConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        raise ConfigError(format_validation_error(exc, KdflowConfig)) from None

@@ -94,6 +94,8 @@ def test_cycle_two_continues_from_cycle_one(cycle1, tiny_phi_dir, student_cfg, t
 def test_qlora_nf4_trains_on_cpu(tiny_phi_dir, student_cfg, tiny_pairs, tmp_path):
     model, _ = load_student(tiny_phi_dir, NF4_CPU, trainable=True)
     assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    # no CPU inference repacking (AVX512-BF16 CPUs) of a model that is going to be trained
+    assert not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules())
     del model
     result = train_adapter(student_cfg, tiny_phi_dir, tiny_pairs, tmp_path / "qlora", plan=NF4_CPU, seed=3)
     assert result.plan.quantization == "nf4"
@@ -141,3 +143,74 @@ def test_cli_answers_trains_and_answers_differently(tiny_phi_dir, tiny_pairs, tm
     assert [r["answer"] for r in after] != [r["answer"] for r in before]
     with pytest.raises(SystemExit, match="needs a non-empty text field"):
         main(["student", "train", "--dataset", str(questions), "--out", str(tmp_path / "bad"), *model])
+
+
+def test_labels_mask_exactly_the_prompt_tokens(tiny_phi_dir, tiny_pairs):
+    """Completion-only loss: -100 on every prompt token, the input id on every answer token."""
+    from kdflow.student.train import IGNORE_INDEX, collate, encode_pairs
+
+    tokenizer = load_tokenizer(tiny_phi_dir)
+    examples = encode_pairs(tokenizer, tiny_pairs, max_length=128)
+    assert len(examples) == len(tiny_pairs)
+    for (question, answer), example in zip(tiny_pairs, examples, strict=True):
+        ids, labels = example["input_ids"], example["labels"]
+        masked = sum(label == IGNORE_INDEX for label in labels)
+        assert labels[:masked] == [IGNORE_INDEX] * masked  # one masked run, at the start
+        assert labels[masked:] == ids[masked:]
+        assert tokenizer.decode(ids[:masked]) == build_prompt(tokenizer, question)
+        assert tokenizer.decode(ids[masked:]) == completion_text(tokenizer, answer)
+    cut = encode_pairs(tokenizer, tiny_pairs[:1], max_length=len(examples[0]["input_ids"]) - 2)[0]
+    assert cut["labels"] == examples[0]["labels"][:-2] and cut["input_ids"] == examples[0]["input_ids"][:-2]
+    batch = collate(examples, tokenizer.pad_token_id)  # right padding is masked out of the loss too
+    for row, example in zip(batch["labels"].tolist(), examples, strict=True):
+        assert row[len(example["labels"]) :] == [IGNORE_INDEX] * (len(row) - len(example["labels"]))
+
+
+def _answer_step(tiny_phi_dir, tmp_path, **student):
+    """Publish one question for cycle 1 of a fresh run, then run the baseline answering step."""
+    from kdflow.pipeline import execute
+    from kdflow.pipeline.context import RunContext
+    from kdflow.records import Question
+
+    run = "manual__answer_step"
+    overrides = {"store": {"url": str(tmp_path / "store")}, "pipeline": {"cycles": 1, "questions_per_cycle": 1, "topics": ["pods"]},
+                 "student": {"model": str(tiny_phi_dir), "max_new_tokens": 6, **student}}  # fmt: skip
+    ctx = RunContext.create(run, overrides)
+    question = Question(id="pods-1", topic="pods", question="What is a Pod?", passage_ids=["pods-p1"], cycle=1)
+    ctx.publish(1, "questions.jsonl", ctx.stage_rows(1, "questions.jsonl", [question]), schema="questions")
+    execute("cycle_start", run_id=run, overrides=overrides, cycle=1)
+    staged = execute("generate_baseline_answers", run_id=run, overrides=overrides, cycle=1)
+    return ctx, staged
+
+
+def test_answer_step_records_the_device_plan_and_generation_stats(tiny_phi_dir, tmp_path):
+    from kdflow.student.device import plan_device
+
+    ctx, staged = _answer_step(tiny_phi_dir, tmp_path)
+    summary = staged["summary"]
+    plan = DevicePlan.model_validate(summary["plan"])
+    expected = plan_device(ctx.config.student, "answer")
+    same = ("device", "dtype", "quantization", "threshold_gib")
+    assert {k: summary["plan"][k] for k in same} == {k: getattr(expected, k) for k in same}
+    assert "free_gpu_gib" in summary["plan"] and plan.reason and summary["device"] == plan.device
+    (row,) = ctx.rows(staged)
+    assert summary["questions"] == 1 and summary["new_tokens"] == row["new_tokens"] > 0
+    assert summary["tokens_per_s"] > 0 and summary["wall_s"] > 0 and set(summary["memory"]) == {"before", "after"}
+    assert summary["adapter"] is None  # the base model: no champion yet
+    published = ctx.publish(1, "baseline_answers.jsonl", staged, schema="answers")
+    assert ctx.checkpoint(1, "baseline_answers.jsonl").summary["plan"] == summary["plan"] == published.summary["plan"]
+
+
+def test_student_steps_apply_the_configured_torch_threads(tiny_phi_dir, student_cfg, tiny_pairs, tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        _answer_step(tiny_phi_dir, tmp_path, torch_threads=2)
+        assert torch.get_num_threads() == 2  # set by the answering step
+        torch.set_num_threads(1)
+        three = student_cfg.model_copy(update={"torch_threads": 3, "epochs": 1})
+        train_adapter(three, tiny_phi_dir, tiny_pairs[:1], tmp_path / "adapter", plan=CPU, seed=1)
+        assert torch.get_num_threads() == 3  # set by training
+    finally:
+        torch.set_num_threads(1)

@@ -157,6 +157,16 @@ def _quantization_config(plan: DevicePlan) -> Any:
     )
 
 
+def _no_cpu_inference_packing(model: Any) -> None:
+    """Keep a 4-bit model trainable on CPUs with AVX512-BF16: there bitsandbytes (0.50) repacks a
+    4-bit weight for inference on its first forward in eval mode without grad (the loss measured
+    before training), and training through the repacked weight then fails with "a view of a leaf
+    Variable that requires grad is being used in an in-place operation"."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def load_tokenizer(model_path: Path | str) -> Any:
     """The student's tokenizer, left-padded (batched generation) and with a pad token."""
     from transformers import AutoTokenizer
@@ -190,6 +200,7 @@ def load_student(model_path: Path | str, plan: DevicePlan, adapter_dir: Path | s
     if trainable and quant is not None:
         from peft import prepare_model_for_kbit_training
 
+        _no_cpu_inference_packing(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=plan.device == "cuda")
     if adapter_dir is not None:
         from peft import PeftModel

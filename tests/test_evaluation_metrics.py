@@ -63,11 +63,17 @@ def test_kdflow_turns_ragas_analytics_off_even_when_set_to_1():
     assert out.stdout.split()[-2:] == ["True", "true"]
 
 
-def test_nan_and_metric_errors_become_recorded_failures():
-    """The conversion every score goes through: NaN and exceptions are data, an empty answer is 0."""
+def score_one(name: str, scorer, row: dict) -> tuple[float | None, str | None]:
+    """One (metric, row) through the conversion every score goes through."""
     import asyncio
 
     from kdflow.evaluation.metrics import _score_metric
+
+    return asyncio.run(_score_metric(name, scorer, row, asyncio.Semaphore(1)))
+
+
+def test_nan_and_metric_errors_become_recorded_failures():
+    """NaN and exceptions are data, an empty answer is 0."""
 
     async def nan(_row):
         return float("nan")
@@ -75,9 +81,29 @@ def test_nan_and_metric_errors_become_recorded_failures():
     async def unparsable(_row):
         raise RuntimeError("judge said\nnothing useful")
 
-    async def run(name, scorer, row):
-        return await _score_metric(name, scorer, row, asyncio.Semaphore(1))
+    assert score_one("rouge_l", nan, qa("q", "an answer")) == (None, "metric returned nan (judge output unusable)")
+    assert score_one("answer_relevancy", unparsable, qa("q", "an answer")) == (None, "RuntimeError: judge said nothing useful")
+    assert score_one("answer_relevancy", unparsable, qa("q", "   ")) == (0.0, None)  # nothing said: 0, no judge call
 
-    assert asyncio.run(run("rouge_l", nan, qa("q", "an answer"))) == (None, "metric returned nan (judge output unusable)")
-    assert asyncio.run(run("answer_relevancy", unparsable, qa("q", "an answer"))) == (None, "RuntimeError: judge said nothing useful")
-    assert asyncio.run(run("answer_relevancy", unparsable, qa("q", "   "))) == (0.0, None)  # nothing said: 0, no judge call
+
+def test_a_reference_dropped_by_the_gate_is_not_scored_against_but_relevancy_still_is():
+    from kdflow.evaluation.metrics import REFERENCE_METRICS
+
+    reason = "no passage sentence answers the question (best cosine 0.12 < 0.35)"
+    dropped = qa("dropped", REFERENCE) | {"reference_dropped": reason}
+    asked = []
+
+    async def scorer(row):
+        asked.append(row["question_id"])
+        return 0.8
+
+    why = f"reference dropped by the quality gate: {reason}"
+    assert {name: score_one(name, scorer, dropped) for name in REFERENCE_METRICS} == dict.fromkeys(REFERENCE_METRICS, (None, why))
+    assert asked == []  # never compared with the dropped reference, not even by the judge
+    assert score_one("answer_relevancy", scorer, dropped) == (0.8, None) and asked == ["dropped"]
+    # through score_answers (metrics without a model): the answer repeats the reference, yet only the kept row scores
+    cfg = EvaluationConfig(metrics=["rouge_l", "bleu"])
+    rows = [qa("kept", REFERENCE), dropped]
+    kept, excluded = score_answers(cfg, rows, judge=None, store=None, ledger=None, cycle=1, stage="baseline")
+    assert kept.failures == {} and kept.scores["rouge_l"] == pytest.approx(1.0)
+    assert excluded.scores == {"rouge_l": None, "bleu": None} and excluded.failures == {"rouge_l": why, "bleu": why}

@@ -16,6 +16,8 @@ from kdflow.records import ScoreRow
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 METRICS = ["answer_relevancy", "semantic_similarity", "rouge_l"]
 EVIL = "<script>alert('x')</script>"
+DROPPED = {"question_id": "services-x", "split": "train", "question": "Who painted the\nSistine Chapel?",
+           "reason": "no passage sentence answers the question (best cosine 0.12 < 0.35)"}
 
 
 def scores(cycle: int, split: str, stage: str, qid: str, topic: str, base: float, failed: bool = False) -> ScoreRow:
@@ -41,6 +43,7 @@ def make_results() -> dict:
             answers.append({"question_id": hid, "topic": topic, "split": "held_out", "question": f"What is a held-out {topic} thing?",
                             "reference": "Held-out reference.", "baseline_answer": "No idea.", "finetuned_answer": "It does Y."})
         cycles.append({"cycle": cycle, "scores": [r.model_dump() for r in rows], "answers": answers, "gate": {"kept": 3, "dropped": cycle - 1},
+                       "gate_dropped": [DROPPED] * (cycle - 1),
                        "training": {"losses": losses, "wall_s": 30.0 + cycle, "tokens_per_s": 512.4, "steps": 3}})
     return {
         "run_id": "manual__test", "metrics": METRICS, "success_threshold": 0.5, "cycles": cycles,
@@ -167,6 +170,25 @@ def test_markdown_summary_and_text_tables(report):
     assert "0.350" in tables["performance_comparison"] and "+42.9%" in tables["performance_comparison"]
     assert "100%" in tables["improvement_statistics"] and "$0.0047" in tables["improvement_statistics"]
     assert tables["sample_qa"].count("Q: What is a") == 6 and EVIL in tables["sample_qa"]  # plain text: not escaped
+    # the gate: counts per cycle, then each dropped item with its reason (one line, newlines folded)
+    item = "cycle 2 train: Who painted the Sistine Chapel? - no passage sentence answers the question (best cosine 0.12 < 0.35)"
+    gate = md.split("## Teacher data quality gate")[1].split("##")[0]
+    assert "| cycle | kept | dropped |" in gate and "| 1 | 3 | 0 |" in gate and "| 2 | 3 | 1 |" in gate
+    assert f"Dropped by the gate:\n\n- {item}\n" in gate and gate.count("\n- ") == 1
+    assert f"dropped by the gate\n{item}" in tables["improvement_statistics"]
+
+
+def test_the_dropped_list_is_short_and_says_when_nothing_was_dropped():
+    from kdflow.evaluation.report import compute_report, gate_dropped_lines
+
+    results = make_results()
+    results["cycles"][1]["gate_dropped"] = [DROPPED] * 3
+    lines = gate_dropped_lines(compute_report(results), limit=2)
+    assert len(lines) == 3 and lines[-1] == "... and 1 more (see report.html)"
+    for cycle in results["cycles"]:
+        cycle["gate_dropped"] = []
+    assert gate_dropped_lines(compute_report(results)) == []
+    assert "dropped by the gate\nnothing" in render_tables(results)["improvement_statistics"]
 
 
 def test_bad_results_name_the_field():

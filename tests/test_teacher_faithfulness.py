@@ -158,6 +158,7 @@ def test_embedded_teacher_references_reaching_training_are_supported(embedded_en
     from kdflow.config import load_config
     from kdflow.kb import load_knowledge_base
     from kdflow.llm import UsageLedger, make_client
+    from kdflow.pipeline.student_steps import trainable_references
     from kdflow.retrieval import Retriever
     from kdflow.store import ArtifactStore
     from kdflow.teacher import generate_questions, generate_references
@@ -174,8 +175,10 @@ def test_embedded_teacher_references_reaching_training_are_supported(embedded_en
         record = ref.gate
         assert record["decision"] in {"kept", "rewritten", "regenerated", "extractive", "dropped"} and record["reason"]
         assert (ref.mode == "extractive") == (record["decision"] == "extractive") or record["decision"] == "dropped"
-        if record["decision"] == "dropped":
-            continue  # excluded from training by prepare_training_dataset
+    # the selection prepare_training_dataset makes; a gate that drops everything would train on nothing
+    trained, dropped = trainable_references(references, {q.id for q in questions})
+    assert trained, f"every reference was dropped: {dropped}"
+    for ref in trained:
         support = PassageSentences([p["text"] for p in ref.passages]).score(split_sentences(ref.reference))
         assert support and all(s.support >= gate.support_floor for s in support), (ref.reference, support)
 

@@ -9,6 +9,12 @@ Metric names are kdflow's (``EvaluationConfig.metrics``):
   reference, no judge.
 * ``answer_correctness``, ``factual_correctness``: answer vs reference through the judge.
 
+A row may name ``reference_dropped`` (the gate's reason, see
+:func:`kdflow.pipeline.student_steps.gate_drop_reason`): a reference the teacher-data gate
+dropped is no ground truth, so the reference metrics of that row are recorded as failures
+("reference dropped by the quality gate: <reason>"), counted and left out of the means, while
+``answer_relevancy`` is still scored.
+
 Judge failures are data: a (row, metric) whose judge output cannot be parsed after retries, or
 whose score is NaN, gets ``None`` and a one-line reason in ``ScoreRow.failures``. An empty answer
 scores 0 on the judge metrics without a judge call (saying nothing is the student's failure, not
@@ -29,6 +35,7 @@ from kdflow.evaluation.judge import make_judge_llm, ragas_environment, start_sco
 from kdflow.records import ScoreRow
 
 ROW_KEYS = ("question_id", "topic", "split", "question", "answer", "reference")
+DROPPED_KEY = "reference_dropped"  # optional row key: why the gate dropped the reference
 REFERENCE_METRICS = frozenset({"semantic_similarity", "rouge_l", "bleu", "answer_correctness", "factual_correctness"})
 Scorer = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -83,6 +90,8 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 
 
 async def _score_metric(name: str, scorer: Scorer, row: dict[str, Any], gate: asyncio.Semaphore) -> tuple[float | None, str | None]:
+    if name in REFERENCE_METRICS and row.get(DROPPED_KEY):
+        return None, f"reference dropped by the quality gate: {row[DROPPED_KEY]}"
     if name in REFERENCE_METRICS and not row["reference"].strip():
         return None, "no reference answer to compare with"
     if name in JUDGE_METRICS and not row["answer"].strip():
@@ -115,6 +124,7 @@ def _check_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if row["split"] not in ("train", "held_out"):
             raise ValueError(f"score_answers: row {i} ({row['question_id']}) has split {row['split']!r}; use 'train' or 'held_out'")
         checked.append({k: row[k] if k == "split" else str(row[k] or "") for k in ROW_KEYS})
+        checked[-1][DROPPED_KEY] = row.get(DROPPED_KEY)
     return checked
 
 
@@ -152,9 +162,10 @@ def score_answers(
     cycle: int,
     stage: str,
 ) -> list[ScoreRow]:
-    """Score each ``{"question_id","topic","split","question","answer","reference"}`` row with
-    ``cfg.metrics``; judge calls go to ``judge`` (an :class:`kdflow.llm.server.Endpoint`) through
-    the cached client, counted in ``ledger`` under task ``"judge"``."""
+    """Score each ``{"question_id","topic","split","question","answer","reference"}`` row (plus
+    the optional ``reference_dropped`` reason) with ``cfg.metrics``; judge calls go to ``judge``
+    (an :class:`kdflow.llm.server.Endpoint`) through the cached client, counted in ``ledger``
+    under task ``"judge"``."""
     if stage not in ("baseline", "finetuned"):
         raise ValueError(f"score_answers: stage {stage!r} must be 'baseline' or 'finetuned'")
     needs_judge = [m for m in cfg.metrics if m in JUDGE_METRICS]

@@ -23,6 +23,7 @@ from kdflow.llm.cache import TaskUsage
 
 TEMPLATE = "report.html.j2"
 SAMPLES_PER_CYCLE = 3
+GATE_DROPPED_SHOWN = 20  # dropped items listed in report.md and the logged tables
 DASH = "-"
 
 
@@ -227,6 +228,18 @@ def gate_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return ["cycle", *(k.replace("_", " ") for k in columns)], rows
 
 
+def gate_dropped_lines(report: dict[str, Any], limit: int = GATE_DROPPED_SHOWN, width: int = 160) -> list[str]:
+    """One line per item the gate dropped (cycle, split, question, reason); at most ``limit``,
+    then how many more (report.html and report.json list them all)."""
+    clip = lambda s: " ".join(str(s).split())[:width]  # noqa: E731
+    items = [(c["cycle"], d) for c in report["cycles"] for d in c["gate_dropped"]]
+    lines = [f"cycle {n} {d.get('split', 'train')}: {clip(d.get('question') or d.get('question_id'))} - {clip(d.get('reason'))}"
+             for n, d in items[:limit]]  # fmt: skip
+    if len(items) > limit:
+        lines.append(f"... and {len(items) - limit} more (see report.html)")
+    return lines
+
+
 def _usage_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["task", "calls", "cache hits", "errors", "prompt tokens", "completion tokens", "cost"]
     rows = [[task, str(u["calls"]), str(u["cache_hits"]), str(u["errors"]), str(u["prompt_tokens"]), str(u["completion_tokens"]),
@@ -264,6 +277,7 @@ def render_tables(results: dict[str, Any] | RunResults) -> dict[str, str]:
             f"success threshold {report['success_threshold']}\n" + text_table(success_header, success_rows),
             text_table(*_training_rows(report)),
             "teacher data quality gate\n" + text_table(*gate_rows(report)),
+            "dropped by the gate\n" + ("\n".join(gate_dropped_lines(report)) or "nothing"),
             text_table(*_usage_rows(report)) if report["usage"] else "no teacher/judge usage recorded",
         ]),  # fmt: skip
         "sample_qa": "\n\n".join(_sample_text(s) for s in report["samples"]) or "no answers recorded",
@@ -271,7 +285,7 @@ def render_tables(results: dict[str, Any] | RunResults) -> dict[str, str]:
 
 
 def _markdown(report: dict[str, Any]) -> str:
-    promotion = report["promotion"]
+    promotion, dropped = report["promotion"], gate_dropped_lines(report)
     parts = [
         f"# kdflow run {report['run_id']}",
         f"Headline metric: **{report['headline_metric']}**; success threshold {report['success_threshold']}.",
@@ -279,6 +293,7 @@ def _markdown(report: dict[str, Any]) -> str:
         "## Per cycle", _markdown_table(*_metric_rows(report)),
         "## Training", _markdown_table(*_training_rows(report)),
         "## Teacher data quality gate", _markdown_table(*gate_rows(report)),
+        "Dropped by the gate:\n\n" + "\n".join(f"- {line}" for line in dropped) if dropped else "The gate dropped nothing.",
     ]  # fmt: skip
     if report["usage"]:
         parts += ["## Teacher and judge usage", _markdown_table(*_usage_rows(report))]

@@ -16,13 +16,16 @@ def _evaluate(ctx: RunContext, cycle: int, stage: str) -> dict[str, Any]:
     from kdflow.evaluation import JUDGE_METRICS
     from kdflow.evaluation.metrics import score_answers
     from kdflow.llm.cache import UsageLedger
+    from kdflow.pipeline.student_steps import gate_drop_reason
     from kdflow.pipeline.teacher_steps import endpoint_session, run_questions
 
     topics = {q.id: q.topic for q in run_questions(ctx, cycle)}
-    references = {r["question_id"]: r["reference"] for r in ctx.rows(ctx.checkpoint(cycle, "references.jsonl"))}
+    references = {r["question_id"]: r for r in ctx.rows(ctx.checkpoint(cycle, "references.jsonl"))}
+    # A reference the gate dropped is no ground truth: its metrics are recorded as failures (see score_answers).
     rows = [
         {"question_id": a["question_id"], "topic": topics[a["question_id"]], "split": a["split"], "question": a["question"],
-         "answer": a["answer"], "reference": references[a["question_id"]]}
+         "answer": a["answer"], "reference": references[a["question_id"]]["reference"],
+         "reference_dropped": gate_drop_reason(references[a["question_id"]])}
         for a in ctx.rows(ctx.checkpoint(cycle, f"{stage}_answers.jsonl"))
     ]
     needs_judge = any(m in JUDGE_METRICS for m in ctx.config.evaluation.metrics)

@@ -44,6 +44,7 @@ def calculate_overall_improvement(ctx: RunContext, cycle: None, inputs: dict[str
 
 def _cycle_result(ctx: RunContext, n: int) -> dict[str, Any]:
     from kdflow.pipeline.eval_steps import cycle_scores
+    from kdflow.pipeline.student_steps import gate_drop_reason
     from kdflow.pipeline.teacher_steps import run_questions
 
     questions = {q.id: q for q in run_questions(ctx, n)}
@@ -68,8 +69,8 @@ def _cycle_result(ctx: RunContext, n: int) -> dict[str, Any]:
     }
     dropped = [
         {"question_id": qid, "split": questions[qid].split if qid in questions else "train", "question": r["question"],
-         "reason": r["gate"].get("reason", "")}
-        for qid, r in references.items() if r.get("gate", {}).get("decision") == "dropped"
+         "reason": reason}
+        for qid, r in references.items() if (reason := gate_drop_reason(r)) is not None
     ]  # fmt: skip
     return {
         "cycle": n,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections import Counter
+from collections.abc import Container, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +53,8 @@ def load_finetuned_model(ctx: RunContext, cycle: int, inputs: dict[str, Any]) ->
 
 
 def _answer(ctx: RunContext, cycle: int, adapter: Pointer | dict | None, stage: str) -> dict[str, Any]:
-    """Answer the cycle's questions and the held-out set in one batched pass."""
+    """Answer the cycle's questions and the held-out set in one batched pass; the staged answers'
+    summary records the device plan, tokens/s, wall time and memory before/after."""
     from kdflow.pipeline.teacher_steps import run_questions
     from kdflow.student.device import plan_device
     from kdflow.student.generate import answer_questions
@@ -68,7 +71,8 @@ def _answer(ctx: RunContext, cycle: int, adapter: Pointer | dict | None, stage: 
                model=ctx.config.student.model, adapter=adapter_url, new_tokens=a.new_tokens)
         for q, a in zip(questions, answers, strict=True)
     ]
-    summary = {"tokens_per_s": answers.stats.tokens_per_s, "wall_s": answers.stats.wall_s, "device": plan.device}
+    # The device plan and the generation stats travel with the answers (#4), as training's do with the adapter.
+    summary = {**answers.stats.model_dump(mode="json", exclude={"adapter"}), "device": plan.device, "adapter": adapter_url}
     return ctx.stage_rows(cycle, f"{stage}_answers.jsonl", rows, summary=summary).to_xcom()
 
 
@@ -82,27 +86,49 @@ def generate_finetuned_answers(ctx: RunContext, cycle: int, inputs: dict[str, An
     return _answer(ctx, cycle, ctx.checkpoint(cycle, "adapter"), "finetuned")
 
 
+def gate_drop_reason(reference: Reference | Mapping[str, Any]) -> str | None:
+    """Why the teacher-data gate dropped this reference, or None when it may be used (a reference
+    with no gate record predates the gate and is kept). Training and evaluation both ask this."""
+    gate = reference.gate if isinstance(reference, Reference) else reference.get("gate") or {}
+    return (gate.get("reason") or "no reason recorded") if gate.get("decision") == "dropped" else None
+
+
+def trainable_references(
+    references: Iterable[Reference], train_ids: Container[str]
+) -> tuple[list[Reference], list[dict[str, str]]]:
+    """The references that may become training pairs: those of ``train_ids`` (held-out questions
+    are evaluated, never trained on) that the gate did not drop; plus ``{"question_id",
+    "question", "reason"}`` of each dropped one."""
+    kept: list[Reference] = []
+    dropped: list[dict[str, str]] = []
+    for ref in references:
+        if ref.question_id not in train_ids:
+            continue
+        reason = gate_drop_reason(ref)
+        if reason is None:
+            kept.append(ref)
+        else:
+            dropped.append({"question_id": ref.question_id, "question": ref.question, "reason": reason})
+    return kept, dropped
+
+
 def prepare_training_dataset(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
     """Every gated training pair of cycles 1..n of this run; held-out questions never enter."""
     pairs: list[TrainingPair] = []
-    dropped: list[dict[str, str]] = []
+    dropped: list[dict[str, Any]] = []
     for n in range(1, cycle + 1):
         questions = {q["id"]: q for q in ctx.rows(ctx.checkpoint(n, "questions.jsonl"))}
-        for row in ctx.rows(ctx.checkpoint(n, "references.jsonl")):
-            ref = Reference.model_validate(row)
-            question = questions.get(ref.question_id)
-            if question is None:
-                continue  # a held-out question: evaluated, never trained on
-            if ref.gate.get("decision") == "dropped":
-                dropped.append({"question_id": ref.question_id, "reason": ref.gate.get("reason", "gate")})
-                continue
-            pairs.append(TrainingPair(question_id=ref.question_id, cycle=n, topic=question["topic"],
-                                      prompt=ref.question, completion=ref.reference))
+        references = [Reference.model_validate(row) for row in ctx.rows(ctx.checkpoint(n, "references.jsonl"))]
+        kept, cut = trainable_references(references, questions)
+        dropped += [{"cycle": n, **d} for d in cut]
+        pairs += [TrainingPair(question_id=ref.question_id, cycle=n, topic=questions[ref.question_id]["topic"],
+                               prompt=ref.question, completion=ref.reference) for ref in kept]  # fmt: skip
     if not pairs:
         raise CheckpointError(f"cycle {cycle}: the training dataset has zero pairs ({len(dropped)} dropped by the gate)")
-    log.info("cycle %d training dataset: %d pairs (%d dropped)", cycle, len(pairs), len(dropped))
-    pointer = ctx.store.write_jsonl(ctx.key(cycle, "dataset.jsonl"), pairs,
-                                    summary={"pairs": len(pairs), "dropped": len(dropped), "dropped_items": dropped[:20]})
+    reasons = dict(Counter(d["reason"] for d in dropped))
+    log.info("cycle %d training dataset: %d pairs, %d dropped by the gate %s", cycle, len(pairs), len(dropped), reasons)
+    summary = {"pairs": len(pairs), "dropped": len(dropped), "dropped_reasons": reasons, "dropped_items": dropped[:20]}
+    pointer = ctx.store.write_jsonl(ctx.key(cycle, "dataset.jsonl"), pairs, summary=summary)
     ctx.store.record_checkpoint(ctx.run_id, ctx.checkpoint_name(cycle, "dataset.jsonl"), pointer)
     return pointer.to_xcom()
 

@@ -1,0 +1,147 @@
+"""The teacher-data gate through the pipeline steps (issue #10), on a local store holding two
+cycles of checkpoints whose references carry real gate records (:func:`review_reference` on the
+hand-made passages of test_teacher_faithfulness.py): training uses only gated pairs and says
+what it dropped, evaluation never scores against a dropped reference, and the report's gate
+counts come from the checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+
+from fixtures_reliability import smallest_overrides
+from kdflow.pipeline import execute
+from kdflow.pipeline.context import RunContext
+from kdflow.records import Answer, Question, Reference, TrainingPair
+from kdflow.teacher.references import ReferenceGate, review_reference
+from test_teacher_faithfulness import GATE, PASSAGES, QUESTION, SUPPORTED, TEXTS, UNSUPPORTED, teacher
+
+RUN = "manual__gate"
+ALSO_SUPPORTED = "The EndpointSlice only lists ready Pods that match the selector."
+UNANSWERABLE = "Who painted the ceiling of the Sistine Chapel in Rome?"
+# question id -> (question, teacher drafts, gate, expected decision); c1/c2: trained in cycle 1/2, held: held-out
+ITEMS = {
+    "services-c1-kept": (QUESTION, [f"{SUPPORTED} {ALSO_SUPPORTED}"], GATE, "kept"),
+    "services-c1-extractive": (QUESTION, [UNSUPPORTED, "Bananas are rich in potassium."], GATE, "extractive"),
+    "services-c1-dropped": (UNANSWERABLE, ["The passages do not say.", "Michelangelo painted it."], GATE, "dropped"),
+    "services-c2-rewritten": (QUESTION, [f"{SUPPORTED} {UNSUPPORTED}"], GATE, "rewritten"),
+    "services-c2-dropped": (QUESTION, [UNSUPPORTED], ReferenceGate(mode="abstractive", attempts=1), "dropped"),
+    "services-held-kept": (QUESTION, [SUPPORTED], GATE, "kept"),
+    "services-held-dropped": (UNANSWERABLE, ["Michelangelo.", "Michelangelo painted it."], GATE, "dropped"),
+}  # fmt: skip
+
+
+def _question(qid: str) -> Question:
+    split = "held_out" if "-held-" in qid else "train"
+    cycle = None if split == "held_out" else int(qid.split("-")[1][1])
+    # the cycle-1 kept question needed a second draft: one rejection recorded by the question gate
+    rejected = [{"question": "What is it? Answer: a Pod", "reason": "appended answer"}] if qid == "services-c1-kept" else []
+    gate = {"decision": "kept", "attempts": 1 + len(rejected), "rejected": rejected}
+    return Question(id=qid, topic="services", question=ITEMS[qid][0], passage_ids=[PASSAGES[0].id], split=split,
+                    cycle=cycle, gate=gate)  # fmt: skip
+
+
+def _reference(qid: str) -> Reference:
+    question, drafts, gate, decision = ITEMS[qid]
+    reviewed = review_reference(question, TEXTS, teacher(*drafts), gate)
+    assert reviewed.gate["decision"] == decision, (qid, reviewed.gate)
+    return Reference(question_id=qid, question=question, reference=reviewed.text, mode=reviewed.mode, gate=reviewed.gate,
+                     passages=[{"id": p.id, "text": p.text} for p in PASSAGES])  # fmt: skip
+
+
+def _publish(ctx: RunContext, cycle: int | None, name: str, schema: str, rows) -> None:
+    ctx.publish(cycle, name, ctx.stage_rows(cycle, name, rows), schema=schema)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Two cycles published as the teacher and student steps would, then scored by the real
+    evaluation steps (reference metrics only: no judge). Every answer repeats its reference
+    word for word, so a dropped reference that were scored would score 1.0."""
+    overrides = smallest_overrides(str(tmp_path_factory.mktemp("gate") / "store"), "unused",
+                                   evaluation={"metrics": ["rouge_l", "bleu"]})  # fmt: skip
+    ctx = RunContext.create(RUN, overrides)
+    references = {qid: _reference(qid) for qid in ITEMS}
+    held_out = [_question(qid) for qid in ITEMS if "-held-" in qid]
+    _publish(ctx, None, "held_out.jsonl", "held_out", held_out)
+    for n in (1, 2):
+        questions = [_question(qid) for qid in ITEMS if qid.split("-")[1] == f"c{n}"]
+        _publish(ctx, n, "questions.jsonl", "questions", questions)
+        _publish(ctx, n, "references.jsonl", "references", [references[q.id] for q in questions + held_out])
+        for stage in ("baseline", "finetuned"):
+            answers = [Answer(question_id=q.id, question=q.question, answer=references[q.id].reference, stage=stage,
+                              split=q.split, model="student", new_tokens=8) for q in questions + held_out]  # fmt: skip
+            _publish(ctx, n, f"{stage}_answers.jsonl", "answers", answers)
+            staged = execute(f"evaluate_{stage}", run_id=RUN, overrides=overrides, cycle=n)
+            ctx.publish(n, f"{stage}_scores.jsonl", staged, schema="scores")
+        ctx.publish_json(n, "training.json", {"losses": [1.5, 0.75], "wall_s": 2.0, "tokens_per_s": 40.0, "steps": 2})
+    return ctx, overrides, references
+
+
+def test_training_uses_only_gated_pairs_of_every_cycle_and_says_what_it_dropped(run):
+    ctx, overrides, references = run
+    pointer = execute("prepare_training_dataset", run_id=RUN, overrides=overrides, cycle=2)
+    pairs = [TrainingPair.model_validate(r) for r in ctx.rows(pointer)]
+    assert [(p.question_id, p.cycle) for p in pairs] == [("services-c1-kept", 1), ("services-c1-extractive", 1),
+                                                         ("services-c2-rewritten", 2)]  # fmt: skip
+    assert all(p.completion == references[p.question_id].reference and p.prompt == QUESTION for p in pairs)
+    assert pairs[2].completion == SUPPORTED  # the unsupported sentence was cut before training
+    summary = pointer["summary"]
+    reasons = {qid: references[qid].gate["reason"] for qid in ("services-c1-dropped", "services-c2-dropped")}
+    assert summary["pairs"] == 3 and summary["dropped"] == 2
+    assert summary["dropped_reasons"] == {reasons["services-c1-dropped"]: 1, reasons["services-c2-dropped"]: 1}
+    assert "no passage sentence answers the question" in reasons["services-c1-dropped"]
+    assert "no draft kept 50% of its sentences" in reasons["services-c2-dropped"]
+    assert [(d["cycle"], d["question_id"], d["reason"]) for d in summary["dropped_items"]] == [
+        (1, "services-c1-dropped", reasons["services-c1-dropped"]), (2, "services-c2-dropped", reasons["services-c2-dropped"])]
+    assert ctx.checkpoint(2, "dataset.jsonl").sha256 == pointer["sha256"]
+    # cycle 1 alone: its own pairs only; the held-out questions (one kept, one dropped) never enter nor count
+    first = execute("prepare_training_dataset", run_id=RUN, overrides=overrides, cycle=1)
+    assert [r["question_id"] for r in ctx.rows(first)] == ["services-c1-kept", "services-c1-extractive"]
+    assert first["summary"]["dropped"] == 1 and not any("held" in d["question_id"] for d in first["summary"]["dropped_items"])
+
+
+def test_a_dropped_reference_is_no_ground_truth_for_evaluation(run):
+    from kdflow.evaluation.aggregate import aggregate
+    from kdflow.pipeline.eval_steps import cycle_scores
+
+    ctx, _, references = run
+    rows = {r.question_id: r for r in cycle_scores(ctx, 1, "baseline")}
+    assert set(rows) == {"services-c1-kept", "services-c1-extractive", "services-c1-dropped", "services-held-kept",
+                         "services-held-dropped"}  # fmt: skip
+    for qid in ("services-c1-dropped", "services-held-dropped"):
+        why = f"reference dropped by the quality gate: {references[qid].gate['reason']}"
+        assert rows[qid].scores == {"rouge_l": None, "bleu": None} and rows[qid].failures == {"rouge_l": why, "bleu": why}
+    for qid in ("services-c1-kept", "services-c1-extractive", "services-held-kept"):
+        assert rows[qid].failures == {} and rows[qid].scores["rouge_l"] == pytest.approx(1.0)
+    summary = aggregate(list(rows.values()))["by_split_stage"]  # counted as failures, left out of the means
+    train, held = summary["train"]["baseline"]["rouge_l"], summary["held_out"]["baseline"]["bleu"]
+    assert (train["count"], train["failures"], held["count"], held["failures"]) == (2, 1, 1, 1)
+    assert train["mean"] == pytest.approx(1.0)
+
+
+def test_report_gate_counts_and_dropped_items_come_from_the_checkpoints(run):
+    from kdflow.evaluation.report import compute_report, gate_dropped_lines, render_tables
+    from kdflow.pipeline.final_steps import _cycle_result
+
+    ctx, _, references = run
+    results = {"run_id": RUN, "metrics": ["rouge_l", "bleu"], "headline_metric": "rouge_l",
+               "cycles": [_cycle_result(ctx, n) for n in (1, 2)]}  # fmt: skip
+    report = compute_report(results)
+    zero = dict.fromkeys(["references_kept", "references_rewritten", "references_regenerated", "references_extractive"], 0)
+    assert [c["gate"] for c in report["cycles"]] == [
+        {"questions_kept": 3, "questions_regenerated": 1, "questions_rejected": 1,
+         **zero, "references_kept": 1, "references_extractive": 1, "references_dropped": 1},
+        {"questions_kept": 2, "questions_regenerated": 0, "questions_rejected": 0,
+         **zero, "references_rewritten": 1, "references_dropped": 1},
+    ]  # fmt: skip
+    # dropped items: this cycle's train questions and the held-out ones (each cycle scores them again)
+    assert [[(d["question_id"], d["split"]) for d in c["gate_dropped"]] for c in report["cycles"]] == [
+        [("services-c1-dropped", "train"), ("services-held-dropped", "held_out")],
+        [("services-c2-dropped", "train"), ("services-held-dropped", "held_out")],
+    ]
+    reason = references["services-c2-dropped"].gate["reason"]
+    lines = gate_dropped_lines(report)
+    assert len(lines) == 4 and lines[2] == f"cycle 2 train: {QUESTION} - {reason}"
+    assert lines[2] in render_tables(results)["improvement_statistics"]
+    held = report["cycles"][0]["splits"]["held_out"]["rouge_l"]
+    assert held["finetuned_count"] == 1 and held["failures"] == 2  # the dropped held-out reference, both stages

@@ -69,6 +69,46 @@ def fake_completion_server() -> Iterator[Callable[..., str]]:
         server.server_close()
 
 
+class ScriptedServer:
+    """``with ScriptedServer(*replies) as server``: POST n gets ``replies[n]`` (the last one repeats):
+    a str is served as a chat completion's content, an int as that HTTP status with an OpenAI error
+    body. ``server.bodies`` / ``server.headers`` (lowercased names) hold what each POST sent; ``server.url`` is the /v1 URL."""
+
+    def __init__(self, *replies: str | int):
+        self.replies, self.bodies, self.headers = list(replies), [], []
+        lock, script = threading.Lock(), self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server API
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                with lock:
+                    script.bodies.append(body)
+                    script.headers.append({k.lower(): v for k, v in self.headers.items()})
+                    reply = script.replies[min(len(script.bodies), len(script.replies)) - 1]
+                status = reply if isinstance(reply, int) else 200
+                error = {"error": {"message": f"scripted HTTP {status}", "type": "server_error", "code": status}}
+                data = chat_completion_body(reply) if isinstance(reply, str) else json.dumps(error).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
+
+    def __enter__(self) -> ScriptedServer:
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
 def chat_completion_body(content: str) -> bytes:
     """An OpenAI chat-completion envelope around ``content`` (the envelope is fine; the content may not be)."""
     return json.dumps({

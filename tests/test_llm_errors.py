@@ -1,14 +1,20 @@
 """Error paths of the teacher client, each with its one-line message and nothing half-written:
-a server that is down, one that replies with the wrong JSON, and a missing API key."""
+a server that is down, one that replies with the wrong JSON, rate limits and 5xx (retried with
+backoff, bounded), and the API key (missing; read from an Airflow connection, never logged).
+
+The fault injector is :class:`fixtures_llm.ScriptedServer`: a local OpenAI-compatible fake that
+answers from a script and records every request it gets."""
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 
 import pytest
 from pydantic import BaseModel
 
-from fixtures_llm import chat_completion_body
+from fixtures_llm import ScriptedServer, chat_completion_body
 from kdflow.config import load_config
 from kdflow.llm import Endpoint, LLMError, UsageLedger, make_client, teacher_endpoint
 from kdflow.llm.server import EndpointError, free_port
@@ -104,3 +110,71 @@ def test_openai_provider_takes_url_model_key_and_mode_from_config(monkeypatch):
                              "model": "qwen", "structured_output": "json_object"}}  # fmt: skip
     with teacher_endpoint(load_config(overrides, environ={}).teacher) as endpoint:
         assert endpoint == Endpoint("http://127.0.0.1:9/v1", "qwen", "sk-from-env", "json_object")
+
+
+def test_the_validation_error_is_fed_back_in_the_retry_request(tmp_path):
+    with ScriptedServer('{"nam": "oops"}', '{"name": "pod"}') as server:
+        endpoint, client, store, ledger = _client(tmp_path, server.url)
+        assert complete_json(client, endpoint, MESSAGES, Named, temperature=0, max_tokens=20).name == "pod"
+    first, retry = server.bodies
+    assert retry["messages"][: len(first["messages"])] == first["messages"]
+    assert retry["messages"][-2] == {"role": "assistant", "content": '{"nam": "oops"}'}
+    feedback = retry["messages"][-1]
+    assert feedback["role"] == "user" and feedback["content"].startswith("That reply was not valid: name: Field required")
+    assert ledger.as_dict()["tasks"]["t"]["calls"] == 2
+
+
+def test_429_and_503_are_retried_with_backoff_then_succeed(tmp_path):
+    """The openai client's own retries (exponential backoff with jitter) pass through the cache transport:
+    each failed try is counted as an error call, the success is cached and its tokens counted once."""
+    with ScriptedServer(429, 503, '{"name": "pod"}') as server:
+        endpoint, _, store, ledger = _client(tmp_path, server.url)
+        client = make_client(endpoint, store, ledger, task="t", timeout_s=5, max_retries=2)
+        started = time.monotonic()
+        assert complete_json(client, endpoint, MESSAGES, Named, temperature=0, max_tokens=20).name == "pod"
+        waited = time.monotonic() - started
+        assert complete_json(client, endpoint, MESSAGES, Named, temperature=0, max_tokens=20).name == "pod"
+    assert len(server.bodies) == 3 and server.bodies[0] == server.bodies[2]
+    assert [h.get("x-stainless-retry-count") for h in server.headers] == ["0", "1", "2"]
+    assert waited >= 0.5 * 0.75 + 1.0 * 0.75  # openai: 0.5 s * 2**n, jitter down to 75 %
+    usage = ledger.as_dict()["tasks"]["t"]
+    assert (usage["calls"], usage["errors"], usage["cache_hits"]) == (3, 2, 1)
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (11, 3)
+    assert len(store.list_keys("cache/llm")) == 1
+
+
+def test_5xx_retries_are_bounded_then_a_clear_error(tmp_path):
+    with ScriptedServer(503) as server:
+        endpoint, _, store, ledger = _client(tmp_path, server.url)
+        client = make_client(endpoint, store, ledger, task="t", timeout_s=5, max_retries=1)
+        with pytest.raises(LLMError, match=r"teacher endpoint fake-model at http://127\.0\.0\.1:\d+/v1 answered HTTP 503"):
+            complete_json(client, endpoint, MESSAGES, Named, temperature=0, max_tokens=20)
+    assert len(server.bodies) == 2  # the first try and max_retries=1 retry, no more
+    assert ledger.as_dict()["tasks"]["t"]["errors"] == 2 and store.list_keys("cache") == []
+
+
+@pytest.fixture()
+def airflow_logging():
+    """Importing Airflow replaces the root log handlers; do it before caplog attaches to the test's call."""
+    import airflow.sdk  # noqa: F401
+
+
+def test_api_key_from_an_airflow_connection_is_used_and_never_logged(airflow_logging, tmp_path, monkeypatch, caplog, capfd):
+    """No KDFLOW_TEST_CONN_KEY variable: the key is the password of the Airflow connection of that name."""
+    secret = "sk-conn-5e6f7a8b9c"
+    monkeypatch.delenv("KDFLOW_TEST_CONN_KEY", raising=False)
+    monkeypatch.setenv("AIRFLOW_CONN_KDFLOW_TEST_CONN_KEY", json.dumps({"conn_type": "generic", "password": secret}))
+    caplog.set_level(logging.DEBUG)
+    with ScriptedServer('{"name": "pod"}') as server:
+        overrides = {"teacher": {"provider": "openai", "api_key_env": "KDFLOW_TEST_CONN_KEY", "base_url": server.url,
+                                 "model": "fake-model", "structured_output": "json_object"}}  # fmt: skip
+        with teacher_endpoint(load_config(overrides, environ={}).teacher) as endpoint:
+            store, ledger = ArtifactStore(str(tmp_path / "store")), UsageLedger()
+            client = make_client(endpoint, store, ledger, task="t", timeout_s=5, max_retries=0)
+            assert complete_json(client, endpoint, MESSAGES, Named, temperature=0, max_tokens=20).name == "pod"
+            logging.getLogger("kdflow.test").info("endpoint in use: %r", endpoint)
+    assert endpoint.api_key == secret
+    assert server.headers[0]["authorization"] == f"Bearer {secret}"
+    assert {"kdflow.test", "httpx2", "openai._base_client"} <= {r.name for r in caplog.records} and secret not in caplog.text
+    assert secret not in "".join(capfd.readouterr())
+    assert all(secret not in store.read_bytes(key).decode() for key in store.list_keys("cache"))

@@ -1,6 +1,7 @@
 """The teacher against the real embedded llama.cpp server (one per session, see fixtures_llm):
-grounded, de-duplicated questions; references with their passages; the cache (zero calls on a
-rerun); token accounting; timeouts; the async judge client; the CLI."""
+grounded, de-duplicated questions; the judge's answerability check; references with their
+passages; the cache (zero calls on a rerun); token accounting; timeouts; the async judge client;
+the CLI."""
 
 from __future__ import annotations
 
@@ -80,6 +81,22 @@ def test_exhausted_topic_is_a_clear_error(first_run, embedded_endpoint, kb, stor
     client = make_client(embedded_endpoint, store, UsageLedger(), task="questions")
     with pytest.raises(TeacherError, match=r"topic 'pods' looks exhausted: no new acceptable question for slot 1 of 1 after 1 attempts"):
         generate_questions(client, embedded_endpoint, cfg, kb, "pods", 1, existing=[first_run[0][0].question], seed=7, cycle=1)
+
+
+def test_judge_answerability_verdict_parses_and_replays_from_the_cache(first_run, embedded_endpoint, kb, tmp_path):
+    """The question gate's LLM check (teacher.gate.llm_check) against the real server: the grammar-
+    constrained reply parses (or the judge abstains on a reply cut at max_tokens), and a rerun is free."""
+    from kdflow.teacher.gate import Answerability, llm_answerability
+
+    question = first_run[0][0]
+    ledger = UsageLedger.from_config(CFG)
+    client = make_client(embedded_endpoint, ArtifactStore(str(tmp_path)), ledger, task="judge")
+    judge = llm_answerability(client, embedded_endpoint)
+    verdict = judge(question.question, kb.by_id(question.passage_ids[0]))
+    assert verdict is None or isinstance(verdict, Answerability)
+    calls = ledger.as_dict()["tasks"]["judge"]["calls"]
+    assert calls >= 1 and judge(question.question, kb.by_id(question.passage_ids[0])) == verdict
+    assert ledger.as_dict()["tasks"]["judge"]["calls"] == calls and ledger.as_dict()["tasks"]["judge"]["cache_hits"] == calls
 
 
 def test_references_answer_from_saved_passages(first_run, embedded_endpoint, kb, store):

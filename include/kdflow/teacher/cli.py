@@ -4,7 +4,8 @@
     python -m kdflow teacher answer --question "What is a Pod?"
 
 Endpoint, model and store come from the usual config (defaults.yaml, KDFLOW_CONFIG,
-KDFLOW__TEACHER__* variables). Results go to stdout as JSON lines, usage to stderr.
+KDFLOW__TEACHER__* variables). Results go to stdout as JSON lines, usage to stderr. ``questions``
+never repeats a question already in the store (earlier runs and the held-out set), like a run.
 """
 
 from __future__ import annotations
@@ -52,13 +53,26 @@ def _session(config: Any):  # noqa: ANN202 - yields (endpoint, client, ledger, s
     return session()
 
 
+def store_questions(config: Any, store: Any) -> list[str]:
+    """Every question the configured store already holds (all runs' cycles and the held-out set):
+    what the pipeline would reject as not new, so the CLI shows questions a run could use."""
+    from kdflow.pipeline.context import RunContext
+    from kdflow.pipeline.setup_steps import question_bank
+
+    # before_cycle=maxsize: no cycle of any run is "this run's own later cycle", all of them count
+    return question_bank(RunContext(config=config, store=store, run_id="teacher-cli"), before_cycle=sys.maxsize)
+
+
 def run_questions(args: argparse.Namespace, config: Any) -> int:
     from kdflow.teacher.questions import generate_questions
 
-    with _session(config) as (endpoint, client, _ledger, _store, kb):
+    with _session(config) as (endpoint, client, _ledger, store, kb):
         kb.require_topics([args.topic])
         seed = config.seed if args.seed is None else args.seed
-        found = generate_questions(client, endpoint, config.teacher, kb, args.topic, args.n, existing=[], seed=seed, cycle=args.cycle)
+        existing = store_questions(config, store)
+        found = generate_questions(
+            client, endpoint, config.teacher, kb, args.topic, args.n, existing=existing, seed=seed, cycle=args.cycle
+        )
         for question in found:
             print(question.model_dump_json())
     return 0

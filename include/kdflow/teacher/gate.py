@@ -1,20 +1,29 @@
 """Question checks before a question enters the bank: one well-formed question, not a duplicate
 (normalised text, then MiniLM cosine like distilabel's EmbeddingDedup), answerable from its
-passage (embedding-similarity floor between question and passage). Each verdict carries the
-reason and the scores so the decision can be recorded with the item."""
+passage (an embedding-similarity floor between question and passage, always; and the judge's
+yes/no when ``teacher.gate.llm_check`` is on, since a question can share a passage's words and
+still ask for something it does not say). Each verdict carries the reason and the scores so the
+decision can be recorded with the item."""
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from kdflow.config import GateConfig
 from kdflow.embeddings import embed, max_similarity
 from kdflow.kb import Passage
+from kdflow.llm.client import LLMError
+from kdflow.teacher.faithfulness import split_sentences
+from kdflow.teacher.structured import complete_json
+
+log = logging.getLogger(__name__)
 
 
 class TeacherError(RuntimeError):
@@ -25,6 +34,9 @@ _NON_WORD = re.compile(r"[^a-z0-9]+")
 _APPENDED_ANSWER = re.compile(r"\b(answer|question|a|q)\s*:", re.IGNORECASE)
 # A question must stand alone: the student never sees the passage or any options.
 _NOT_STANDALONE = re.compile(r"\b(of the following|this passage|the passage|this text|the text|above)\b", re.IGNORECASE)
+# A letter after end punctuation and a space, capitalised before splitting so "It removes itself. what
+# does ..." splits too; "e.g." and friends stay protected by split_sentences.
+_AFTER_STOP = re.compile(r"(?<=[.!?]\s)[a-z]")
 
 
 def normalise(text: str) -> str:
@@ -63,30 +75,84 @@ class Verdict:
     ok: bool
     reason: str = ""
     scores: dict[str, float] = field(default_factory=dict)
+    judge: dict[str, Any] | None = None  # the judge's answer when it was asked: {"answerable", "reason"}
+
+
+class Answerability(BaseModel):
+    answerable: bool
+    reason: str
+
+
+# (question, passage) -> the judge's verdict, or None when its reply was unusable (it abstains).
+AnswerabilityJudge = Callable[[str, Passage], Answerability | None]
+JUDGE_MAX_TOKENS = 128
+JUDGE_SYSTEM = "You check quiz questions. You say whether a passage contains the answer to a question."
+JUDGE_USER = (
+    "Passage ({section}):\n{text}\n\nQuestion: {question}\n\n"
+    "Can the question be answered from this passage alone? Set answerable to true or false and give a one-sentence reason."
+)
+
+
+def llm_answerability(client: Any, endpoint: Any) -> AnswerabilityJudge:
+    """The judge check through ``client`` (cached and counted like any teacher call). Temperature 0:
+    a yes/no verdict should not vary, and a rerun replays it from the cache."""
+
+    def judge(question: str, passage: Passage) -> Answerability | None:
+        from kdflow.teacher.references import UNUSABLE_REPLY  # references imports this module
+
+        messages = [
+            {"role": "system", "content": JUDGE_SYSTEM},
+            {"role": "user", "content": JUDGE_USER.format(section=passage.section, text=passage.text, question=question)},
+        ]
+        try:
+            return complete_json(client, endpoint, messages, Answerability, temperature=0.0, max_tokens=JUDGE_MAX_TOKENS)
+        except LLMError as exc:
+            if UNUSABLE_REPLY not in str(exc):
+                raise  # endpoint down, timeout, refused: the task fails and Airflow retries it
+            log.warning("answerability judge abstained on %r: %s", question, exc)
+            return None
+
+    return judge
+
+
+def form_problem(text: str) -> str | None:
+    """Why ``text`` is not one stand-alone question, or None. An answer can hide before the question
+    ("It removes itself. What does the kubelet do?"), after it ("...? (It removes itself.)") or as a
+    labelled part ("Answer: ..."); each shows up as a second sentence, text after the "?" or a label."""
+    if not text.endswith("?") or text.count("?") != 1:
+        trailing = " (text follows the '?': an appended answer or remark)" if "?" in text and not text.endswith("?") else ""
+        return f"not exactly one question ending with '?'{trailing}"
+    if _APPENDED_ANSWER.search(text):
+        return "question carries an appended answer or label"
+    if len(split_sentences(_AFTER_STOP.sub(lambda m: m.group(0).upper(), text))) != 1:
+        return "more than one sentence: a statement or answer comes with the question"
+    if _NOT_STANDALONE.search(text):
+        return "question refers to a passage or options the student will not see"
+    return None
 
 
 @dataclass(frozen=True)
 class QuestionGate:
     """Bounds for a question; ``passage_floor`` is the least MiniLM cosine between question and
-    source passage for the question to count as answerable from it."""
+    source passage for the question to count as answerable from it; ``llm_check`` also asks the
+    judge (see :func:`llm_answerability`)."""
 
     min_words: int = GATE_DEFAULTS.min_words
     max_words: int = GATE_DEFAULTS.max_words
     passage_floor: float = GATE_DEFAULTS.passage_floor
+    llm_check: bool = GATE_DEFAULTS.llm_check
 
     @classmethod
     def from_config(cls, cfg: Any) -> QuestionGate:
         gate_cfg = getattr(cfg, "gate", None)
-        return cls(**gate_cfg.model_dump(include={"min_words", "max_words", "passage_floor"})) if gate_cfg else cls()
+        return cls(**gate_cfg.model_dump(include={"min_words", "max_words", "passage_floor", "llm_check"})) if gate_cfg else cls()
 
-    def check(self, text: str, passage: Passage, seen: DuplicateIndex) -> Verdict:
+    def check(self, text: str, passage: Passage, seen: DuplicateIndex, judge: AnswerabilityJudge | None = None) -> Verdict:
+        """Cheap checks first; ``judge`` (one LLM call) only for a question every other check kept."""
         words = len(text.split())
-        if not text.endswith("?") or text.count("?") != 1:
-            return Verdict(False, "not exactly one question ending with '?'")
-        if _APPENDED_ANSWER.search(text):
-            return Verdict(False, "question carries an appended answer or label")
-        if _NOT_STANDALONE.search(text):
-            return Verdict(False, "question refers to a passage or options the student will not see")
+        problem = form_problem(text)
+        if problem:
+            return Verdict(False, problem)
         if not self.min_words <= words <= self.max_words:
             return Verdict(False, f"{words} words, outside {self.min_words}-{self.max_words}")
         question_vec, passage_vec = embed([text, f"{passage.section}: {passage.text}"])
@@ -96,4 +162,13 @@ class QuestionGate:
             return Verdict(False, reason, scores)
         if scores["passage_similarity"] < self.passage_floor:
             return Verdict(False, f"not answerable from its passage (cosine {scores['passage_similarity']:.2f} < {self.passage_floor})", scores)
-        return Verdict(True, "", scores)
+        if judge is None:
+            return Verdict(True, "", scores)
+        answer = judge(text, passage)
+        if answer is None:
+            return Verdict(True, "", scores, {"abstained": True})
+        record = answer.model_dump()
+        if not answer.answerable:
+            why = answer.reason.strip() or "no reason given"
+            return Verdict(False, f"not answerable from its passage (judge: {why})", scores, record)
+        return Verdict(True, "", scores, record)

@@ -4,8 +4,9 @@ A tiny teacher (SmolLM2-135M) follows "write one question about this passage" bu
 questions about a topic", so each call sees one passage, chosen deterministically from
 (seed, cycle, topic, split, slot, attempt): a rerun sends identical requests and is served from
 the cache. Every candidate passes the question checks of :mod:`kdflow.teacher.gate`
-(form, duplicates of earlier questions and of each other, answerability) or is asked for again,
-within ``max_attempts_per_question``.
+(form, duplicates of earlier questions and of each other, answerability: the embedding floor, and
+the judge when ``teacher.gate.llm_check`` is on) or is asked for again, within
+``max_attempts_per_question``; the rejected drafts and their reasons are kept in ``Question.gate``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from kdflow.kb import KnowledgeBase, Passage
 from kdflow.records import Question, question_id
-from kdflow.teacher.gate import DuplicateIndex, QuestionGate, TeacherError
+from kdflow.teacher.gate import AnswerabilityJudge, DuplicateIndex, QuestionGate, TeacherError, llm_answerability
 from kdflow.teacher.structured import complete_json
 
 log = logging.getLogger(__name__)
@@ -65,13 +66,18 @@ def generate_questions(
     cycle: int | None,
     split: str = "train",
     gate: QuestionGate | None = None,
+    judge: AnswerabilityJudge | None = None,
 ) -> list[Question]:
-    """``n`` new questions on ``topic``, each grounded in one passage (its id is saved with it).
+    """``n`` new questions on ``topic``, each grounded in one passage (its id is saved with it),
+    none a duplicate of ``existing`` (the store's earlier questions) or of each other.
+    ``judge`` adds the judge's answerability check; with ``gate.llm_check`` and no ``judge`` the
+    teacher's own endpoint judges (cached and counted with the questions).
     Raises :class:`TeacherError` when a slot finds no acceptable question within the bound."""
     passages = kb.passages_for(topic)
     order = list(range(len(passages)))
     random.Random(stable_int(seed, cycle, topic, split)).shuffle(order)
     gate = gate or QuestionGate.from_config(cfg)
+    judge = judge or (llm_answerability(client, endpoint) if gate.llm_check else None)
     seen = DuplicateIndex(existing, threshold=cfg.dedup_similarity)
     accepted: list[Question] = []
     draws = 0  # walks the shuffled passages across slots so consecutive slots use different passages
@@ -86,17 +92,18 @@ def generate_questions(
                 seed=stable_int(seed, cycle, topic, split, slot, attempt),
             )  # fmt: skip
             text = " ".join(draft.question.split())
-            verdict = gate.check(text, passage, seen)
+            verdict = gate.check(text, passage, seen, judge)
+            record = {"scores": verdict.scores, **({} if verdict.judge is None else {"judge": verdict.judge})}
             if verdict.ok:
                 seen.add(text)
-                gate_record = {"decision": "kept", "attempts": attempt + 1, "scores": verdict.scores, "rejected": rejected}
+                gate_record = {"decision": "kept", "attempts": attempt + 1, **record, "rejected": rejected}
                 accepted.append(
                     Question(id=question_id(topic, text), topic=topic, question=text, passage_ids=[passage.id],
                              split=split, cycle=cycle, gate=gate_record)  # fmt: skip
                 )
                 break
             log.info("rejected question %r (%s)", text, verdict.reason)
-            rejected.append({"question": text, "passage_id": passage.id, "reason": verdict.reason, "scores": verdict.scores})
+            rejected.append({"question": text, "passage_id": passage.id, "reason": verdict.reason, **record})
         else:
             last = rejected[-1]["reason"] if rejected else "none"
             raise TeacherError(

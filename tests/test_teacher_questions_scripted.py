@@ -1,0 +1,152 @@
+"""Question generation against a scripted local teacher (issues #3 and #10): a badly formed
+question is rejected and asked for again, the judge's "not answerable" rejects a question the
+embedding floor would keep, and questions already in the store (an earlier run, through the
+pipeline steps; the CLI) are never asked again. Everything the teacher sends is a real HTTP
+reply from :class:`ScriptedServer`; the gate, the cache and the pipeline steps are the real ones."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from fixtures_llm import ScriptedServer
+from kdflow.config import load_config
+from kdflow.kb import load_knowledge_base
+from kdflow.llm import Endpoint, UsageLedger, make_client
+from kdflow.records import Question
+from kdflow.store import ArtifactStore
+from kdflow.teacher import TeacherError, generate_questions
+from kdflow.teacher.gate import DuplicateIndex, QuestionGate
+
+PASSAGE = (
+    "The restartPolicy field of a Pod applies to all its containers. Possible values are Always, OnFailure "
+    "and Never; the default is Always. The kubelet restarts failed containers with an exponential back-off delay."
+)
+BAD_FORM = "What does the kubelet do with failed containers. It restarts them with a back-off delay. Why?"
+GOOD = "How does the kubelet delay restarts of failed containers?"
+# Shares the passage's words (the embedding floor keeps it) but asks for a number it never gives.
+UNANSWERABLE = "How many seconds is the back-off delay before the kubelet restarts a failed container?"
+OLD = "What is the default restartPolicy of a Pod?"
+
+
+def draft(question: str) -> str:
+    return json.dumps({"question": question})
+
+
+@pytest.fixture()
+def kb_path(tmp_path):
+    (tmp_path / "kb").mkdir()
+    (tmp_path / "kb" / "pods.md").write_text(f"# Pods\n\n## Restart policy\n\n{PASSAGE}\n")
+    return tmp_path / "kb"
+
+
+def ask(server: ScriptedServer, kb_path, tmp_path, n: int = 1, **teacher: object) -> list[Question]:
+    cfg = load_config({"teacher": teacher}, environ={}).teacher
+    endpoint = Endpoint(server.url, "fake-model", "sk-test", "json_object_schema")
+    client = make_client(endpoint, ArtifactStore(str(tmp_path / "store")), UsageLedger(), task="questions", max_retries=0)
+    return generate_questions(client, endpoint, cfg, load_knowledge_base(str(kb_path)), "pods", n, existing=[], seed=3, cycle=1)
+
+
+def test_a_badly_formed_question_is_rejected_asked_again_and_recorded(kb_path, tmp_path):
+    with ScriptedServer(draft(BAD_FORM), draft(GOOD)) as server:
+        [question] = ask(server, kb_path, tmp_path)
+    assert question.question == GOOD and len(server.bodies) == 2
+    assert server.bodies[0]["seed"] != server.bodies[1]["seed"]  # a new request, not a cache replay
+    gate = question.gate
+    assert gate["decision"] == "kept" and gate["attempts"] == 2 and "judge" not in gate
+    [rejected] = gate["rejected"]
+    assert rejected["question"] == BAD_FORM and rejected["passage_id"] == question.passage_ids[0]
+    assert rejected["reason"].startswith("more than one sentence")
+
+
+def test_the_attempt_bound_ends_in_a_clear_error(kb_path, tmp_path):
+    with ScriptedServer(draft(BAD_FORM)) as server:
+        with pytest.raises(
+            TeacherError, match=r"topic 'pods' looks exhausted: .* after 2 attempts \(last rejection: more than one"
+        ):
+            ask(server, kb_path, tmp_path, max_attempts_per_question=2)
+    assert len(server.bodies) == 2
+
+
+def test_the_judge_rejects_a_question_its_passage_does_not_answer(kb_path, tmp_path):
+    kb = load_knowledge_base(str(kb_path))
+    assert QuestionGate().check(UNANSWERABLE, kb.passages[0], DuplicateIndex([], threshold=0.92)).ok  # floor alone keeps it
+    no = {"answerable": False, "reason": "The passage does not say how long the delay is."}
+    yes = {"answerable": True, "reason": "The passage says the delay is an exponential back-off."}
+    with ScriptedServer(draft(UNANSWERABLE), json.dumps(no), draft(GOOD), json.dumps(yes)) as server:
+        [question] = ask(server, kb_path, tmp_path, gate={"llm_check": True})
+    assert question.question == GOOD and len(server.bodies) == 4
+    judge_request = server.bodies[1]
+    assert judge_request["temperature"] == 0.0
+    assert set(judge_request["response_format"]["schema"]["properties"]) == {"answerable", "reason"}
+    assert PASSAGE in judge_request["messages"][-1]["content"] and UNANSWERABLE in judge_request["messages"][-1]["content"]
+    [rejected] = question.gate["rejected"]
+    assert rejected["reason"] == f"not answerable from its passage (judge: {no['reason']})"
+    assert rejected["judge"] == no and rejected["scores"]["passage_similarity"] >= QuestionGate().passage_floor
+    assert question.gate["judge"] == yes and question.gate["attempts"] == 2
+
+
+def test_the_judge_is_not_asked_about_a_question_the_cheap_checks_reject(kb_path, tmp_path):
+    yes = json.dumps({"answerable": True, "reason": "It says so."})
+    with ScriptedServer(draft(BAD_FORM), draft(GOOD), yes) as server:
+        [question] = ask(server, kb_path, tmp_path, gate={"llm_check": True})
+    assert len(server.bodies) == 3 and "answerable" not in json.dumps(server.bodies[1])
+    assert (
+        question.gate["rejected"][0]["reason"].startswith("more than one sentence")
+        and "judge" not in question.gate["rejected"][0]
+    )
+
+
+def _config(server: ScriptedServer, kb_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("KDFLOW_TEST_KEY", "sk-test")
+    return load_config({
+        "store": {"url": str(tmp_path / "store")},
+        "knowledge_base": {"path": str(kb_path)},
+        "pipeline": {"topics": ["pods"], "questions_per_cycle": 1, "cycles": 1},
+        "teacher": {"provider": "openai", "base_url": server.url, "model": "fake-model", "api_key_env": "KDFLOW_TEST_KEY",
+                    "structured_output": "json_object_schema", "max_retries": 0},
+    }, environ={})  # fmt: skip
+
+
+def test_a_question_of_an_earlier_run_is_a_duplicate_in_a_new_run(kb_path, tmp_path, monkeypatch):
+    """Two runs in one store through the pipeline steps. Run B's first draw is the same request as run
+    A's, so the cache replays run A's question; the bank from run A's checkpoint rejects it."""
+    from kdflow.pipeline.checkpoint_steps import save_questions
+    from kdflow.pipeline.context import RunContext
+    from kdflow.pipeline.setup_steps import cycle_start, start_record
+    from kdflow.pipeline.teacher_steps import generate_questions as generate_step
+
+    with ScriptedServer(draft(OLD), draft(GOOD)) as server:
+        config = _config(server, kb_path, tmp_path, monkeypatch)
+        store = ArtifactStore.from_config(config)
+        runs = {}
+        for run_id in ("run-a", "run-b"):
+            ctx = RunContext(config=config, store=store, run_id=run_id)
+            cycle_start(ctx, 1, {})
+            staged = generate_step(ctx, 1, {})
+            save_questions(ctx, 1, {"generate_questions": staged})
+            runs[run_id] = [Question.model_validate(r) for r in ctx.rows(ctx.checkpoint(1, "questions.jsonl"))]
+    assert [q.question for q in runs["run-a"]] == [OLD]
+    assert start_record(RunContext(config=config, store=store, run_id="run-b"), 1)["question_bank"] == [OLD]
+    [new] = runs["run-b"]
+    assert new.question == GOOD
+    assert [(r["question"], r["reason"]) for r in new.gate["rejected"]] == [(OLD, "exact duplicate of an earlier question")]
+    assert len(server.bodies) == 2  # run A's draw, then run B's second draw; run B's first came from the cache
+
+
+def test_cli_questions_skip_questions_already_in_the_store(kb_path, tmp_path, monkeypatch, capsys):
+    from kdflow.teacher.cli import register
+
+    with ScriptedServer(draft(OLD), draft(GOOD)) as server:
+        config = _config(server, kb_path, tmp_path, monkeypatch)
+        earlier = Question(id="pods-old", topic="pods", question=OLD.upper(), passage_ids=["pods/pods#restart-policy-0"], cycle=1)
+        ArtifactStore.from_config(config).write_jsonl("runs/some-earlier-run/cycle_1/questions.jsonl", [earlier])
+        parser = argparse.ArgumentParser()
+        register(parser.add_subparsers(dest="command"))
+        args = parser.parse_args(["teacher", "questions", "--topic", "pods", "-n", "1"])
+        assert args.func(args, config) == 0
+    [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["question"] == GOOD and row["gate"]["rejected"][0]["reason"] == "exact duplicate of an earlier question"
+    assert len(server.bodies) == 2

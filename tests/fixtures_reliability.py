@@ -10,7 +10,7 @@ import http.client
 import ipaddress
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,6 +58,42 @@ def socket_watch() -> Iterator[list[tuple[str, Any]]]:
         yield seen
     finally:
         _watch = None
+
+
+# Installed into a child process through PYTHONPATH: that process's own socket audit, which also
+# sees what it does at exit (background threads, atexit flushes), unlike the in-process watch.
+SOCKET_AUDIT_SITECUSTOMIZE = """
+import json, os, sys
+
+def _kdflow_socket_audit(event, args):
+    if event in ("socket.bind", "socket.connect", "socket.getaddrinfo"):
+        target = args[0] if event == "socket.getaddrinfo" else args[1]
+        if isinstance(target, bytes):
+            target = target.decode(errors="replace")
+        with open(os.environ["KDFLOW_SOCKET_AUDIT"], "a") as log:
+            log.write(json.dumps([event, target], default=repr) + "\\n")
+
+sys.addaudithook(_kdflow_socket_audit)
+"""
+
+
+@pytest.fixture()
+def child_socket_audit(tmp_path, monkeypatch) -> Callable[[], list[tuple[str, Any]]]:
+    """Put the socket audit into every child process started during the test (PYTHONPATH);
+    returns a reader of the (event, target) pairs they recorded."""
+    import json
+    import os
+
+    hook_dir, log = tmp_path / "socket-audit", tmp_path / "sockets.jsonl"
+    hook_dir.mkdir()
+    (hook_dir / "sitecustomize.py").write_text(SOCKET_AUDIT_SITECUSTOMIZE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(hook_dir), os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.setenv("KDFLOW_SOCKET_AUDIT", str(log))
+
+    def events() -> list[tuple[str, Any]]:
+        return [tuple(json.loads(line)) for line in log.read_text().splitlines()] if log.exists() else []
+
+    return events
 
 
 # -- store contents ------------------------------------------------------------------------------

@@ -6,9 +6,8 @@ import json
 
 import pytest
 
-from kdflow.evaluation.aggregate import aggregate, compare_all, compare_cycle, load_scores, save_scores, select
+from kdflow.evaluation.aggregate import aggregate, compare_all, compare_cycle, select
 from kdflow.records import ScoreRow
-from kdflow.store import ArtifactStore
 
 
 def row(qid, topic, split, stage, cycle, rel, rouge=None, fail=None):
@@ -97,14 +96,3 @@ def test_relative_improvement_from_zero_is_none():
     comp = compare_cycle(base, fine, training=None, success_threshold=0.5)["splits"]["train"]["answer_relevancy"]
     assert comp["abs_improvement"] == pytest.approx(0.4) and comp["rel_improvement_pct"] is None
     assert comp["improved_share"] == 1.0
-
-
-def test_scores_and_aggregates_are_written_to_the_store(score_file, tmp_path):
-    store = ArtifactStore(str(tmp_path / "store"))
-    rows = [r for r in score_file if r.cycle == 1 and r.stage == "baseline"]
-    pointer = save_scores(store, "run 1", 1, "baseline", rows)
-    assert pointer.key == "runs/run_1/cycle_1/scores_baseline.jsonl" and pointer.count == 6
-    assert pointer.summary["means"]["train"]["answer_relevancy"] == pytest.approx(0.3) and pointer.summary["failures"] == 1
-    assert load_scores(store, pointer) == rows
-    stored = store.read_json("runs/run_1/cycle_1/aggregates_baseline.json")
-    assert stored["by_split_stage"]["held_out"]["baseline"]["answer_relevancy"]["mean"] == pytest.approx(0.4)

@@ -68,43 +68,21 @@ def test_a_full_run_leaks_no_secret_and_stays_on_loopback(secret_env, s3_server,
     assert [(event, target) for event, target in socket_watch if not is_loopback(event, target)] == []
 
 
-# Installed into the llama.cpp server processes through PYTHONPATH: their own socket audit.
-SOCKET_AUDIT_SITECUSTOMIZE = """
-import json, os, sys
-
-def _kdflow_socket_audit(event, args):
-    if event in ("socket.bind", "socket.connect", "socket.getaddrinfo"):
-        target = args[0] if event == "socket.getaddrinfo" else args[1]
-        if isinstance(target, bytes):
-            target = target.decode(errors="replace")
-        with open(os.environ["KDFLOW_SOCKET_AUDIT"], "a") as log:
-            log.write(json.dumps([event, target], default=repr) + "\\n")
-
-sys.addaudithook(_kdflow_socket_audit)
-"""
-
-
 @pytest.mark.slow
-def test_the_embedded_llama_servers_bind_and_connect_on_loopback_only(tmp_path, monkeypatch):
+def test_the_embedded_llama_servers_bind_and_connect_on_loopback_only(tmp_path, child_socket_audit):
     """The teacher's own processes, not just this one: every bind, connect and name lookup they
     make while starting and answering stays on 127.0.0.1."""
     import ipaddress
-    import os
 
     from kdflow.config import load_config
     from kdflow.llm import UsageLedger, make_client, teacher_endpoint
 
-    hook_dir, log = tmp_path / "hook", tmp_path / "sockets.jsonl"
-    hook_dir.mkdir()
-    (hook_dir / "sitecustomize.py").write_text(SOCKET_AUDIT_SITECUSTOMIZE)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(hook_dir), os.environ.get("PYTHONPATH")) if p))
-    monkeypatch.setenv("KDFLOW_SOCKET_AUDIT", str(log))
     cfg = load_config(environ={}).teacher
     with teacher_endpoint(cfg) as endpoint:
         client = make_client(endpoint, ArtifactStore(str(tmp_path / "store")), UsageLedger(), task="audit")
         for i in range(2 * cfg.embedded_servers):
             client.chat.completions.create(model=endpoint.model, messages=[{"role": "user", "content": f"Say {i}."}], max_tokens=4)
-    events = [json.loads(line) for line in log.read_text().splitlines()]
+    events = child_socket_audit()
     binds = [target for event, target in events if event == "socket.bind" and isinstance(target, list)]
     assert len(binds) >= cfg.embedded_servers, events  # each server's listening socket was seen
     assert all(ipaddress.ip_address(host).is_loopback for host, *_ in binds), binds

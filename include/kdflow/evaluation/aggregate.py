@@ -191,25 +191,3 @@ def compare_all(cycles: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 {"cycle": comp["cycle"], "baseline_mean": numbers["baseline_mean"], "finetuned_mean": numbers["finetuned_mean"]}
             )
     return {"table": table, "overall": overall, "held_out_trend": trend}
-
-
-def _means(summary: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    return {m: s["mean"] for m, s in summary.items()}
-
-
-def save_scores(store: Any, run_id: str, cycle: int, stage: str, rows: Sequence[ScoreRow]) -> Any:
-    """Write one stage's per-question scores (``scores_<stage>.jsonl``) and their aggregates
-    (``aggregates_<stage>.json``) under the cycle's key; the returned pointer carries the means
-    per split, small enough for XCom."""
-    from kdflow.store import cycle_key
-
-    agg = aggregate(rows)
-    store.write_json(cycle_key(run_id, cycle, f"aggregates_{stage}", ".json"), agg)
-    means = {split: _means(stages.get(stage, {})) for split, stages in agg["by_split_stage"].items()}
-    failures = sum(len(r.failures) for r in rows)
-    return store.write_jsonl(cycle_key(run_id, cycle, f"scores_{stage}", ".jsonl"), rows, summary={"means": means, "failures": failures})
-
-
-def load_scores(store: Any, pointer: Any) -> list[ScoreRow]:
-    """Score rows back from a pointer (hash-checked) or key."""
-    return [ScoreRow.model_validate(r) for r in store.read_jsonl(pointer)]

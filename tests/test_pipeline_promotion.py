@@ -1,0 +1,79 @@
+"""The champion across runs, through the pipeline's own steps on a real local store: a run that
+beats the model it started from on the held-out set becomes the champion, the next run's cycle 1
+starts from that adapter, a worse run is refused with its reason, and a rerun of the promoted run
+still compares against the champion it started from. The scores are hand-made checkpoints, so
+the decisions are known in advance."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdflow.pipeline.context import RunContext
+from kdflow.pipeline.final_steps import _promotion
+from kdflow.pipeline.setup_steps import CHAMPION_KEY, cycle_start, start_adapter, start_record
+from kdflow.records import ScoreRow
+
+METRIC = "semantic_similarity"
+HELD_OUT = ("pods-h1", "services-h1", "storage-h1")
+
+
+def _scores(stage: str, values: tuple[float, ...]) -> list[ScoreRow]:
+    return [ScoreRow(question_id=qid, topic=qid.split("-")[0], split="held_out", stage=stage, cycle=1,
+                     scores={METRIC: v}) for qid, v in zip(HELD_OUT, values, strict=True)]  # fmt: skip
+
+
+def _finish_run(store_url: str, run_id: str, baseline: tuple[float, ...], finetuned: tuple[float, ...],
+                tmp_path) -> tuple[RunContext, dict]:
+    """A one-cycle run as its checkpoints leave it: start record, both score files and an adapter;
+    then the promotion decision of its last step."""
+    ctx = RunContext.create(run_id, {"store": {"url": store_url}, "pipeline": {"cycles": 1},
+                                     "evaluation": {"metrics": [METRIC]}, "promotion": {"metric": METRIC, "margin": 0.02}})
+    cycle_start(ctx, 1, {})
+    for stage, values in (("baseline", baseline), ("finetuned", finetuned)):
+        ctx.publish(1, f"{stage}_scores.jsonl", ctx.stage_rows(1, f"{stage}_scores.jsonl", _scores(stage, values)))
+    adapter_dir = tmp_path / f"adapter-{run_id}"
+    adapter_dir.mkdir()
+    (adapter_dir / "adapter_model.safetensors").write_bytes(run_id.encode())
+    ctx.store.record_checkpoint(run_id, "cycle_1.adapter", ctx.store.upload_dir(adapter_dir, ctx.key(1, "adapter")))
+    return ctx, _promotion(ctx, 1)
+
+
+def test_champion_is_promoted_then_started_from_then_defended(tmp_path):
+    store = str(tmp_path / "store")
+
+    first, decision = _finish_run(store, "nightly_1", baseline=(0.50, 0.50, 0.50), finetuned=(0.60, 0.58, 0.55), tmp_path=tmp_path)
+    assert start_record(first, 1)["origin"] == "base model" and start_adapter(first, 1) is None
+    assert decision["promote"] is True and decision["incumbent"] == "base model", decision
+    assert decision["delta"] == pytest.approx(0.0767, abs=1e-4)
+    champion = first.store.read_json(CHAMPION_KEY)
+    assert champion["run_id"] == "nightly_1" and champion["metric"] == METRIC and champion["previous"] is None
+    assert champion["adapter"]["url"] == first.checkpoint(1, "adapter").url
+
+    # The next nightly run starts from the champion's adapter and says so.
+    second, refused = _finish_run(store, "nightly_2", baseline=(0.60, 0.58, 0.55), finetuned=(0.61, 0.58, 0.55), tmp_path=tmp_path)
+    record = start_record(second, 1)
+    assert record["origin"] == "champion from run nightly_1"
+    assert start_adapter(second, 1).url == champion["adapter"]["url"]
+    # ... and does not beat it by the margin: refused, the reason recorded, the champion unchanged.
+    assert refused["promote"] is False and refused["incumbent"] == "champion from run nightly_1"
+    assert "margin" in refused["reason"] and refused["delta"] == pytest.approx(0.0033, abs=1e-4)
+    assert second.store.read_json(CHAMPION_KEY)["run_id"] == "nightly_1"
+
+    # A third run that beats it by the margin takes over, keeping the one before as `previous`.
+    third, promoted = _finish_run(store, "nightly_3", baseline=(0.60, 0.58, 0.55), finetuned=(0.70, 0.66, 0.60), tmp_path=tmp_path)
+    assert promoted["promote"] is True and start_record(third, 1)["origin"] == "champion from run nightly_1"
+    latest = third.store.read_json(CHAMPION_KEY)
+    assert latest["run_id"] == "nightly_3" and latest["previous"]["run_id"] == "nightly_1"
+    assert "previous" not in latest["previous"]  # the chain stays one link long
+
+    # Rerunning the promoted run's first cycle starts from the champion it found, not from itself.
+    cycle_start(third, 1, {})
+    assert start_record(third, 1)["origin"] == "champion from run nightly_1"
+
+
+def test_a_regressing_topic_blocks_promotion(tmp_path):
+    run, decision = _finish_run(str(tmp_path / "store"), "nightly_1", baseline=(0.50, 0.50, 0.50),
+                                finetuned=(0.80, 0.80, 0.30), tmp_path=tmp_path)
+    assert decision["promote"] is False and decision["regressed_topics"] == ["storage"], decision
+    assert "storage" in decision["reason"]
+    assert not run.store.exists(CHAMPION_KEY)

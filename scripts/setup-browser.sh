@@ -12,8 +12,11 @@ if ! command -v chromium >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
 if ! command -v npm >/dev/null 2>&1; then
-  echo "[setup-browser] npm is missing: apt-get install nodejs npm" >&2
-  exit 1
+  echo "[setup-browser] installing Debian nodejs and npm"
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
 if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
   echo "[setup-browser] installing playwright-core into tests/browser"

@@ -1,5 +1,7 @@
-"""DAG integrity: the DAG folder imports cleanly, fast, and has the diagram's shape."""
+"""DAG integrity: the DAG folder imports cleanly, fast, and has the diagram's shape: every box of
+the user's design (docs/pipeline-diagram.md, main flowchart) is a task, in the diagram's order."""
 
+import re
 import time
 from pathlib import Path
 
@@ -9,8 +11,58 @@ from kdflow.config import load_config
 from kdflow.pipeline.params import params_to_overrides
 from kdflow.pipeline.registry import CYCLE_STEPS, FINAL_STEPS, SETUP_STEPS
 
-DAGS = Path(__file__).resolve().parents[1] / "dags"
+REPO = Path(__file__).resolve().parents[1]
+DAGS = REPO / "dags"
+DIAGRAM = REPO / "docs" / "pipeline-diagram.md"
 CONFIG = load_config()
+# The diagram names the production models; the DAG's display names name the configured ones.
+MODEL_NAMES = {"GPT-4o-mini": CONFIG.teacher.model, "Phi-2": CONFIG.student.model}
+EDGE = re.compile(r"^\s*(\w+)(?:\[([^\]]*)\])?\s*-->\s*(\w+)(?:\[([^\]]*)\])?\s*$")
+
+
+def diagram_boxes(markdown: str) -> list[str]:
+    """Box texts of the first (main) mermaid flowchart, in the order its flow first names them."""
+    block = re.search(r"```mermaid\n(.*?)```", markdown, re.S).group(1)
+    texts: dict[str, str | None] = {}
+    for line in block.splitlines():
+        if "-->" not in line:
+            continue
+        match = EDGE.match(line)
+        assert match, f"unparsed edge in the diagram: {line.strip()!r}"
+        for node, text in (match.group(1, 2), match.group(3, 4)):
+            if text is not None:
+                texts[node] = text
+            texts.setdefault(node, None)
+    undefined = [node for node, text in texts.items() if text is None]
+    assert not undefined, f"boxes without text: {undefined}"
+    return list(texts.values())
+
+
+def normalise(text: str) -> str:
+    """Box text as words: emoji (and their variation selectors) dropped, whitespace collapsed."""
+    return " ".join(re.sub(r"[^\w\s:&.,/()+-]", " ", text).split())
+
+
+def as_display_name(box: str) -> str:
+    for diagram_name, configured in MODEL_NAMES.items():
+        box = box.replace(diagram_name, configured)
+    return normalise(box)
+
+
+def in_flow_order(dag) -> list:
+    """The tasks along the DAG's single line (each has one more ancestor than the one before)."""
+    return sorted(dag.tasks, key=lambda t: len(t.get_flat_relative_ids(upstream=True)))
+
+
+def missing_boxes(boxes: list[str], names: list[str]) -> list[str]:
+    """Boxes that are not display names of tasks following the previous box's task."""
+    missing, position = [], 0
+    for box in boxes:
+        if box in names[position:]:
+            position = names.index(box, position) + 1
+        else:
+            missing.append(box if box not in names else f"{box} (out of order)")
+    return missing
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +105,27 @@ def test_parsing_imports_nothing_heavy():
     assert out.strip().splitlines()[-1] == "[]"
 
 
-def test_every_box_of_the_diagram_is_a_task_in_order(dag):
+def test_every_box_of_the_diagram_is_a_task_in_the_diagram_order(dag):
+    boxes = [as_display_name(box) for box in diagram_boxes(DIAGRAM.read_text())]
+    assert boxes[0] == "User Clicks Start Pipeline" and boxes[-1] == "Show Sample Q&A Pairs from Both Cycles"
+    assert "CYCLE 2 START" in boxes and f"Load Fine-tuned {CONFIG.student.model} from Cycle 1" in boxes
+    names = [normalise(t.task_display_name) for t in in_flow_order(dag)]
+    assert missing_boxes(boxes, names) == []
+
+
+def test_a_step_removed_from_the_registry_is_a_missing_box(monkeypatch):
+    """The diagram, not the registry, is the reference: a DAG built without a step fails the check."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from kdflow.pipeline import registry
+
+    monkeypatch.setattr(registry, "FINAL_STEPS", tuple(s for s in FINAL_STEPS if s.id != "show_performance_comparison"))
+    dag = DagBag(dag_folder=str(DAGS)).dags["knowledge_distillation"]
+    boxes = [as_display_name(box) for box in diagram_boxes(DIAGRAM.read_text())]
+    assert missing_boxes(boxes, [normalise(t.task_display_name) for t in in_flow_order(dag)]) == ["Show Performance Comparison"]
+
+
+def test_every_registry_step_is_a_task_on_a_single_line(dag):
     expected = [s.id for s in SETUP_STEPS]
     for n in range(1, CONFIG.pipeline.max_cycles + 1):
         expected += [f"cycle_{n}.{s.id}" for s in CYCLE_STEPS]

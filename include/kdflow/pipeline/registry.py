@@ -1,4 +1,4 @@
-"""Every box of the design diagram (../shared/pipeline-diagram.md, main flow) as a step.
+"""Every box of the design diagram (docs/pipeline-diagram.md, main flow) as a step.
 
 The DAG and the CLI runner both walk these lists, so the diagram is written down once. This
 module imports nothing heavy: the DAG file imports it at parse time.

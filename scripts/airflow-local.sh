@@ -4,6 +4,7 @@
 #
 #   scripts/airflow-local.sh          # start (foreground; Ctrl-C stops everything)
 #   scripts/airflow-local.sh stop     # stop a running instance by the PIDs it recorded
+#   scripts/airflow-local.sh gpu-pool # print the pool it creates for the student steps: name, slots
 #
 # Env: AIRFLOW_HOME (default ./airflow_home, SQLite inside), AIRFLOW_API_PORT (8080),
 # AIRFLOW__DATABASE__SQL_ALCHEMY_CONN (e.g. Postgres from scripts/services.sh), KDFLOW_ADMIN_PASSWORD,
@@ -34,11 +35,24 @@ stop_all() {
   done
 }
 
-if [[ ${1:-start} == stop ]]; then
-  stop_all
-  echo "[airflow-local] stopped"
-  exit 0
-fi
+# The pool the DAG puts the student steps in: airflow.gpu_pool and gpu_pool_slots of the kdflow config
+# (defaults.yaml, KDFLOW_CONFIG, KDFLOW__AIRFLOW__GPU_POOL[_SLOTS]), one per line.
+gpu_pool() {
+  local config
+  config=$("$VENV/bin/python" -m kdflow config) || return  # a bad config: kdflow names the field
+  "$VENV/bin/python" -c 'import sys, yaml; a = yaml.safe_load(sys.stdin)["airflow"]; print(a["gpu_pool"]); print(a["gpu_pool_slots"])' \
+    <<<"$config"
+}
+
+case ${1:-start} in
+  stop)
+    stop_all
+    echo "[airflow-local] stopped"
+    exit 0 ;;
+  gpu-pool)
+    gpu_pool
+    exit 0 ;;
+esac
 
 mkdir -p "$AIRFLOW_HOME/logs" "$PIDS"
 [[ -f $AIRFLOW_HOME/jwt_secret ]] || (umask 077 && "$VENV/bin/python" -c "import secrets; print(secrets.token_hex(48))" > "$AIRFLOW_HOME/jwt_secret")
@@ -63,9 +77,11 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$AIRFLOW_HOME/passwords
 export KDFLOW__STORE__URL=${KDFLOW__STORE__URL:-$ROOT/artifacts}  # tasks and the report plugin agree
 export HF_HUB_OFFLINE=1 RAGAS_DO_NOT_TRACK=true TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-echo "[airflow-local] AIRFLOW_HOME=$AIRFLOW_HOME: migrating the metadata DB, creating pool gpu"
+POOL=$(gpu_pool)
+POOL_NAME=${POOL%%$'\n'*} POOL_SLOTS=${POOL##*$'\n'}
+echo "[airflow-local] AIRFLOW_HOME=$AIRFLOW_HOME: migrating the metadata DB, creating pool $POOL_NAME ($POOL_SLOTS slots)"
 airflow db migrate >"$AIRFLOW_HOME/logs/init.log" 2>&1
-airflow pools set gpu 1 "GPU slots: student steps" >>"$AIRFLOW_HOME/logs/init.log" 2>&1
+airflow pools set "$POOL_NAME" "$POOL_SLOTS" "GPU slots: student steps" >>"$AIRFLOW_HOME/logs/init.log" 2>&1
 
 trap 'echo "[airflow-local] stopping"; stop_all' EXIT
 trap 'exit 130' INT TERM

@@ -100,11 +100,14 @@ class AirflowTopology:
         _, alive = psutil.wait_procs(tree, timeout=30)
         assert not alive, f"{name}: processes outlived the kill: {alive}"
 
-    def restart(self, name: str) -> subprocess.Popen:
-        """Start a stopped component again with the command line and environment it first had."""
+    def restart(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start a stopped component again with the command line and environment it first had;
+        ``extra_env`` adds to that environment for this start only (the next restart drops it)."""
         assert self.processes[name].poll() is not None, f"{name} is still running"
-        args, extra_env = self.commands[name]
-        return self.start(name, *args, extra_env=extra_env)
+        args, first_env = self.commands[name]
+        proc = self.start(name, *args, extra_env={**first_env, **(extra_env or {})})
+        self.commands[name] = (args, first_env)
+        return proc
 
     def log_size(self, name: str) -> int:
         return (self.home / "logs" / f"{name}.log").stat().st_size
@@ -148,6 +151,13 @@ class AirflowTopology:
 
     def log_tail(self, name: str, chars: int = 3000) -> str:
         return (self.home / "logs" / f"{name}.log").read_text(errors="replace")[-chars:]
+
+    @property
+    def airflow_config(self):
+        """kdflow's ``airflow`` config section as every component reads it (GPU pool, queues)."""
+        from kdflow.config import load_config
+
+        return load_config(environ=self.env).airflow
 
     # -- REST API v2 -------------------------------------------------------------------------
     def client(self):
@@ -279,7 +289,8 @@ def airflow_topology(s3_server, tiny_phi_dir):
     try:
         # What docker-compose's airflow-init does.
         topo.airflow_cli("db", "migrate")
-        topo.airflow_cli("pools", "set", "gpu", "1", "GPU slots: student steps")
+        pool = topo.airflow_config
+        topo.airflow_cli("pools", "set", pool.gpu_pool, str(pool.gpu_pool_slots), "GPU slots: student steps")
         api = topo.start("api-server", "api-server", "-H", "127.0.0.1", "-p", str(port), "-w", "1")
         topo.start("scheduler", "scheduler", "--skip-serve-logs")
         topo.start("dag-processor", "dag-processor")

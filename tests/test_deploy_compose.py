@@ -5,7 +5,10 @@ the repo and agrees with kdflow's config and with the native topology test."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,8 @@ AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-proce
                     "airflow-worker", "airflow-worker-gpu", "airflow-init"]
 LONG_RUNNING = ["postgres", "redis", "minio", *[s for s in AIRFLOW_SERVICES if s != "airflow-init"], "local-teacher"]
 VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?][^}]*)?\}")
+# The config's own override variables for airflow.gpu_pool / gpu_pool_slots, with their defaults.
+GPU_POOL_VARS = {"KDFLOW__AIRFLOW__GPU_POOL": AIRFLOW_CFG.gpu_pool, "KDFLOW__AIRFLOW__GPU_POOL_SLOTS": AIRFLOW_CFG.gpu_pool_slots}
 
 
 def _env(service: str) -> dict[str, str]:
@@ -71,13 +76,42 @@ def test_gpu_worker_reserves_an_nvidia_gpu_and_uses_the_cuda_image():
 def test_init_migrates_and_creates_the_gpu_pool_before_anything_starts():
     script = _command("airflow-init")
     assert "airflow db migrate" in script
-    assert re.search(rf"airflow pools set {AIRFLOW_CFG.gpu_pool} ", script)
+    assert 'airflow pools set "$${KDFLOW__AIRFLOW__GPU_POOL}" "$${KDFLOW__AIRFLOW__GPU_POOL_SLOTS}"' in script
     assert "passwords.json" in script
     for service in AIRFLOW_SERVICES:
         if service != "airflow-init":
             depends = SERVICES[service]["depends_on"]
             assert depends["airflow-init"]["condition"] == "service_completed_successfully", service
             assert depends["minio-init"]["condition"] == "service_completed_successfully", service
+
+
+def _local_script_pool(**overrides: str) -> list[str]:
+    """The pool scripts/airflow-local.sh creates: it prints it with ``gpu-pool`` (name, slots)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KDFLOW")}  # no user config leaks in
+    env.update(KDFLOW_VENV=str(Path(sys.executable).parents[1]), **overrides)
+    out = subprocess.run([str(REPO / "scripts" / "airflow-local.sh"), "gpu-pool"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+def test_gpu_pool_comes_from_the_config_in_compose_the_local_script_and_the_native_topology():
+    # compose: every Airflow service (the DAG's parser and workers, and airflow-init, which creates the
+    # pool) reads the config's own override variables, defaulting to the config's defaults
+    for var, default in GPU_POOL_VARS.items():
+        for service in AIRFLOW_SERVICES:
+            assert _env(service)[var] == f"${{{var}:-{default}}}", (service, var)
+        assert re.search(rf"^{var}={default}$", ENV_EXAMPLE, re.M), f".env.example must document {var}={default}"
+    overridden = load_config(environ={"KDFLOW__AIRFLOW__GPU_POOL": "gpu-a100", "KDFLOW__AIRFLOW__GPU_POOL_SLOTS": "4"}).airflow
+    assert (overridden.gpu_pool, overridden.gpu_pool_slots) == ("gpu-a100", 4)  # what the DAG then uses
+    # scripts/airflow-local.sh creates the pool the config names, overrides included
+    local = (REPO / "scripts" / "airflow-local.sh").read_text()
+    assert 'airflow pools set "$POOL_NAME" "$POOL_SLOTS"' in local and "pools set gpu" not in local
+    assert _local_script_pool() == [AIRFLOW_CFG.gpu_pool, str(AIRFLOW_CFG.gpu_pool_slots)]
+    assert _local_script_pool(KDFLOW__AIRFLOW__GPU_POOL="gpu-a100", KDFLOW__AIRFLOW__GPU_POOL_SLOTS="4") == ["gpu-a100", "4"]
+    # the native topology (tests/fixtures_deploy.py) creates the pool its components' config names
+    fixture = (REPO / "tests" / "fixtures_deploy.py").read_text()
+    assert '"pools", "set", pool.gpu_pool, str(pool.gpu_pool_slots)' in fixture and '"pools", "set", "gpu"' not in fixture
 
 
 def test_store_and_xcom_backend_point_at_minio_through_one_aws_connection():

@@ -2,24 +2,34 @@
 an S3 server; the DAG is driven only through the REST API v2, as a user or another service would.
 
 Needs Postgres and Redis on 127.0.0.1 (scripts/services.sh). Fixture: tests/fixtures_deploy.py.
+
+The failure drill is the README's: the default worker is restarted with ``KDFLOW_FAIL_STEP`` naming a
+middle task (kdflow reads it in the task process, so it is armed per worker, not per run), the task
+and its downstream are cleared and really fail; then the worker runs without it again and the failed
+task is cleared with its downstream, as a user would in the graph view.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import time
 
 import pytest
 
 from fixtures_deploy import DAG_ID, WORKERS
+from kdflow.config import load_config
+from kdflow.pipeline import FAIL_STEP_ENV
 from kdflow.pipeline.registry import ALL_STEPS
 from kdflow.store import run_key
+from test_dag_end_to_end import STABLE
 
 pytestmark = pytest.mark.slow
 
 CONF = {"topics": ["pods"], "cycles": 1, "questions_per_cycle": 1, "held_out_per_topic": 0}
-FAILED_ON_PURPOSE = "cycle_1.save_cycle_results"
+# A middle task of the cycle on the default worker; fine-tuning and everything after it follow it.
+FAILED_ON_PURPOSE = "cycle_1.prepare_training_dataset"
 
 
 def _step(task_id: str):
@@ -31,11 +41,50 @@ def _ran(tis: list[dict]) -> list[dict]:
     return [ti for ti in tis if ti["hostname"]]
 
 
-def _manifest(topo, run_id: str) -> dict[str, str]:
-    """checkpoint name -> sha256, read straight from the bucket."""
-    s3, prefix = topo.s3(), f"{topo.store_prefix}/{run_key(run_id, 'manifest')}/"
-    return {key[len(prefix):-5]: json.loads(s3.get_object(Bucket=topo.bucket, Key=key)["Body"].read())["sha256"]
-            for key in topo.s3_keys(prefix)}
+def _read_json(topo, key: str) -> dict:
+    return json.loads(topo.s3().get_object(Bucket=topo.bucket, Key=key)["Body"].read())
+
+
+def _manifest(topo, run_id: str) -> dict[str, dict]:
+    """checkpoint name -> its pointer, read straight from the bucket."""
+    prefix = f"{topo.store_prefix}/{run_key(run_id, 'manifest')}/"
+    return {key[len(prefix):-5]: _read_json(topo, key) for key in topo.s3_keys(prefix)}
+
+
+def _cycle_checkpoints(topo, run_id: str, cycle: int = 1) -> dict[str, str]:
+    """sha256 of the cycle's data checkpoints and of every file of its adapter but the training record
+    (train_result.json: it holds the training's wall time, so it differs per try)."""
+    from kdflow.student.train import RESULT_FILE
+
+    manifest = _manifest(topo, run_id)
+    hashes = {name: entry["sha256"] for name, entry in manifest.items()
+              if name.startswith(f"cycle_{cycle}.") and name.split(".")[-1] in STABLE}
+    marker = _read_json(topo, f"{topo.store_prefix}/{manifest[f'cycle_{cycle}.adapter']['key']}")
+    hashes.update({f"cycle_{cycle}.adapter/{name}": sha for name, sha in marker["files"].items() if name != RESULT_FILE})
+    assert len(hashes) >= len(STABLE) + 2, sorted(hashes)  # every data checkpoint, the weights and the adapter config
+    return hashes
+
+
+def _clear_with_downstream(api, run_id: str, task_id: str) -> set[str]:
+    cleared = api.post(f"/dags/{DAG_ID}/clearTaskInstances", json={
+        "dry_run": False, "dag_run_id": run_id, "task_ids": [task_id], "include_downstream": True,
+        "only_failed": False, "reset_dag_runs": True}).raise_for_status().json()["task_instances"]
+    time.sleep(3)
+    return {ti["task_id"] for ti in cleared}
+
+
+def test_too_many_cycles_are_refused_at_trigger_time_with_the_schema_message(airflow_topology):
+    topo = airflow_topology
+    too_many = load_config(environ=topo.env).pipeline.max_cycles + 1
+    with topo.client() as api:
+        answer = api.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": {**CONF, "cycles": too_many}})
+        if answer.is_success:  # keep the shared topology clean for the next tests before failing
+            api.delete(f"/dags/{DAG_ID}/dagRuns/{answer.json()['dag_run_id']}")
+        runs = api.get(f"/dags/{DAG_ID}/dagRuns").raise_for_status().json()["dag_runs"]
+    assert answer.status_code == 400, answer.text
+    detail = answer.json()["detail"]
+    assert "param cycles" in detail and f"{too_many} is greater than the maximum" in detail, detail
+    assert not [run for run in runs if (run["conf"] or {}).get("cycles") == too_many]
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +108,17 @@ def test_run_succeeds_with_conf(finished_run):
 
 
 def test_student_tasks_ran_on_gpu_worker_in_gpu_pool_and_the_rest_on_default(finished_run):
-    _, _, tis = finished_run
+    topo, _, tis = finished_run
     ran = _ran(tis)
     student = [ti for ti in ran if _step(ti["task_id"]).uses_student]
     others = [ti for ti in ran if not _step(ti["task_id"]).uses_student]
     assert len(student) == sum(s.uses_student for s in ALL_STEPS.values())  # every student step of cycle 1
     assert len(others) >= 20
+    cfg = topo.airflow_config  # the pool and queues the DAG and the fixture's pool both take from the config
     for ti in student:
-        assert (ti["hostname"], ti["pool"], ti["queue"]) == (WORKERS["gpu"], "gpu", "gpu"), ti["task_id"]
+        assert (ti["hostname"], ti["pool"], ti["queue"]) == (WORKERS["gpu"], cfg.gpu_pool, cfg.gpu_queue), ti["task_id"]
     for ti in others:
-        assert (ti["hostname"], ti["queue"]) == (WORKERS["default"], "default"), ti["task_id"]
+        assert (ti["hostname"], ti["queue"]) == (WORKERS["default"], cfg.default_queue), ti["task_id"]
         assert ti["pool"] == "default_pool", ti["task_id"]
 
 
@@ -104,29 +154,38 @@ def test_xcom_values_are_pointers_to_the_bucket(finished_run):
     assert checked >= 25
 
 
-def test_failed_task_cleared_with_downstream_reruns_to_the_same_checkpoints(finished_run):
+def test_a_middle_task_failing_mid_run_is_cleared_and_reruns_to_the_same_checkpoints(finished_run):
     topo, run, tis = finished_run
-    run_id = run["dag_run_id"]
-    before = _manifest(topo, run_id)
+    run_id, task_url = run["dag_run_id"], f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances/{FAILED_ON_PURPOSE}"
+    before, names_before = _cycle_checkpoints(topo, run_id), set(_manifest(topo, run_id))
     tries = {ti["task_id"]: ti["try_number"] for ti in tis}
     with topo.client() as api:
-        base = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances"
-        api.patch(f"{base}/{FAILED_ON_PURPOSE}", json={"new_state": "failed"}).raise_for_status()
-        assert api.get(f"{base}/{FAILED_ON_PURPOSE}").json()["state"] == "failed"
-        cleared = api.post(f"/dags/{DAG_ID}/clearTaskInstances", json={
-            "dry_run": False, "dag_run_id": run_id, "task_ids": [FAILED_ON_PURPOSE], "include_downstream": True,
-            "only_failed": False, "reset_dag_runs": True}).raise_for_status().json()["task_instances"]
-        cleared_ids = {ti["task_id"] for ti in cleared}
-        assert FAILED_ON_PURPOSE in cleared_ids and "pipeline_complete" in cleared_ids
-        time.sleep(3)
-        rerun = topo.wait_for_run(api, run_id, timeout=600)
+        # 1. the default worker fails the task for real (its retry too); everything after it waits
+        topo.kill("worker-default", signal.SIGTERM)
+        try:
+            topo.restart("worker-default", extra_env={FAIL_STEP_ENV: FAILED_ON_PURPOSE})
+            _clear_with_downstream(api, run_id, FAILED_ON_PURPOSE)
+            failed = topo.wait_for_run(api, run_id, timeout=600)
+        finally:
+            topo.kill("worker-default", signal.SIGTERM)
+            topo.restart("worker-default")
+        states = {ti["task_id"]: ti for ti in topo.task_instances(api, run_id)}
+        broken = states[FAILED_ON_PURPOSE]
+        assert (failed["state"], broken["state"], broken["hostname"]) == ("failed", "failed", WORKERS["default"])
+        assert states["cycle_1.finetune_student"]["state"] == "upstream_failed"
+        log = api.get(f"{task_url}/logs/{broken['try_number']}", params={"full_content": True},
+                      headers={"Accept": "application/json"}).raise_for_status()
+        assert f"{FAILED_ON_PURPOSE} failed on purpose" in log.text
+        # 2. cleared with its downstream on the worker as it normally runs: the same run succeeds
+        cleared_ids = _clear_with_downstream(api, run_id, FAILED_ON_PURPOSE)
+        assert {FAILED_ON_PURPOSE, "cycle_1.finetune_student", "cycle_1.save_adapter", "pipeline_complete"} <= cleared_ids
+        rerun = topo.wait_for_run(api, run_id, timeout=900)
         after_tis = {ti["task_id"]: ti for ti in topo.task_instances(api, run_id)}
-    assert rerun["state"] == "success"
+    assert rerun["state"] == "success", {t: ti["state"] for t, ti in after_tis.items() if ti["state"] != "success"}
     for task_id in cleared_ids:
         assert after_tis[task_id]["state"] in ("success", "skipped"), task_id
         if after_tis[task_id]["state"] == "success":
             assert after_tis[task_id]["try_number"] > tries[task_id], f"{task_id} did not rerun"
-    after = _manifest(topo, run_id)
-    assert after.keys() == before.keys()
-    cycle_checkpoints = {k for k in before if k.startswith("cycle_")}
-    assert cycle_checkpoints and {k: after[k] for k in cycle_checkpoints} == {k: before[k] for k in cycle_checkpoints}
+    assert after_tis["cycle_1.finetune_student"]["state"] == "success"  # the adapter was trained again
+    assert set(_manifest(topo, run_id)) == names_before  # nothing new, nothing lost
+    assert _cycle_checkpoints(topo, run_id) == before

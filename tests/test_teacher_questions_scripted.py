@@ -150,3 +150,29 @@ def test_cli_questions_skip_questions_already_in_the_store(kb_path, tmp_path, mo
     [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert row["question"] == GOOD and row["gate"]["rejected"][0]["reason"] == "exact duplicate of an earlier question"
     assert len(server.bodies) == 2
+
+
+def test_the_held_out_set_is_made_once_per_store_and_reused_by_later_runs(kb_path, tmp_path, monkeypatch):
+    """Run A asks the teacher for the held-out question; run B (another run id, same store and
+    knowledge base) publishes the same set without a single request, so every run is measured on
+    the same held-out questions, and cycle questions never repeat them."""
+    from kdflow.pipeline.context import RunContext
+    from kdflow.pipeline.setup_steps import question_bank
+    from kdflow.pipeline.teacher_steps import held_out_key, prepare_held_out_questions
+
+    with ScriptedServer(draft(OLD)) as server:
+        config = _config(server, kb_path, tmp_path, monkeypatch).model_copy(deep=True)
+        config.pipeline.held_out_per_topic = 1
+        store = ArtifactStore.from_config(config)
+        published = {}
+        for run_id in ("nightly-a", "nightly-b"):
+            ctx = RunContext(config=config, store=store, run_id=run_id)
+            published[run_id] = [Question.model_validate(r) for r in ctx.rows(prepare_held_out_questions(ctx, None, {}))]
+            if run_id == "nightly-a":
+                assert len(server.bodies) == 1
+    assert len(server.bodies) == 1  # run B sent the teacher nothing
+    assert published["nightly-a"] == published["nightly-b"]
+    [held_out] = published["nightly-b"]
+    assert held_out.question == OLD and held_out.split == "held_out"
+    assert len(store.read_jsonl(held_out_key(ctx))) == 1  # one store-wide set, not one per run
+    assert OLD in question_bank(ctx, before_cycle=1)

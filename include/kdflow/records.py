@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,6 +41,13 @@ class Reference(_Row):
     passages: list[dict[str, str]] = Field(min_length=1)  # {"id", "text"} of the passages in context
     mode: Literal["abstractive", "extractive"] = "abstractive"
     gate: dict[str, Any] = Field(default_factory=dict)
+
+
+def gate_drop_reason(reference: Reference | Mapping[str, Any]) -> str | None:
+    """Why the teacher-data gate dropped this reference, or None when it may be used (a reference
+    with no gate record predates the gate and is kept). Training and evaluation both ask this."""
+    gate = reference.gate if isinstance(reference, Reference) else reference.get("gate") or {}
+    return (gate.get("reason") or "no reason recorded") if gate.get("decision") == "dropped" else None
 
 
 class Answer(_Row):

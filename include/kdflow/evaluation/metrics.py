@@ -10,7 +10,7 @@ Metric names are kdflow's (``EvaluationConfig.metrics``):
 * ``answer_correctness``, ``factual_correctness``: answer vs reference through the judge.
 
 A row may name ``reference_dropped`` (the gate's reason, see
-:func:`kdflow.pipeline.student_steps.gate_drop_reason`): a reference the teacher-data gate
+:func:`kdflow.records.gate_drop_reason`): a reference the teacher-data gate
 dropped is no ground truth, so the reference metrics of that row are recorded as failures
 ("reference dropped by the quality gate: <reason>"), counted and left out of the means, while
 ``answer_relevancy`` is still scored.

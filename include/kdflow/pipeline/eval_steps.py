@@ -16,8 +16,8 @@ def _evaluate(ctx: RunContext, cycle: int, stage: str) -> dict[str, Any]:
     from kdflow.evaluation import JUDGE_METRICS
     from kdflow.evaluation.metrics import score_answers
     from kdflow.llm.cache import UsageLedger
-    from kdflow.pipeline.student_steps import gate_drop_reason
     from kdflow.pipeline.teacher_steps import endpoint_session, run_questions
+    from kdflow.records import gate_drop_reason
 
     topics = {q.id: q.topic for q in run_questions(ctx, cycle)}
     references = {r["question_id"]: r for r in ctx.rows(ctx.checkpoint(cycle, "references.jsonl"))}

@@ -44,8 +44,8 @@ def calculate_overall_improvement(ctx: RunContext, cycle: None, inputs: dict[str
 
 def _cycle_result(ctx: RunContext, n: int) -> dict[str, Any]:
     from kdflow.pipeline.eval_steps import cycle_scores
-    from kdflow.pipeline.student_steps import gate_drop_reason
     from kdflow.pipeline.teacher_steps import run_questions
+    from kdflow.records import gate_drop_reason
 
     questions = {q.id: q for q in run_questions(ctx, n)}
     references = {r["question_id"]: r for r in ctx.rows(ctx.checkpoint(n, "references.jsonl"))}

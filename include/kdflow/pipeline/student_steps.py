@@ -7,12 +7,12 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections import Counter
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Container, Iterable
 from pathlib import Path
 from typing import Any
 
 from kdflow.pipeline.context import CheckpointError, RunContext
-from kdflow.records import Answer, Reference, TrainingPair
+from kdflow.records import Answer, Reference, TrainingPair, gate_drop_reason
 from kdflow.store import Pointer
 
 log = logging.getLogger(__name__)
@@ -84,13 +84,6 @@ def generate_baseline_answers(ctx: RunContext, cycle: int, inputs: dict[str, Any
 
 def generate_finetuned_answers(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
     return _answer(ctx, cycle, ctx.checkpoint(cycle, "adapter"), "finetuned")
-
-
-def gate_drop_reason(reference: Reference | Mapping[str, Any]) -> str | None:
-    """Why the teacher-data gate dropped this reference, or None when it may be used (a reference
-    with no gate record predates the gate and is kept). Training and evaluation both ask this."""
-    gate = reference.gate if isinstance(reference, Reference) else reference.get("gate") or {}
-    return (gate.get("reason") or "no reason recorded") if gate.get("decision") == "dropped" else None
 
 
 def trainable_references(

@@ -1,6 +1,6 @@
 """Fixtures for the teacher/judge tests: ONE real embedded llama.cpp server per session, and a
-tiny local HTTP server for the single fault a real server cannot be made to produce on demand
-(a reply that is not the JSON asked for)."""
+tiny scripted local HTTP server for the faults a real server cannot be made to produce on demand
+(a reply that is not the JSON asked for, rate limits and 5xx, a rejected key)."""
 
 from __future__ import annotations
 
@@ -31,63 +31,41 @@ def embedded_endpoint() -> Iterator:
 def fake_completion_server() -> Iterator[Callable[..., str]]:
     """``start(content=...)`` serves a chat completion whose message is ``content``; ``start(raw=...)``
     serves ``raw`` bytes as the body; ``serial_delay_s`` answers one request at a time, each taking
-    that long (as llama-cpp-python's server does). Returns the /v1 URL; ``start.server.requests``
-    counts POSTs and ``start.server.hosts`` collects their Host headers."""
-    servers: list[ThreadingHTTPServer] = []
+    that long (as llama-cpp-python's server does). Returns the /v1 URL; ``start.server`` is the
+    :class:`ScriptedServer` (``requests``, ``hosts``, ``bodies``)."""
+    with contextlib.ExitStack() as servers:
 
-    def start(content: str | None = None, raw: bytes | None = None, serial_delay_s: float | None = None) -> str:
-        body = raw if raw is not None else chat_completion_body(content or "")
-        one_at_a_time = threading.Lock()
+        def start(content: str | None = None, raw: bytes | None = None, serial_delay_s: float | None = None) -> str:
+            start.server = servers.enter_context(ScriptedServer(raw if raw is not None else content or "",
+                                                                serial_delay_s=serial_delay_s))  # fmt: skip
+            return start.server.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                with one_at_a_time if serial_delay_s else contextlib.nullcontext():
-                    server.requests += 1
-                    server.hosts.add(self.headers["host"])
-                    if serial_delay_s:
-                        time.sleep(serial_delay_s)
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.requests, server.hosts = 0, set()
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        start.server = server
-        return f"http://127.0.0.1:{server.server_address[1]}/v1"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+        yield start
 
 
 class ScriptedServer:
     """``with ScriptedServer(*replies) as server``: POST n gets ``replies[n]`` (the last one repeats):
-    a str is served as a chat completion's content, an int as that HTTP status with an OpenAI error
-    body. ``server.bodies`` / ``server.headers`` (lowercased names) hold what each POST sent; ``server.url`` is the /v1 URL."""
+    a str is served as a chat completion's content, bytes as the raw body, an int as that HTTP status
+    with an OpenAI error body, ``(status, bytes)`` as both. ``serial_delay_s`` answers one request at a
+    time, each taking that long. ``server.bodies`` / ``server.headers`` (lowercased names) hold what
+    each POST sent; ``server.url`` is the /v1 URL."""
 
-    def __init__(self, *replies: str | int):
+    def __init__(self, *replies: str | bytes | int | tuple[int, bytes], serial_delay_s: float | None = None):
         self.replies, self.bodies, self.headers = list(replies), [], []
         lock, script = threading.Lock(), self
+        one_at_a_time = threading.Lock() if serial_delay_s else contextlib.nullcontext()
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server API
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
-                with lock:
-                    script.bodies.append(body)
-                    script.headers.append({k.lower(): v for k, v in self.headers.items()})
-                    reply = script.replies[min(len(script.bodies), len(script.replies)) - 1]
-                status = reply if isinstance(reply, int) else 200
-                error = {"error": {"message": f"scripted HTTP {status}", "type": "server_error", "code": status}}
-                data = chat_completion_body(reply) if isinstance(reply, str) else json.dumps(error).encode()
+                with one_at_a_time:
+                    with lock:
+                        script.bodies.append(body)
+                        script.headers.append({k.lower(): v for k, v in self.headers.items()})
+                        reply = script.replies[min(len(script.bodies), len(script.replies)) - 1]
+                    if serial_delay_s:
+                        time.sleep(serial_delay_s)
+                status, data = _scripted_response(reply)
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
@@ -107,6 +85,22 @@ class ScriptedServer:
     def __exit__(self, *exc: object) -> None:
         self.http.shutdown()
         self.http.server_close()
+
+    @property
+    def requests(self) -> int:
+        return len(self.bodies)
+
+    @property
+    def hosts(self) -> set[str]:
+        return {h["host"] for h in self.headers}
+
+
+def _scripted_response(reply: str | bytes | int | tuple[int, bytes]) -> tuple[int, bytes]:
+    if isinstance(reply, tuple):
+        return reply
+    if isinstance(reply, int):
+        return reply, json.dumps({"error": {"message": f"scripted HTTP {reply}", "type": "server_error", "code": reply}}).encode()
+    return 200, reply if isinstance(reply, bytes) else chat_completion_body(reply)
 
 
 def chat_completion_body(content: str) -> bytes:

@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 
+from fixtures_llm import ScriptedServer
 from fixtures_reliability import is_loopback, smallest_overrides, socket_watch  # noqa: F401 - fixture
 from kdflow.integrity import SMOLLM2_GGUF, IntegrityError, verify_file
 from kdflow.store import ArtifactStore, run_key
@@ -89,7 +90,7 @@ def test_the_embedded_llama_servers_bind_and_connect_on_loopback_only(tmp_path, 
     assert [(e, t) for e, t in events if e != "socket.bind" and not is_loopback(e, t)] == []
 
 
-def test_an_endpoint_that_rejects_the_key_fails_without_showing_it(tmp_path, monkeypatch, fake_completion_server):
+def test_an_endpoint_that_rejects_the_key_fails_without_showing_it(tmp_path, monkeypatch):
     """A 401 whose body quotes the key (as a misbehaving proxy might): the one-line error, its
     traceback and the usage record carry no part of it."""
     from kdflow.pipeline import execute
@@ -97,31 +98,21 @@ def test_an_endpoint_that_rejects_the_key_fails_without_showing_it(tmp_path, mon
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_SECRET)
     body = json.dumps({"error": {"message": f"Incorrect API key provided: {OPENAI_SECRET}", "type": "invalid_request_error",
                                  "code": "invalid_api_key"}}).encode()
-    url = fake_completion_server(raw=body)
-    _answer_with_status(fake_completion_server.server, 401)
     store_dir = tmp_path / "store"
-    overrides = smallest_overrides(str(store_dir), "unused", teacher={"provider": "openai", "base_url": url, "max_retries": 0})
-    for step in ("start_pipeline", "load_configuration"):
-        execute(step, run_id="manual__key", overrides=overrides)
-    with pytest.raises(Exception) as info:
-        execute("prepare_held_out_questions", run_id="manual__key", overrides=overrides)
+    with ScriptedServer((401, body)) as server:
+        overrides = smallest_overrides(str(store_dir), "unused",
+                                       teacher={"provider": "openai", "base_url": server.url, "max_retries": 0})
+        for step in ("start_pipeline", "load_configuration"):
+            execute(step, run_id="manual__key", overrides=overrides)
+        with pytest.raises(Exception) as info:
+            execute("prepare_held_out_questions", run_id="manual__key", overrides=overrides)
+    assert server.requests == 1 and server.headers[0]["authorization"] == f"Bearer {OPENAI_SECRET}"
     text = "".join(traceback.format_exception(info.value))
     assert "rejected the API key (HTTP 401)" in str(info.value)
     assert not _secrets_in(text)
     store = ArtifactStore(str(store_dir))
     for key in store.list_keys("runs"):
         assert not _secrets_in(store.read_bytes(key).decode()), key
-
-
-def _answer_with_status(server, status: int) -> None:
-    """The fixture's handler always answers 200; make this server answer ``status`` instead."""
-    handler = server.RequestHandlerClass
-    original = handler.send_response
-
-    def send_response(self, code, message=None):
-        original(self, status if code == 200 else code, message)
-
-    handler.send_response = send_response
 
 
 def test_a_tampered_packaged_model_is_refused_everywhere_it_is_used(tmp_path, monkeypatch):

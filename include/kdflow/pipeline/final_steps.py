@@ -3,6 +3,7 @@ that log its tables. Every number comes from the published per-question scores."
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import tempfile
@@ -89,8 +90,7 @@ def _usage(ctx: RunContext) -> dict[str, dict[str, Any]]:
     for key in ctx.store.list_keys(run_key(ctx.run_id, "usage")):
         task = key.rsplit("__", 1)[-1].removesuffix(".json")
         (teacher if task in TEACHER_TASKS else judge).merge(ctx.store.read_json(key))
-    fields = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "cost_usd")
-    return {name: {f: getattr(ledger.total(), f) for f in fields} for name, ledger in (("teacher", teacher), ("judge", judge))}
+    return {name: dataclasses.asdict(ledger.total()) for name, ledger in (("teacher", teacher), ("judge", judge))}
 
 
 def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:

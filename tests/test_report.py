@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from kdflow.evaluation.report import FORMATTERS, build_report, render_tables
+from kdflow.evaluation.report import FORMATTERS, OVERALL_NOTE, build_report, render_tables
 from kdflow.records import ScoreRow
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -164,6 +164,8 @@ def test_markdown_summary_and_text_tables(report):
     paths, _ = report
     md = paths["md"].read_text()
     assert "# kdflow run manual__test" in md and "| held_out | answer_relevancy | 0.350 | 0.500 | +0.150 | +42.9% |" in md
+    # what the overall rows compare is said beside them (train: different questions at each end)
+    assert OVERALL_NOTE in md and OVERALL_NOTE.replace("'", "&#39;") in paths["html"].read_text()
     tables = render_tables(make_results())
     assert set(tables) == {"final_results", "performance_comparison", "improvement_statistics", "sample_qa"}
     assert "PROMOTED" in tables["final_results"] and "+50.0%" in tables["final_results"]

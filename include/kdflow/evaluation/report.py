@@ -25,6 +25,9 @@ TEMPLATE = "report.html.j2"
 SAMPLES_PER_CYCLE = 3
 GATE_DROPPED_SHOWN = 20  # dropped items listed in report.md and the logged tables
 DASH = "-"
+OVERALL_NOTE = ("held_out compares the same questions at the base model and at the last adapter (generalisation); "
+                "train compares cycle 1's questions at the base model with the last cycle's new questions at the last "
+                "adapter. Each cycle's own table below compares the same questions before and after.")
 
 
 def fmt_score(x: float | None) -> str:
@@ -158,7 +161,7 @@ def _render_html(report: dict[str, Any], images: dict[str, str]) -> str:
         loader=PackageLoader("kdflow", "templates"), autoescape=select_autoescape(default=True), undefined=StrictUndefined
     )
     env.filters.update(FORMATTERS)
-    return env.get_template(TEMPLATE).render(report=report, images=images)
+    return env.get_template(TEMPLATE).render(report=report, images=images, overall_note=OVERALL_NOTE)
 
 
 def build_report(results: dict[str, Any] | RunResults, out_dir: Path) -> dict[str, Path]:
@@ -289,7 +292,7 @@ def _markdown(report: dict[str, Any]) -> str:
     parts = [
         f"# kdflow run {report['run_id']}",
         f"Headline metric: **{report['headline_metric']}**; success threshold {report['success_threshold']}.",
-        "## Overall (first baseline -> last fine-tuned)", _markdown_table(*_overall_rows(report)),
+        "## Overall (first baseline -> last fine-tuned)", _markdown_table(*_overall_rows(report)), OVERALL_NOTE,
         "## Per cycle", _markdown_table(*_metric_rows(report)),
         "## Training", _markdown_table(*_training_rows(report)),
         "## Teacher data quality gate", _markdown_table(*gate_rows(report)),

@@ -19,9 +19,8 @@ from pydantic import BaseModel
 from kdflow.config import GateConfig
 from kdflow.embeddings import embed, max_similarity
 from kdflow.kb import Passage
-from kdflow.llm.client import LLMError
 from kdflow.teacher.faithfulness import split_sentences
-from kdflow.teacher.structured import complete_json
+from kdflow.teacher.structured import UnusableReplyError, complete_json
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +97,13 @@ def llm_answerability(client: Any, endpoint: Any) -> AnswerabilityJudge:
     a yes/no verdict should not vary, and a rerun replays it from the cache."""
 
     def judge(question: str, passage: Passage) -> Answerability | None:
-        from kdflow.teacher.references import UNUSABLE_REPLY  # references imports this module
-
         messages = [
             {"role": "system", "content": JUDGE_SYSTEM},
             {"role": "user", "content": JUDGE_USER.format(section=passage.section, text=passage.text, question=question)},
         ]
         try:
             return complete_json(client, endpoint, messages, Answerability, temperature=0.0, max_tokens=JUDGE_MAX_TOKENS)
-        except LLMError as exc:
-            if UNUSABLE_REPLY not in str(exc):
-                raise  # endpoint down, timeout, refused: the task fails and Airflow retries it
+        except UnusableReplyError as exc:  # an endpoint down, a timeout or a refusal fails the task (Airflow retries)
             log.warning("answerability judge abstained on %r: %s", question, exc)
             return None
 

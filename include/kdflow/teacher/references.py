@@ -23,19 +23,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from kdflow.kb import Passage
-from kdflow.llm.client import LLMError
 from kdflow.records import Question, Reference
 from kdflow.retrieval import Retriever
 from kdflow.teacher.faithfulness import PassageSentences, SentenceJudge, split_sentences
 from kdflow.teacher.gate import GATE_DEFAULTS
-from kdflow.teacher.structured import complete_json
+from kdflow.teacher.structured import UnusableReplyError, complete_json
 
 log = logging.getLogger(__name__)
 
 # References favour faithfulness over variety: the teacher samples at most this temperature.
 REFERENCE_MAX_TEMPERATURE = 0.2
-# How complete_json's LLMError phrases "the replies never fit the schema" (vs endpoint failures).
-UNUSABLE_REPLY = "gave no valid"
 
 SYSTEM_PROMPT = (
     "You answer questions about {kb_name} using ONLY the passages given. "
@@ -185,9 +182,7 @@ def generate_reference(
                 ReferenceDraft, temperature=min(cfg.temperature, REFERENCE_MAX_TEMPERATURE), max_tokens=cfg.max_tokens,
                 seed=attempt if attempt else None,
             )  # fmt: skip
-        except LLMError as exc:
-            if UNUSABLE_REPLY not in str(exc):
-                raise  # endpoint down, timeout, refused: the task fails and Airflow retries it
+        except UnusableReplyError as exc:  # an endpoint down, a timeout or a refusal fails the task (Airflow retries)
             log.warning("reference draft %d for %s unusable, counted as unsupported: %s", attempt + 1, question.id, exc)
             return ""  # e.g. SmolLM2 looping until max_tokens: a failed draft, not a failed task
         return reply.answer

@@ -21,6 +21,11 @@ from kdflow.llm.server import Endpoint
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
+class UnusableReplyError(LLMError):
+    """The endpoint answered, but no reply fit the schema within the attempts: a bad draft, which a
+    caller may count as such, unlike an endpoint that is down or refuses (plain :class:`LLMError`)."""
+
+
 def _short_error(exc: ValidationError | ValueError) -> str:
     if isinstance(exc, ValidationError):
         return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'reply'}: {e['msg']}" for e in exc.errors()[:3])
@@ -94,7 +99,7 @@ def complete_json(
         ]
     # The failed replies stay cached: a rerun replays the same drafts and reaches the same decision
     # (asking again would not be reproducible: llama.cpp's output depends on its KV-cache state).
-    raise LLMError(
+    raise UnusableReplyError(
         f"teacher endpoint {endpoint.label} gave no valid {schema.__name__} JSON after {tried} "
         f"attempt{'s' if tried > 1 else ''}; last error: {last_error}"
     )

@@ -38,6 +38,9 @@ FAST_PIPELINE_ENV = {
     "KDFLOW__STUDENT__EPOCHS": "1",
     "KDFLOW__STUDENT__MAX_NEW_TOKENS": "32",
     "KDFLOW__EVALUATION__METRICS": "[semantic_similarity, rouge_l]",
+    # two gold questions per topic, no open-book teacher ceiling: the topology, not the verdict, is under test
+    "KDFLOW__EVALUATION__GOLD_PATH": str(Path(__file__).parent / "data" / "gold-small.jsonl"),
+    "KDFLOW__EVALUATION__TEACHER_CEILING": "false",
 }
 # A killed worker's task is found by its missing heartbeat: 30 s here instead of 300 s, so the fault
 # tests wait seconds, not minutes. Test-only, like the pipeline knobs above (not in docker-compose).

@@ -103,18 +103,24 @@ def test_the_allowed_range_is_derived_from_the_field_constraints(annotation, con
 
 
 def test_promotion_metric_must_be_an_evaluated_metric():
-    """A metric that is not measured has no held-out scores: the run could never promote."""
-    measured = {"metrics": ["answer_relevancy", "rouge_l"]}
+    """A metric that is not measured has no scores: the run could never promote. With a gold set
+    promotion reads the gold metrics, without one the held-out (evaluation.metrics) ones."""
+    measured = {"metrics": ["answer_relevancy", "rouge_l"], "gold_path": None}
     with pytest.raises(ConfigError) as info:
         load_config({"evaluation": measured, "promotion": {"metric": "semantic_similarity"}}, environ={})
     expected = "- promotion.metric: must be one of evaluation.metrics ['answer_relevancy', 'rouge_l'] (got 'semantic_similarity')"
     assert expected in str(info.value)
     assert load_config({"evaluation": measured, "promotion": {"metric": "rouge_l"}}, environ={}).promotion.metric == "rouge_l"
+    with pytest.raises(ConfigError) as info:
+        load_config({"evaluation": {"gold_metrics": ["key_fact_recall"]}, "promotion": {"metric": "rouge_l"}}, environ={})
+    assert "- promotion.metric: must be one of evaluation.gold_metrics ['key_fact_recall'] (got 'rouge_l')" in str(info.value)
 
 
 def test_promotion_metric_default_follows_the_evaluated_metrics():
-    assert load_config(environ={}).promotion.metric == "semantic_similarity"  # judge-free, against the reference
-    only = load_config({"evaluation": {"metrics": ["answer_relevancy", "rouge_l"]}}, environ={})
+    assert load_config(environ={}).promotion.metric == "key_fact_recall"  # the gold set's lead metric
+    no_gold = load_config({"evaluation": {"gold_path": None}}, environ={})
+    assert no_gold.promotion.metric == "semantic_similarity"  # judge-free, against the reference
+    only = load_config({"evaluation": {"metrics": ["answer_relevancy", "rouge_l"], "gold_path": None}}, environ={})
     assert only.promotion.metric == "answer_relevancy"  # semantic_similarity not measured: the headline metric
 
 

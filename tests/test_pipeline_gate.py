@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures_reliability import smallest_overrides
+from fixtures_reliability import SMALL_GOLD, smallest_overrides
+from kdflow.gold import load_gold
 from kdflow.pipeline import execute
 from kdflow.pipeline.context import RunContext
 from kdflow.records import Answer, Question, Reference, TrainingPair
@@ -18,6 +19,9 @@ from test_teacher_faithfulness import GATE, PASSAGES, QUESTION, SUPPORTED, TEXTS
 RUN = "manual__gate"
 ALSO_SUPPORTED = "The EndpointSlice only lists ready Pods that match the selector."
 UNANSWERABLE = "Who painted the ceiling of the Sistine Chapel in Rome?"
+KB_PASSAGE = "services/services#endpointslices-0"  # a real passage: the coverage counts the KB's own
+HELD_OUT_QUESTION = "How do EndpointSlices treat Pods that are not ready?"
+NEAR_GOLD = "Which interface does the kubelet use to ask the container runtime to create a Pod sandbox?"
 # question id -> (question, teacher drafts, gate, expected decision); c1/c2: trained in cycle 1/2, held: held-out
 ITEMS = {
     "services-c1-kept": (QUESTION, [f"{SUPPORTED} {ALSO_SUPPORTED}"], GATE, "kept"),
@@ -25,7 +29,10 @@ ITEMS = {
     "services-c1-dropped": (UNANSWERABLE, ["The passages do not say.", "Michelangelo painted it."], GATE, "dropped"),
     "services-c2-rewritten": (QUESTION, [f"{SUPPORTED} {UNSUPPORTED}"], GATE, "rewritten"),
     "services-c2-dropped": (QUESTION, [UNSUPPORTED], ReferenceGate(mode="abstractive", attempts=1), "dropped"),
-    "services-held-kept": (QUESTION, [SUPPORTED], GATE, "kept"),
+    # a training question 0.95 (MiniLM cosine) from gold item pods-01's: decontamination keeps it out of training
+    "services-c2-near-gold": (NEAR_GOLD, [SUPPORTED], GATE, "kept"),
+    # the held-out question differs from the trained ones (cosine 0.58), or decontamination would remove them all
+    "services-held-kept": (HELD_OUT_QUESTION, [SUPPORTED], GATE, "kept"),
     "services-held-dropped": (UNANSWERABLE, ["Michelangelo.", "Michelangelo painted it."], GATE, "dropped"),
 }  # fmt: skip
 
@@ -36,7 +43,7 @@ def _question(qid: str) -> Question:
     # the cycle-1 kept question needed a second draft: one rejection recorded by the question gate
     rejected = [{"question": "What is it? Answer: a Pod", "reason": "appended answer"}] if qid == "services-c1-kept" else []
     gate = {"decision": "kept", "attempts": 1 + len(rejected), "rejected": rejected}
-    return Question(id=qid, topic="services", question=ITEMS[qid][0], passage_ids=[PASSAGES[0].id], split=split,
+    return Question(id=qid, topic="services", question=ITEMS[qid][0], passage_ids=[KB_PASSAGE], split=split,
                     cycle=cycle, gate=gate)  # fmt: skip
 
 
@@ -57,12 +64,13 @@ def run(tmp_path_factory):
     """Two cycles published as the teacher and student steps would, then scored by the real
     evaluation steps (reference metrics only: no judge). Every answer repeats its reference
     word for word, so a dropped reference that were scored would score 1.0."""
-    overrides = smallest_overrides(str(tmp_path_factory.mktemp("gate") / "store"), "unused",
+    overrides = smallest_overrides(str(tmp_path_factory.mktemp("gate") / "store"), "unused", pipeline={"topics": ["services"]},
                                    evaluation={"metrics": ["rouge_l", "bleu"]})  # fmt: skip
     ctx = RunContext.create(RUN, overrides)
     references = {qid: _reference(qid) for qid in ITEMS}
     held_out = [_question(qid) for qid in ITEMS if "-held-" in qid]
     _publish(ctx, None, "held_out.jsonl", "held_out", held_out)
+    ctx.publish(None, "gold.jsonl", ctx.stage_rows(None, "gold.jsonl", load_gold(SMALL_GOLD).items))
     for n in (1, 2):
         questions = [_question(qid) for qid in ITEMS if qid.split("-")[1] == f"c{n}"]
         _publish(ctx, n, "questions.jsonl", "questions", questions)
@@ -94,6 +102,12 @@ def test_training_uses_only_gated_pairs_of_every_cycle_and_says_what_it_dropped(
     assert [(d["cycle"], d["question_id"], d["reason"]) for d in summary["dropped_items"]] == [
         (1, "services-c1-dropped", reasons["services-c1-dropped"]), (2, "services-c2-dropped", reasons["services-c2-dropped"])]
     assert ctx.checkpoint(2, "dataset.jsonl").sha256 == pointer["sha256"]
+    # the planted near-duplicate of a gold question was gated in, then kept out of training, and said so
+    [removed] = summary["decontaminated"]
+    assert (removed["question_id"], removed["cycle"]) == ("services-c2-near-gold", 2) and removed["similarity"] >= 0.8
+    assert removed["closest"] == load_gold(SMALL_GOLD).items[0].question
+    # every trained question cites the same KB passage: 1 of the services topic's 68 passages is covered
+    assert summary["coverage"] == {"passages_covered": 1, "passages": 68, "share": pytest.approx(1 / 68)}
     # cycle 1 alone: its own pairs only; the held-out questions (one kept, one dropped) never enter nor count
     first = execute("prepare_training_dataset", run_id=RUN, overrides=overrides, cycle=1)
     assert [r["question_id"] for r in ctx.rows(first)] == ["services-c1-kept", "services-c1-extractive"]
@@ -131,9 +145,10 @@ def test_report_gate_counts_and_dropped_items_come_from_the_checkpoints(run):
     assert [c["gate"] for c in report["cycles"]] == [
         {"questions_kept": 3, "questions_regenerated": 1, "questions_rejected": 1,
          **zero, "references_kept": 1, "references_extractive": 1, "references_dropped": 1},
-        {"questions_kept": 2, "questions_regenerated": 0, "questions_rejected": 0,
-         **zero, "references_rewritten": 1, "references_dropped": 1},
+        {"questions_kept": 3, "questions_regenerated": 0, "questions_rejected": 0,
+         **zero, "references_kept": 1, "references_rewritten": 1, "references_dropped": 1},
     ]  # fmt: skip
+    assert [len(c["decontaminated"]) for c in report["cycles"]] == [0, 1]  # the near-gold question, counted
     # dropped items: this cycle's train questions and the held-out ones (each cycle scores them again)
     assert [[(d["question_id"], d["split"]) for d in c["gate_dropped"]] for c in report["cycles"]] == [
         [("services-c1-dropped", "train"), ("services-held-dropped", "held_out")],

@@ -1,5 +1,5 @@
 """The champion across runs, through the pipeline's own steps on a real local store: a run that
-beats the model it started from on the held-out set becomes the champion, the next run's cycle 1
+beats the model it started from on the held-out set (a run without a gold set) becomes the champion, the next run's cycle 1
 starts from that adapter, a worse run is refused with its reason, and a rerun of the promoted run
 still compares against the champion it started from. The scores are hand-made checkpoints, so
 the decisions are known in advance."""
@@ -27,7 +27,8 @@ def _finish_run(store_url: str, run_id: str, baseline: tuple[float, ...], finetu
     """A one-cycle run as its checkpoints leave it: start record, both score files and an adapter;
     then the promotion decision of its last step."""
     ctx = RunContext.create(run_id, {"store": {"url": store_url}, "pipeline": {"cycles": 1},
-                                     "evaluation": {"metrics": [METRIC]}, "promotion": {"metric": METRIC, "margin": 0.02}})
+                                     "evaluation": {"metrics": [METRIC], "gold_path": None},
+                                     "promotion": {"metric": METRIC, "margin": 0.02}})
     cycle_start(ctx, 1, {})
     for stage, values in (("baseline", baseline), ("finetuned", finetuned)):
         ctx.publish(1, f"{stage}_scores.jsonl", ctx.stage_rows(1, f"{stage}_scores.jsonl", _scores(stage, values)))
@@ -55,7 +56,7 @@ def test_champion_is_promoted_then_started_from_then_defended(tmp_path):
     assert record["origin"] == "champion from run nightly_1"
     assert start_adapter(second, 1).url == champion["adapter"]["url"]
     # ... and does not beat it by the margin: refused, the reason recorded, the champion unchanged.
-    assert refused["promote"] is False and refused["incumbent"] == "champion from run nightly_1"
+    assert refused["promote"] is False and refused["incumbent"] == "champion of run nightly_1"
     assert "margin" in refused["reason"] and refused["delta"] == pytest.approx(0.0033, abs=1e-4)
     assert second.store.read_json(CHAMPION_KEY)["run_id"] == "nightly_1"
 
@@ -77,3 +78,36 @@ def test_a_regressing_topic_blocks_promotion(tmp_path):
     assert decision["promote"] is False and decision["regressed_topics"] == ["storage"], decision
     assert "storage" in decision["reason"]
     assert not run.store.exists(CHAMPION_KEY)
+
+
+def test_with_a_gold_set_promotion_reads_the_gold_scores_and_fails_closed_without_them(tmp_path):
+    """The gold split decides when the run has one; gold answers scored after the last cycle but not
+    at the start leave nothing to pair: no promotion, even though the held-out scores rose."""
+    from kdflow.gold import BUILTIN_GOLD, load_gold
+
+    items = load_gold(BUILTIN_GOLD).items[:6]
+    ctx = RunContext.create("gold_run", {"store": {"url": str(tmp_path / "store")}, "pipeline": {"cycles": 1}})
+    cycle_start(ctx, 1, {})
+    ctx.publish(None, "gold.jsonl", ctx.stage_rows(None, "gold.jsonl", items))
+
+    def gold_rows(stage: str, lift: float) -> list[ScoreRow]:
+        return [ScoreRow(question_id=item.as_question().id, topic=item.topic, split="gold", stage=stage, cycle=1,
+                         scores={"key_fact_recall": 0.2 + lift + 0.01 * i}) for i, item in enumerate(items)]
+
+    for stage, rows in (("baseline", _scores("baseline", (0.5, 0.5, 0.5))),
+                        ("finetuned", _scores("finetuned", (0.9, 0.9, 0.9)) + gold_rows("finetuned", 0.5))):
+        ctx.publish(1, f"{stage}_scores.jsonl", ctx.stage_rows(1, f"{stage}_scores.jsonl", rows))
+    adapter_dir = tmp_path / "adapter"
+    adapter_dir.mkdir()
+    (adapter_dir / "adapter_model.safetensors").write_bytes(b"x")
+    ctx.store.record_checkpoint("gold_run", "cycle_1.adapter", ctx.store.upload_dir(adapter_dir, ctx.key(1, "adapter")))
+    refused = _promotion(ctx, 1)
+    assert refused["split"] == "gold" and refused["metric"] == "key_fact_recall"
+    assert refused["promote"] is False and "fails closed" in refused["reason"] and not ctx.store.exists(CHAMPION_KEY)
+
+    # with the start's gold answers scored, the same adapter is promoted on its paired gold gain
+    baseline = _scores("baseline", (0.5, 0.5, 0.5)) + gold_rows("baseline", 0.0)
+    ctx.publish(1, "baseline_scores.jsonl", ctx.stage_rows(1, "baseline_scores.jsonl", baseline))
+    promoted = _promotion(ctx, 1)
+    assert promoted["promote"] is True and promoted["delta"] == pytest.approx(0.5) and promoted["questions"] == 6
+    assert ctx.store.read_json(CHAMPION_KEY)["split"] == "gold"

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from kdflow.evaluation.report import FORMATTERS, OVERALL_NOTE, build_report, render_tables
+from kdflow.evaluation.report import FORMATTERS, OVERALL_NOTE, build_report, fmt_interval, fmt_share_interval, render_tables
 from kdflow.records import ScoreRow
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -42,6 +42,7 @@ def make_results() -> dict:
                             "finetuned_answer": f"A {topic} object does X."})
             answers.append({"question_id": hid, "topic": topic, "split": "held_out", "question": f"What is a held-out {topic} thing?",
                             "reference": "Held-out reference.", "baseline_answer": "No idea.", "finetuned_answer": "It does Y."})
+        rows += gold_rows(cycle)
         cycles.append({"cycle": cycle, "scores": [r.model_dump() for r in rows], "answers": answers, "gate": {"kept": 3, "dropped": cycle - 1},
                        "gate_dropped": [DROPPED] * (cycle - 1),
                        "training": {"losses": losses, "wall_s": 30.0 + cycle, "tokens_per_s": 512.4, "steps": 3}})
@@ -49,8 +50,30 @@ def make_results() -> dict:
         "run_id": "manual__test", "metrics": METRICS, "success_threshold": 0.5, "cycles": cycles,
         "usage": {"teacher": {"calls": 12, "cache_hits": 3, "prompt_tokens": 5000, "completion_tokens": 1200, "cost_usd": 0.00147},
                   "judge": {"calls": 36, "cache_hits": 0, "prompt_tokens": 18000, "completion_tokens": 900, "cost_usd": 0.00324}},
-        "promotion": {"promote": True, "reason": "no champion yet; candidate becomes the first", "metric": "answer_relevancy"},
+        "promotion": {"promote": True, "reason": "beats the model the run started from", "metric": "key_fact_recall"},
+        "gold_metrics": GOLD_METRICS, "statistics": {"resamples": 2000, "confidence": 0.95, "seed": 1},
+        "gold_ceiling": {f"gold-g{i}": {"key_fact_recall": 0.9, "rouge_l": 0.5} for i in range(GOLD_N)},
+        "start_model": "base model",
+        "roles": [{"role": "teacher", "model": "SmolLM2-135M-Instruct.Q4_1", "provider": "embedded llama.cpp", "where": "local", "family": "smollm2-135m"},
+                  {"role": "judge", "model": "SmolLM2-135M-Instruct.Q4_1", "provider": "embedded llama.cpp", "where": "local", "family": "smollm2-135m"},
+                  {"role": "student", "model": "SmolLM2-135M-Instruct.Q4_1", "provider": "transformers", "where": "local", "family": "smollm2-135m"}],
     }  # fmt: skip
+
+
+GOLD_METRICS = ["key_fact_recall", "rouge_l"]
+GOLD_N = 12
+
+
+def gold_rows(cycle: int) -> list[ScoreRow]:
+    """Gold answers: the start (cycle 1's baseline) at 0.2 key-fact recall, +0.3 after cycle 1 (every
+    question, a little spread), no change in cycle 2; rouge_l moves 0.1 up and 0.1 down alternately."""
+    def row(i: int, stage: str, kfr: float, rouge: float) -> ScoreRow:
+        return ScoreRow(question_id=f"gold-g{i}", topic=["pods", "services", "storage"][i % 3], split="gold", stage=stage,
+                        cycle=cycle, scores={"key_fact_recall": kfr, "rouge_l": rouge})
+    wobble = [0.02 * ((i % 3) - 1) for i in range(GOLD_N)]
+    rows = [row(i, "baseline", 0.2, 0.3) for i in range(GOLD_N)] if cycle == 1 else []
+    rows += [row(i, "finetuned", 0.5 + wobble[i], 0.3 + (0.1 if i % 2 else -0.1)) for i in range(GOLD_N)]
+    return rows
 
 
 class _Cells(HTMLParser):
@@ -86,6 +109,14 @@ def _json_numbers(node) -> list[float]:
     return []
 
 
+def _dicts(node) -> list[dict]:
+    if isinstance(node, dict):
+        return [node, *(d for v in node.values() for d in _dicts(v))]
+    if isinstance(node, list):
+        return [d for v in node for d in _dicts(v)]
+    return []
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
@@ -113,6 +144,8 @@ def test_every_number_in_the_html_is_in_the_json(report):
     paths, _ = report
     data = json.loads(paths["json"].read_text())
     allowed = {f(n) for n in _json_numbers(data) for f in FORMATTERS.values()} | {str(n) for n in _json_numbers(data)} | {"-"}
+    intervals = [(d["ci_low"], d["ci_high"]) for d in _dicts(data) if "ci_low" in d]  # paired deltas, gap shares
+    allowed |= {f(low, high) for low, high in intervals for f in (fmt_interval, fmt_share_interval)}
     parser = _Cells()
     parser.feed(paths["html"].read_text())
     assert len(parser.cells) > 60
@@ -135,7 +168,7 @@ def test_report_numbers_are_computed_from_the_scores(report):
     assert data["cycles"][1]["training"]["final_loss"] == 0.9
     assert data["usage"]["total"]["calls"] == 48 and data["usage"]["total"]["cost_usd"] == pytest.approx(0.00471)
     html = paths["html"].read_text()
-    for shown in ["+50.0%", "0.600", "$0.0047", "31.0 s", "0.900", "Promoted to champion"]:
+    for shown in ["+0.200", "0.600", "$0.0047", "31.0 s", "0.900", "Promoted to champion"]:
         assert shown in html
     assert len(data["samples"]) == 6 and {s["cycle"] for s in data["samples"]} == {1, 2}
     assert [s["split"] for s in data["samples"]] == ["train", "train", "held_out"] * 2
@@ -163,13 +196,15 @@ def test_model_text_is_escaped(report):
 def test_markdown_summary_and_text_tables(report):
     paths, _ = report
     md = paths["md"].read_text()
-    assert "# kdflow run manual__test" in md and "| held_out | answer_relevancy | 0.350 | 0.500 | +0.150 | +42.9% |" in md
-    # what the overall rows compare is said beside them (train: different questions at each end)
+    assert "# kdflow run manual__test" in md
+    assert "| held_out | answer_relevancy | 3 | 0.350 | 0.500 | +0.150 | [+0.150, +0.150] | 0.102 | improved |" in md
+    # what the overall rows compare is said beside them (train: different questions at each end, so no row)
     assert OVERALL_NOTE in md and OVERALL_NOTE.replace("'", "&#39;") in paths["html"].read_text()
+    assert "| train |" not in md.split("## Held-out set")[1].split("##")[1]
     tables = render_tables(make_results())
     assert set(tables) == {"final_results", "performance_comparison", "improvement_statistics", "sample_qa"}
-    assert "PROMOTED" in tables["final_results"] and "+50.0%" in tables["final_results"]
-    assert "0.350" in tables["performance_comparison"] and "+42.9%" in tables["performance_comparison"]
+    assert "PROMOTED" in tables["final_results"] and "+0.200" in tables["final_results"]
+    assert "0.350" in tables["performance_comparison"] and "+0.150" in tables["performance_comparison"]
     assert "100%" in tables["improvement_statistics"] and "$0.0047" in tables["improvement_statistics"]
     assert tables["sample_qa"].count("Q: What is a") == 6 and EVIL in tables["sample_qa"]  # plain text: not escaped
     # the gate: counts per cycle, then each dropped item with its reason (one line, newlines folded)
@@ -198,3 +233,37 @@ def test_bad_results_name_the_field():
     del bad["cycles"][0]["cycle"]
     with pytest.raises(ValueError, match=r"cycles\.0\.cycle"):
         render_tables(bad)
+
+
+def test_the_verdict_on_the_gold_set_comes_first(report):
+    """Every output opens with the gold verdict: start -> last paired with n, interval, p and MDE;
+    per cycle; the open-book ceiling and the share of the gap closed; the roles and the warning
+    that the judge is the student's own base model."""
+    paths, _ = report
+    data = json.loads(paths["json"].read_text())
+    verdict = data["verdict"]
+    lead = verdict["overall"]["key_fact_recall"]
+    assert verdict["items"] == GOLD_N and lead["n"] == GOLD_N
+    assert lead["before_mean"] == pytest.approx(0.2) and lead["after_mean"] == pytest.approx(0.5)
+    assert lead["ci_low"] > 0 and lead["verdict"] == "improved" and lead["mde"] > 0 and lead["p_value"] < 0.01
+    assert verdict["overall"]["rouge_l"]["verdict"] == "no detectable change"  # +0.1 / -0.1 alternately
+    assert [c["cycle"] for c in verdict["per_cycle"]] == [1, 2]
+    assert verdict["per_cycle"][0]["metrics"]["key_fact_recall"]["verdict"] == "improved"
+    assert verdict["per_cycle"][1]["metrics"]["key_fact_recall"]["verdict"] == "no detectable change"
+    assert lead["ceiling_mean"] == pytest.approx(0.9)
+    assert lead["gap_closed"]["share"] == pytest.approx(0.3 / 0.7)  # (0.5 - 0.2) / (0.9 - 0.2)
+    md, html, text = paths["md"].read_text(), paths["html"].read_text(), render_tables(make_results())["final_results"]
+    headline = "VERDICT: Gold set (12 questions), key_fact_recall: base model 0.200 -> 0.500 after cycle 2, delta +0.300"
+    assert md.split("\n\n")[2].startswith(headline) and text.startswith(headline)
+    assert html.index("Verdict on the gold set") < html.index("Promotion decision") < html.index("Metrics per cycle")
+    assert "Share of the gap to the open-book teacher (0.900) closed by distillation: 43%" in md
+    assert "is the student's own base model" in md and 'id="roles-warning"' in html
+    assert md.index("## Verdict") < md.index("## Held-out set") < md.index("## Per cycle")
+
+
+def test_without_a_gold_set_the_report_says_so():
+    results = make_results()
+    results["gold_metrics"] = []
+    for cycle in results["cycles"]:
+        cycle["scores"] = [r for r in cycle["scores"] if r["split"] != "gold"]
+    assert render_tables(results)["final_results"].startswith("VERDICT: No gold set was scored in this run")

@@ -210,10 +210,28 @@ EvaluationMetric = Literal[
 ]
 
 
+# Judge-free metrics of the gold set: key_fact_recall needs the gold item's key facts.
+GoldMetric = Literal["key_fact_recall", "semantic_similarity", "rouge_l", "bleu"]
+
+
 class EvaluationConfig(_Section):
     metrics: list[EvaluationMetric] = Field(
         default_factory=lambda: ["answer_relevancy", "semantic_similarity", "rouge_l"], min_length=1
     )
+    # The gold set (kdflow.gold): "builtin" = the Kubernetes v1.28 set shipped with kdflow, a path to
+    # your own JSONL, or null to evaluate on the teacher-written held-out set only.
+    gold_path: str | None = "builtin"
+    gold_metrics: list[GoldMetric] = Field(
+        default_factory=lambda: ["key_fact_recall", "semantic_similarity", "rouge_l"], min_length=1
+    )
+    # The teacher answers the gold questions open book (as it writes references): the ceiling.
+    teacher_ceiling: bool = True
+    # Paired statistics: bootstrap resamples and the confidence of the intervals.
+    bootstrap_resamples: int = Field(10_000, ge=1_000, le=1_000_000)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    # A training question at or above this MiniLM cosine to any gold or held-out question is left
+    # out of training (decontamination).
+    decontamination_similarity: float = Field(0.8, gt=0.0, le=1.0)
     relevancy_strictness: int = Field(3, ge=1, le=10)
     judge_temperature: float = Field(0.7, ge=0.0, le=2.0)
     judge_max_tokens: int = Field(256, ge=8, le=8192)
@@ -226,7 +244,8 @@ PROMOTION_METRIC = "semantic_similarity"  # promotion.metric null: this one when
 
 
 class PromotionConfig(_Section):
-    metric: EvaluationMetric | None = None  # None: resolved against evaluation.metrics by KdflowConfig
+    # None: resolved by KdflowConfig (the first gold metric with a gold set, else against evaluation.metrics)
+    metric: EvaluationMetric | GoldMetric | None = None
     margin: float = Field(0.0, ge=-1.0, le=1.0)
     topic_tolerance: float = Field(0.05, ge=0.0, le=1.0)
 
@@ -252,8 +271,17 @@ class KdflowConfig(_Section):
 
     @model_validator(mode="after")
     def _promotion_metric_is_measured(self) -> KdflowConfig:
-        """Promotion compares held-out scores of ``promotion.metric``: a metric that is not
-        measured would never promote, so it must be one of ``evaluation.metrics``."""
+        """Promotion compares gold-set scores of ``promotion.metric`` (held-out ones without a gold
+        set): a metric that is not measured would never promote, so it must be one of
+        ``evaluation.gold_metrics`` (``evaluation.metrics``)."""
+        if self.evaluation.gold_path:
+            gold_metrics = self.evaluation.gold_metrics
+            if self.promotion.metric is None:
+                self.promotion.metric = gold_metrics[0]
+            elif self.promotion.metric not in gold_metrics:
+                raise field_conflict("promotion.metric", f"must be one of evaluation.gold_metrics {list(gold_metrics)}",
+                                     self.promotion.metric)
+            return self
         metrics = self.evaluation.metrics
         if self.promotion.metric is None:
             self.promotion.metric = PROMOTION_METRIC if PROMOTION_METRIC in metrics else metrics[0]

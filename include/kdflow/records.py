@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Split = Literal["train", "held_out"]
+Split = Literal["train", "held_out", "gold"]
 Stage = Literal["baseline", "finetuned"]
 
 

@@ -11,6 +11,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from kdflow.evaluation.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, paired_comparison
 from kdflow.records import ScoreRow
 
 SPLITS = ("train", "held_out")
@@ -81,17 +82,26 @@ def _share(flags: list[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
-def compare_metric(baseline: Sequence[ScoreRow], finetuned: Sequence[ScoreRow], metric: str, success_threshold: float) -> dict[str, Any]:
-    """Baseline vs fine-tuned for one metric on one split (questions paired by id)."""
+def by_question(rows: Iterable[ScoreRow], metric: str) -> dict[str, float | None]:
+    return {r.question_id: r.scores.get(metric) for r in rows}
+
+
+def compare_metric(
+    baseline: Sequence[ScoreRow], finetuned: Sequence[ScoreRow], metric: str, success_threshold: float, **stats: Any
+) -> dict[str, Any]:
+    """Baseline vs fine-tuned for one metric on one split (questions paired by id), with the paired
+    statistics of :func:`kdflow.evaluation.stats.paired_comparison` (``stats``: resamples, confidence, seed)."""
     before, after = summarize(baseline, metric), summarize(finetuned, metric)
     absolute, relative = _improvement(before["mean"], after["mean"])
-    base_by_id = {r.question_id: r.scores.get(metric) for r in baseline}
+    base_by_id = by_question(baseline, metric)
     pairs = [
         (base_by_id[r.question_id], r.scores[metric])
         for r in finetuned
         if r.scores.get(metric) is not None and base_by_id.get(r.question_id) is not None
     ]
+    paired = paired_comparison(base_by_id, by_question(finetuned, metric), **stats)
     return {
+        **{k: paired[k] for k in ("mean_delta", "ci_low", "ci_high", "p_value", "mde", "verdict")},
         "baseline_mean": before["mean"],
         "finetuned_mean": after["mean"],
         "baseline_median": before["median"],
@@ -129,6 +139,7 @@ def compare_cycle(
     *,
     training: Mapping[str, Any] | None,
     success_threshold: float,
+    **stats: Any,
 ) -> dict[str, Any]:
     """One cycle's comparison: ``{"cycle", "splits": {split: {metric: compare_metric}}, "training"}``.
 
@@ -147,7 +158,7 @@ def compare_cycle(
     for split in SPLITS:
         base, fine = select(baseline, split=split), select(finetuned, split=split)
         if base or fine:
-            splits[split] = {m: compare_metric(base, fine, m, success_threshold) for m in metrics}
+            splits[split] = {m: compare_metric(base, fine, m, success_threshold, **stats) for m in metrics}
     return {
         "cycle": cycles.pop() if cycles else None,
         "success_threshold": success_threshold,
@@ -156,9 +167,20 @@ def compare_cycle(
     }
 
 
-def compare_all(cycles: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Across cycles (``compare_cycle`` outputs): a flat table, the overall improvement from the
-    first cycle's baseline to the last cycle's fine-tuned model, and the held-out trend."""
+def statistics_options(resamples: int = DEFAULT_RESAMPLES, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> dict[str, Any]:
+    """The keyword arguments of :func:`paired_comparison` the pipeline and the report share."""
+    return {"resamples": resamples, "confidence": confidence, "seed": seed}
+
+
+def compare_all(
+    cycles: Sequence[Mapping[str, Any]], scores: Mapping[int, Sequence[ScoreRow]], **stats: Any
+) -> dict[str, Any]:
+    """Across cycles (``compare_cycle`` outputs, and each cycle's score rows in ``scores``): a flat
+    table, the held-out trend, and the overall change on the held-out set: the SAME questions at
+    the model the run started from (first cycle's baseline) and at the last adapter, paired.
+
+    The trained questions differ from cycle to cycle, so they get no overall row: a mean over
+    other questions is not an improvement. Each cycle's table compares its own questions."""
     ordered = sorted(cycles, key=lambda c: c["cycle"] if c.get("cycle") is not None else 0)
     table = []
     for comp in ordered:
@@ -171,19 +193,15 @@ def compare_all(cycles: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 )
     overall: dict[str, dict[str, Any]] = {}
     if ordered:
-        first, last = ordered[0], ordered[-1]
-        for split in SPLITS:
-            first_split, last_split = first["splits"].get(split, {}), last["splits"].get(split, {})
-            for metric in first_split.keys() & last_split.keys():
-                before, after = first_split[metric]["baseline_mean"], last_split[metric]["finetuned_mean"]
-                absolute, relative = _improvement(before, after)
-                overall.setdefault(split, {})[metric] = {
-                    "first_cycle": first["cycle"], "last_cycle": last["cycle"],
-                    "first_baseline_mean": before, "last_finetuned_mean": after,
-                    "abs_improvement": absolute, "rel_improvement_pct": relative,
-                }
-            if split in overall:
-                overall[split] = {m: overall[split][m] for m in first_split if m in overall[split]}
+        first, last = ordered[0]["cycle"], ordered[-1]["cycle"]
+        start = select(scores.get(first, []), split="held_out", stage="baseline")
+        end = select(scores.get(last, []), split="held_out", stage="finetuned")
+        for metric in metric_names([*start, *end]):
+            paired = paired_comparison(by_question(start, metric), by_question(end, metric), **stats)
+            overall.setdefault("held_out", {})[metric] = {
+                "first_cycle": first, "last_cycle": last, **paired,
+                "first_baseline_mean": paired["before_mean"], "last_finetuned_mean": paired["after_mean"],
+            }
     trend: dict[str, list[dict[str, Any]]] = {}
     for comp in ordered:
         for metric, numbers in comp["splits"].get("held_out", {}).items():

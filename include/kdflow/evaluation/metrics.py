@@ -51,8 +51,8 @@ def ragas_embeddings() -> Any:
     return HuggingFaceEmbeddings(model=minilm_path(), device="cpu")
 
 
-def build_scorers(cfg: EvaluationConfig, *, llm: Any) -> dict[str, Scorer]:
-    """One async ``row -> MetricResult`` per configured metric."""
+def build_scorers(cfg: EvaluationConfig, *, llm: Any, metrics: Sequence[str] | None = None) -> dict[str, Scorer]:
+    """One async ``row -> MetricResult`` per metric of ``metrics`` (default: the configured ones)."""
     ragas_environment()
     from ragas.metrics import collections as rc
 
@@ -72,7 +72,7 @@ def build_scorers(cfg: EvaluationConfig, *, llm: Any) -> dict[str, Scorer]:
         ),
         "factual_correctness": lambda: _call(rc.FactualCorrectness(llm=llm), response="answer", reference="reference"),
     }
-    return {name: factories[name]() for name in cfg.metrics}
+    return {name: factories[name]() for name in (cfg.metrics if metrics is None else metrics)}
 
 
 def _call(metric: Any, **arguments: str) -> Scorer:
@@ -121,19 +121,21 @@ def _check_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         missing = [k for k in ROW_KEYS if k not in row]
         if missing:
             raise ValueError(f"score_answers: row {i} ({row.get('question_id', '?')}) lacks {', '.join(missing)}")
-        if row["split"] not in ("train", "held_out"):
-            raise ValueError(f"score_answers: row {i} ({row['question_id']}) has split {row['split']!r}; use 'train' or 'held_out'")
+        if row["split"] not in ("train", "held_out", "gold"):
+            raise ValueError(f"score_answers: row {i} ({row['question_id']}) has split {row['split']!r}; use 'train', 'held_out' or 'gold'")
         checked.append({k: row[k] if k == "split" else str(row[k] or "") for k in ROW_KEYS})
         checked[-1][DROPPED_KEY] = row.get(DROPPED_KEY)
     return checked
 
 
-async def _score_all(cfg: EvaluationConfig, rows: list[dict[str, Any]], judge: Any, store: Any, ledger: Any) -> list[dict[str, Any]]:
+async def _score_all(
+    cfg: EvaluationConfig, metrics: Sequence[str], rows: list[dict[str, Any]], judge: Any, store: Any, ledger: Any
+) -> list[dict[str, Any]]:
     llm = client = None
-    if JUDGE_METRICS & set(cfg.metrics):
+    if JUDGE_METRICS & set(metrics):
         llm, client = make_judge_llm(cfg, judge, store=store, ledger=ledger)
     try:
-        scorers = build_scorers(cfg, llm=llm)
+        scorers = build_scorers(cfg, llm=llm, metrics=metrics)
         gate = asyncio.Semaphore(cfg.judge_concurrency)
         tasks = [_score_metric(name, scorer, row, gate) for row in rows for name, scorer in scorers.items()]
         outcomes = iter(await asyncio.gather(*tasks))
@@ -161,20 +163,22 @@ def score_answers(
     ledger: Any,
     cycle: int,
     stage: str,
+    metrics: Sequence[str] | None = None,
 ) -> list[ScoreRow]:
     """Score each ``{"question_id","topic","split","question","answer","reference"}`` row (plus
     the optional ``reference_dropped`` reason) with ``cfg.metrics``; judge calls go to ``judge``
     (an :class:`kdflow.llm.server.Endpoint`) through the cached client, counted in ``ledger``
-    under task ``"judge"``."""
+    under task ``"judge"``. ``metrics`` replaces ``cfg.metrics`` (the gold set's judge-free ones)."""
     if stage not in ("baseline", "finetuned"):
         raise ValueError(f"score_answers: stage {stage!r} must be 'baseline' or 'finetuned'")
-    needs_judge = [m for m in cfg.metrics if m in JUDGE_METRICS]
+    metrics = list(cfg.metrics if metrics is None else metrics)
+    needs_judge = [m for m in metrics if m in JUDGE_METRICS]
     if needs_judge and judge is None:
         raise ValueError(f"score_answers: metrics {needs_judge} need a judge endpoint; pass judge= or drop them from evaluation.metrics")
     checked = _check_rows(rows)
     if not checked:
         return []
-    outcomes = asyncio.run(_score_all(cfg, checked, judge, store, ledger))
+    outcomes = asyncio.run(_score_all(cfg, metrics, checked, judge, store, ledger))
     return [
         ScoreRow(question_id=row["question_id"], topic=row["topic"], split=row["split"], stage=stage, cycle=cycle, **outcome)
         for row, outcome in zip(checked, outcomes, strict=True)

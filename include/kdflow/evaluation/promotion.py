@@ -1,7 +1,11 @@
 """The promotion gate: does a run's last adapter become the store's champion?
 
-Judged on the fixed held-out set only (questions never trained on), so a champion is the
-adapter that generalises best, not the one that memorised its own cycle's questions.
+Judged on questions never trained on: the gold set (independent of the teacher), or the
+teacher-written held-out set when a run has no gold set. The candidate and the incumbent (the model
+the run started from: the champion, or the base model) are compared on the SAME questions, paired,
+with the statistics the report shows (:mod:`kdflow.evaluation.stats`): the adapter is promoted only
+when the lower bound of the interval of its mean paired delta is above ``promotion.margin``, so a
+change inside the noise never replaces a champion. It fails closed: no comparable scores, no promotion.
 """
 
 from __future__ import annotations
@@ -11,77 +15,67 @@ from collections.abc import Sequence
 from typing import Any
 
 from kdflow.config import PromotionConfig
+from kdflow.evaluation.aggregate import by_question
+from kdflow.evaluation.stats import MIN_PAIRS, paired_comparison
 from kdflow.records import ScoreRow
 
 
-def _scores_by_question(rows: Sequence[ScoreRow], metric: str) -> dict[str, tuple[str, float]]:
-    return {r.question_id: (r.topic, v) for r in rows if (v := r.scores.get(metric)) is not None}
-
-
-def _topic_means(scored: dict[str, tuple[str, float]], ids: set[str]) -> dict[str, float]:
+def _topic_deltas(candidate: Sequence[ScoreRow], incumbent: Sequence[ScoreRow], metric: str, ids: set[str]) -> dict[str, float]:
+    before = {r.question_id: (r.topic, v) for r in incumbent if r.question_id in ids and (v := r.scores.get(metric)) is not None}
+    after = {r.question_id: v for r in candidate if r.question_id in ids and (v := r.scores.get(metric)) is not None}
     by_topic: dict[str, list[float]] = {}
-    for qid in ids:
-        topic, value = scored[qid]
-        by_topic.setdefault(topic, []).append(value)
-    return {t: statistics.fmean(v) for t, v in sorted(by_topic.items())}
+    for qid, (topic, value) in before.items():
+        if qid in after:
+            by_topic.setdefault(topic, []).append(after[qid] - value)
+    return {t: statistics.fmean(d) for t, d in sorted(by_topic.items())}
 
 
 def decide_promotion(
-    candidate_held_out: Sequence[ScoreRow],
-    champion_held_out: Sequence[ScoreRow] | None,
+    candidate: Sequence[ScoreRow],
+    incumbent: Sequence[ScoreRow] | None,
     cfg: PromotionConfig,
     *,
     metric: str,
+    split: str = "gold",
+    **stats: Any,
 ) -> dict[str, Any]:
-    """Promote only if the candidate's held-out mean beats the champion's by more than
-    ``cfg.margin`` and no topic's mean drops by more than ``cfg.topic_tolerance``.
+    """Promote only if the interval's lower bound of the candidate's mean paired delta against the
+    incumbent is above ``cfg.margin`` and no topic's mean delta is below ``-cfg.topic_tolerance``.
 
-    Both sides are compared on the questions scored on both (failed judge rows are left out); if
-    the held-out set changed so that none are shared, each side's own mean is used and the reason
-    says so. Returns ``{"promote", "reason", "metric", "candidate_mean", "champion_mean", "delta",
-    "margin", "topic_tolerance", "topic_deltas", "regressed_topics", "questions"}``.
-    """
-    candidate = _scores_by_question(candidate_held_out, metric)
+    ``stats`` go to :func:`paired_comparison` (resamples, confidence, seed). Fails closed when fewer
+    than two questions were scored on both sides. Returns ``{"promote", "reason", "metric", "split",
+    "candidate_mean", "champion_mean", "delta", "ci_low", "ci_high", "p_value", "verdict", "margin",
+    "topic_tolerance", "topic_deltas", "regressed_topics", "questions"}``."""
     decision: dict[str, Any] = {
-        "metric": metric, "margin": cfg.margin, "topic_tolerance": cfg.topic_tolerance,
-        "candidate_mean": None, "champion_mean": None, "delta": None,
-        "topic_deltas": {}, "regressed_topics": [], "questions": 0,
-    }
-    if not candidate:
-        return {**decision, "promote": False, "reason": f"candidate has no scored held-out questions for {metric!r}; nothing to judge it by"}
-    if champion_held_out is None:
-        mean = statistics.fmean(v for _, v in candidate.values())
-        return {
-            **decision, "promote": True, "candidate_mean": mean, "questions": len(candidate),
-            "reason": f"no champion yet; candidate held-out {metric} {mean:.3f} over {len(candidate)} questions becomes the first",
-        }
-    champion = _scores_by_question(champion_held_out, metric)
-    if not champion:
-        return {**decision, "promote": True, "questions": len(candidate),
-                "candidate_mean": statistics.fmean(v for _, v in candidate.values()),
-                "reason": f"champion has no scored held-out questions for {metric!r}; candidate replaces it"}
-    shared = candidate.keys() & champion.keys()
-    note = ""
-    if shared:
-        cand_ids, champ_ids = set(shared), set(shared)
-    else:
-        cand_ids, champ_ids = set(candidate), set(champion)
-        note = " (no shared held-out questions: compared each side's own set)"
-    cand_mean = statistics.fmean(candidate[q][1] for q in cand_ids)
-    champ_mean = statistics.fmean(champion[q][1] for q in champ_ids)
-    delta = cand_mean - champ_mean
-    cand_topics, champ_topics = _topic_means(candidate, cand_ids), _topic_means(champion, champ_ids)
-    topic_deltas = {t: cand_topics[t] - champ_topics[t] for t in cand_topics if t in champ_topics}
+        "metric": metric, "split": split, "margin": cfg.margin, "topic_tolerance": cfg.topic_tolerance,
+        "candidate_mean": None, "champion_mean": None, "delta": None, "ci_low": None, "ci_high": None,
+        "p_value": None, "verdict": None, "topic_deltas": {}, "regressed_topics": [], "questions": 0,
+    }  # fmt: skip
+    after = {k: v for k, v in by_question(candidate, metric).items() if v is not None}
+    if not after:
+        return {**decision, "promote": False, "reason": f"candidate has no scored {split} questions for {metric!r}; nothing to judge it by"}
+    before = {k: v for k, v in by_question(incumbent or [], metric).items() if v is not None}
+    paired = paired_comparison(before, after, **stats)
+    if paired["n"] < MIN_PAIRS:
+        return {**decision, "promote": False, "questions": paired["n"],
+                "reason": (f"no comparable scores: the model the run started from and the candidate share {paired['n']} "
+                           f"scored {split} question(s) for {metric!r} (need {MIN_PAIRS}); kept the champion (fails closed)")}
+    topic_deltas = _topic_deltas(candidate, incumbent or [], metric, set(before) & set(after))
     regressed = [t for t, d in topic_deltas.items() if d < -cfg.topic_tolerance]
     decision.update(
-        candidate_mean=cand_mean, champion_mean=champ_mean, delta=delta,
-        topic_deltas=topic_deltas, regressed_topics=regressed, questions=len(cand_ids),
+        candidate_mean=paired["after_mean"], champion_mean=paired["before_mean"], delta=paired["mean_delta"],
+        ci_low=paired["ci_low"], ci_high=paired["ci_high"], p_value=paired["p_value"], verdict=paired["verdict"],
+        topic_deltas=topic_deltas, regressed_topics=regressed, questions=paired["n"],
     )
-    summary = f"held-out {metric} {cand_mean:.3f} vs champion {champ_mean:.3f} (delta {delta:+.3f}, margin {cfg.margin:.3f}){note}"
-    if delta <= cfg.margin:
-        return {**decision, "promote": False, "reason": f"not better than the champion by the margin: {summary}"}
+    level = round(paired["confidence"] * 100)
+    summary = (f"{split} {metric} {paired['after_mean']:.3f} vs {paired['before_mean']:.3f} over {paired['n']} paired questions, "
+               f"delta {paired['mean_delta']:+.3f}, {level}% CI [{paired['ci_low']:+.3f}, {paired['ci_high']:+.3f}], "
+               f"margin {cfg.margin:.3f}")
     if regressed:
         worst = ", ".join(f"{t} {topic_deltas[t]:+.3f}" for t in regressed)
         return {**decision, "promote": False,
                 "reason": f"topic regression beyond tolerance {cfg.topic_tolerance:.3f}: {worst}; {summary}"}
-    return {**decision, "promote": True, "reason": f"beats the champion: {summary}"}
+    if paired["ci_low"] <= cfg.margin:
+        return {**decision, "promote": False, "reason": f"not better by more than the margin beyond noise (CI lower bound "
+                                                          f"{paired['ci_low']:+.3f} <= {cfg.margin:.3f}): {summary}"}
+    return {**decision, "promote": True, "reason": f"beats the model the run started from: {summary}"}

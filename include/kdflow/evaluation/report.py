@@ -17,17 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from kdflow.evaluation import plots
-from kdflow.evaluation.aggregate import aggregate, compare_all, compare_cycle, select
+from kdflow.evaluation.aggregate import aggregate, compare_all, compare_cycle, select, statistics_options
 from kdflow.evaluation.results import RunResults, parse_results
+from kdflow.evaluation.verdict import gold_verdict
 from kdflow.llm.cache import TaskUsage
 
 TEMPLATE = "report.html.j2"
 SAMPLES_PER_CYCLE = 3
 GATE_DROPPED_SHOWN = 20  # dropped items listed in report.md and the logged tables
 DASH = "-"
-OVERALL_NOTE = ("held_out compares the same questions at the base model and at the last adapter (generalisation); "
-                "train compares cycle 1's questions at the base model with the last cycle's new questions at the last "
-                "adapter. Each cycle's own table below compares the same questions before and after.")
+OVERALL_NOTE = ("held_out compares the same teacher-written held-out questions at the model the run started from and "
+                "at the last adapter, paired by question. The trained questions differ from cycle to cycle, so they get "
+                "no overall row; each cycle's own table compares its questions before and after.")
+VERDICT_NOTE = ("Paired by question: mean delta with a seeded bootstrap interval, Wilcoxon signed-rank p, and the "
+                "minimum detectable effect (MDE: the true delta found 80 % of the time at this n). 'improved' only when "
+                "the interval's lower bound is above 0, 'regressed' when its upper bound is below 0.")
 
 
 def fmt_score(x: float | None) -> str:
@@ -62,9 +66,21 @@ def fmt_count(x: int | None) -> str:
     return DASH if x is None else str(x)
 
 
+def fmt_p(x: float | None) -> str:
+    return DASH if x is None else (f"{x:.3f}" if x >= 0.001 else "<0.001")
+
+
+def fmt_interval(low: float | None, high: float | None) -> str:
+    return DASH if low is None or high is None else f"[{low:+.3f}, {high:+.3f}]"
+
+
+def fmt_share_interval(low: float | None, high: float | None) -> str:
+    return DASH if low is None or high is None else f"[{low * 100:.0f}%, {high * 100:.0f}%]"
+
+
 FORMATTERS = {
     "score": fmt_score, "signed": fmt_signed, "pct": fmt_pct, "share": fmt_share,
-    "secs": fmt_seconds, "usd": fmt_usd, "rate": fmt_rate, "whole": fmt_count,
+    "secs": fmt_seconds, "usd": fmt_usd, "rate": fmt_rate, "whole": fmt_count, "pvalue": fmt_p,
 }  # fmt: skip
 
 
@@ -106,25 +122,33 @@ def _failures(parsed: RunResults) -> list[dict[str, Any]]:
 def compute_report(results: dict[str, Any] | RunResults, *, samples_per_cycle: int = SAMPLES_PER_CYCLE) -> dict[str, Any]:
     """Everything the report shows, as JSON-ready data (this is ``report.json``)."""
     parsed = parse_results(results)
+    stats = statistics_options(**parsed.statistics)
     cycles = []
     for cycle in parsed.cycles:
         training = cycle.training.model_dump() if cycle.training else None
         comparison = compare_cycle(
             select(cycle.scores, stage="baseline"), select(cycle.scores, stage="finetuned"),
-            training=training, success_threshold=parsed.success_threshold,
+            training=training, success_threshold=parsed.success_threshold, **stats,
         )
         comparison["cycle"] = cycle.cycle
         comparison["aggregates"] = aggregate(cycle.scores)
         comparison["gate"] = dict(cycle.gate)
         comparison["gate_dropped"] = list(cycle.gate_dropped)
+        comparison["coverage"] = dict(cycle.coverage)
+        comparison["decontaminated"] = list(cycle.decontaminated)
         cycles.append(comparison)
+    scores = {c.cycle: c.scores for c in parsed.cycles}
     return {
+        "verdict": gold_verdict(scores, parsed.gold_metrics, ceiling=parsed.gold_ceiling or None,
+                                start_model=parsed.start_model, **stats) if parsed.gold_metrics else None,
+        "roles": list(parsed.roles),
+        "statistics": stats,
         "run_id": parsed.run_id,
         "metrics": list(parsed.metrics),
         "headline_metric": parsed.headline_metric,
         "success_threshold": parsed.success_threshold,
         "cycles": cycles,
-        "across": compare_all(cycles),
+        "across": compare_all(cycles, scores, **stats),
         "usage": _usage_table(parsed.usage),
         "promotion": parsed.promotion,
         "samples": _samples(parsed, samples_per_cycle),
@@ -161,7 +185,12 @@ def _render_html(report: dict[str, Any], images: dict[str, str]) -> str:
         loader=PackageLoader("kdflow", "templates"), autoescape=select_autoescape(default=True), undefined=StrictUndefined
     )
     env.filters.update(FORMATTERS)
-    return env.get_template(TEMPLATE).render(report=report, images=images, overall_note=OVERALL_NOTE)
+    tables = {"overall": _overall_rows(report), "coverage": coverage_rows(report), "roles": roles_rows(report)}
+    if report["verdict"]:
+        tables.update(verdict=verdict_rows(report), ceiling=ceiling_rows(report))
+    return env.get_template(TEMPLATE).render(
+        report=report, images=images, overall_note=OVERALL_NOTE, verdict_note=VERDICT_NOTE, tables=tables,
+        headline=verdict_headline(report), roles_warning=roles_warning(report), interval=fmt_interval)
 
 
 def build_report(results: dict[str, Any] | RunResults, out_dir: Path) -> dict[str, Path]:
@@ -193,24 +222,92 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 
 
 def _metric_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["cycle", "split", "metric", "baseline", "fine-tuned", "abs", "rel", "improved", "above thr", "n", "failed"]
+    header = ["cycle", "split", "metric", "baseline", "fine-tuned", "delta", "95% CI", "p", "verdict", "improved", "n", "failed"]
     rows = [
         [str(r["cycle"]), r["split"], r["metric"], fmt_score(r["baseline_mean"]), fmt_score(r["finetuned_mean"]),
-         fmt_signed(r["abs_improvement"]), fmt_pct(r["rel_improvement_pct"]), fmt_share(r["improved_share"]),
-         fmt_share(r["finetuned_above_threshold_share"]), str(r["finetuned_count"]),
-         str(r["failures"])]
+         fmt_signed(r["mean_delta"]), fmt_interval(r["ci_low"], r["ci_high"]), fmt_p(r["p_value"]), r["verdict"],
+         fmt_share(r["improved_share"]), str(r["paired"]), str(r["failures"])]
         for r in report["across"]["table"]
     ]  # fmt: skip
     return header, rows
 
 
 def _overall_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["split", "metric", "first baseline", "last fine-tuned", "abs", "rel"]
+    header = ["split", "metric", "n", "first baseline", "last fine-tuned", "delta", "95% CI", "p", "verdict"]
     rows = [
-        [split, metric, fmt_score(o["first_baseline_mean"]), fmt_score(o["last_finetuned_mean"]),
-         fmt_signed(o["abs_improvement"]), fmt_pct(o["rel_improvement_pct"])]
+        [split, metric, str(o["n"]), fmt_score(o["first_baseline_mean"]), fmt_score(o["last_finetuned_mean"]),
+         fmt_signed(o["mean_delta"]), fmt_interval(o["ci_low"], o["ci_high"]), fmt_p(o["p_value"]), o["verdict"]]
         for split, per_metric in report["across"]["overall"].items() for metric, o in per_metric.items()
     ]  # fmt: skip
+    return header, rows
+
+
+VERDICT_HEADER = ["comparison", "metric", "n", "before", "after", "delta", "95% CI", "p", "MDE", "verdict"]
+
+
+def _verdict_row(label: str, metric: str, c: dict[str, Any]) -> list[str]:
+    return [label, metric, str(c["n"]), fmt_score(c["before_mean"]), fmt_score(c["after_mean"]), fmt_signed(c["mean_delta"]),
+            fmt_interval(c["ci_low"], c["ci_high"]), fmt_p(c["p_value"]), fmt_score(c["mde"]), c["verdict"]]
+
+
+def verdict_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The gold verdict: start -> last per metric, then each cycle against the one before."""
+    verdict = report["verdict"]
+    last = f"{verdict['start_model']} -> after cycle {verdict['last_cycle']}"
+    rows = [_verdict_row(last, m, c) for m, c in verdict["overall"].items()]
+    for step in verdict["per_cycle"]:
+        rows += [_verdict_row(f"cycle {step['cycle']}: {step['from']} -> {step['to']}", m, c) for m, c in step["metrics"].items()]
+    return VERDICT_HEADER, rows
+
+
+def ceiling_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["metric", "start", "after last cycle", "teacher open book", "gap closed", "95% CI"]
+    rows = []
+    for metric, c in report["verdict"]["overall"].items():
+        gap = c.get("gap_closed") or {}
+        rows.append([metric, fmt_score(c["before_mean"]), fmt_score(c["after_mean"]), fmt_score(c.get("ceiling_mean")),
+                     fmt_share(gap.get("share")), fmt_share_interval(gap.get("ci_low"), gap.get("ci_high"))])
+    return header, rows
+
+
+def verdict_headline(report: dict[str, Any]) -> str:
+    """One sentence: the lead gold metric's verdict, its numbers, and the share of the gap closed."""
+    verdict = report["verdict"]
+    if not verdict:
+        return "No gold set was scored in this run (evaluation.gold_path is null): no verdict on independent questions."
+    lead = verdict["lead_metric"]
+    c = verdict["overall"][lead]
+    text = (f"Gold set ({verdict['items']} questions), {lead}: {verdict['start_model']} {fmt_score(c['before_mean'])} -> "
+            f"{fmt_score(c['after_mean'])} after cycle {verdict['last_cycle']}, delta {fmt_signed(c['mean_delta'])} "
+            f"{fmt_interval(c['ci_low'], c['ci_high'])}, p {fmt_p(c['p_value'])}, MDE {fmt_score(c['mde'])}: "
+            f"{c['verdict'].upper()}.")
+    gap = c.get("gap_closed") or {}
+    if gap.get("share") is not None:
+        interval = "" if gap.get("ci_low") is None else " " + fmt_share_interval(gap["ci_low"], gap["ci_high"])
+        text += (f" Share of the gap to the open-book teacher ({fmt_score(c.get('ceiling_mean'))}) closed by distillation: "
+                 f"{fmt_share(gap['share'])}{interval}.")
+    return text
+
+
+def roles_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["role", "model", "provider", "where"]
+    return header, [[r.get("role", ""), r.get("model", ""), r.get("provider", ""), r.get("where", "")] for r in report["roles"]]
+
+
+def roles_warning(report: dict[str, Any]) -> str | None:
+    """A judge that is the student's own base model grades its own kind: say so beside the scores."""
+    by_role = {r.get("role"): r for r in report["roles"]}
+    judge, student = by_role.get("judge"), by_role.get("student")
+    if judge and student and judge.get("family") and judge.get("family") == student.get("family"):
+        return (f"The judge ({judge['model']}) is the student's own base model: judge-scored metrics (answer_relevancy) "
+                "are weak evidence here; the gold verdict above needs no judge.")
+    return None
+
+
+def coverage_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["cycle", "passages covered", "passages", "coverage", "decontaminated"]
+    rows = [[str(c["cycle"]), fmt_count(c["coverage"].get("passages_covered")), fmt_count(c["coverage"].get("passages")),
+             fmt_share(c["coverage"].get("share")), str(len(c["decontaminated"]))] for c in report["cycles"]]
     return header, rows
 
 
@@ -274,8 +371,8 @@ def render_tables(results: dict[str, Any] | RunResults) -> dict[str, str]:
         for r in report["across"]["table"]
     ]  # fmt: skip
     return {
-        "final_results": text_table(*_metric_rows(report)) + decision,
-        "performance_comparison": "overall (first baseline -> last fine-tuned)\n" + text_table(*_overall_rows(report)),
+        "final_results": "\n\n".join(verdict_text(report)) + "\n\n" + text_table(*_metric_rows(report)) + decision,
+        "performance_comparison": "held-out set: start -> last fine-tuned, paired\n" + text_table(*_overall_rows(report)),
         "improvement_statistics": "\n\n".join([
             f"success threshold {report['success_threshold']}\n" + text_table(success_header, success_rows),
             text_table(*_training_rows(report)),
@@ -287,12 +384,28 @@ def render_tables(results: dict[str, Any] | RunResults) -> dict[str, str]:
     }
 
 
+def verdict_text(report: dict[str, Any], table=text_table) -> list[str]:  # noqa: ANN001 - a table renderer
+    """The verdict block, first in every output: headline, gold verdict and ceiling, the roles."""
+    parts = ["VERDICT: " + verdict_headline(report)]
+    if report["verdict"]:
+        parts += ["gold set, paired by question\n" + table(*verdict_rows(report)), VERDICT_NOTE]
+        if report["verdict"]["has_ceiling"]:
+            parts.append("ceiling: the teacher answering the gold questions open book\n" + table(*ceiling_rows(report)))
+    if report["roles"]:
+        parts.append("roles\n" + table(*roles_rows(report)))
+        if warning := roles_warning(report):
+            parts.append("WARNING: " + warning)
+    return parts
+
+
 def _markdown(report: dict[str, Any]) -> str:
     promotion, dropped = report["promotion"], gate_dropped_lines(report)
     parts = [
         f"# kdflow run {report['run_id']}",
-        f"Headline metric: **{report['headline_metric']}**; success threshold {report['success_threshold']}.",
-        "## Overall (first baseline -> last fine-tuned)", _markdown_table(*_overall_rows(report)), OVERALL_NOTE,
+        "## Verdict", *verdict_text(report, _markdown_table),
+        f"Headline metric of the teacher-written sets: **{report['headline_metric']}**; success threshold {report['success_threshold']}.",
+        "## Held-out set (teacher-written): start -> last fine-tuned, paired", _markdown_table(*_overall_rows(report)), OVERALL_NOTE,
+        "## Knowledge-base coverage and decontamination", _markdown_table(*coverage_rows(report)),
         "## Per cycle", _markdown_table(*_metric_rows(report)),
         "## Training", _markdown_table(*_training_rows(report)),
         "## Teacher data quality gate", _markdown_table(*gate_rows(report)),

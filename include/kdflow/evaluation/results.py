@@ -26,8 +26,13 @@ Schema (``RunResults.model_validate(results)`` checks a plain dict against it)::
       "usage": {"teacher": {"calls", "cache_hits", "errors", "prompt_tokens", "completion_tokens",
                             "seconds", "cost_usd"},          # = UsageLedger.as_dict()["tasks"]
                 "judge": {...}},
-      "promotion": {"promote": true, "reason": "...", ...} | null   # decide_promotion() output
+      "promotion": {"promote": true, "reason": "...", ...} | null,  # decide_promotion() output
+      "gold_metrics": ["key_fact_recall", ...], "gold_ceiling": {qid: {metric: score}},
+      "start_model": "base model", "statistics": {"resamples", "confidence", "seed"},
+      "roles": [{"role", "model", "provider", "where"}]
     }
+    Cycles may also hold "coverage" and "decontaminated" (see CycleResult); score rows of split
+    "gold" are the gold set's (answered at cycle 1's baseline and every fine-tuned stage).
 """
 
 from __future__ import annotations
@@ -73,6 +78,10 @@ class CycleResult(_Model):
     gate: dict[str, int] = Field(default_factory=dict)
     # items the teacher-data gate dropped: {"question_id", "split", "question", "reason"}
     gate_dropped: list[dict[str, str]] = Field(default_factory=list)
+    # knowledge-base coverage after this cycle: {"passages_covered", "passages", "share"}
+    coverage: dict[str, Any] = Field(default_factory=dict)
+    # training questions left out for being too close to a gold or held-out question
+    decontaminated: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class RunResults(_Model):
@@ -83,6 +92,15 @@ class RunResults(_Model):
     cycles: list[CycleResult] = Field(min_length=1)
     usage: dict[str, TaskUsage] = Field(default_factory=dict)  # UsageLedger.as_dict()["tasks"] as is
     promotion: dict[str, Any] | None = None
+    # The gold set's metrics (the first leads the verdict), the teacher's open-book scores on it
+    # (question id -> metric -> score), and what the run started from ("base model" or a champion).
+    gold_metrics: list[str] = Field(default_factory=list)
+    gold_ceiling: dict[str, dict[str, float | None]] = Field(default_factory=dict)
+    start_model: str = "base model"
+    # paired statistics options: {"resamples", "confidence", "seed"}
+    statistics: dict[str, Any] = Field(default_factory=dict)
+    # who played which part: [{"role", "model", "provider", "where"}]
+    roles: list[dict[str, str]] = Field(default_factory=list)
 
 
 def parse_results(results: dict[str, Any] | RunResults) -> RunResults:

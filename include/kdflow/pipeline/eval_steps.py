@@ -15,23 +15,30 @@ log = logging.getLogger(__name__)
 def _evaluate(ctx: RunContext, cycle: int, stage: str) -> dict[str, Any]:
     from kdflow.evaluation import JUDGE_METRICS
     from kdflow.evaluation.metrics import score_answers
+    from kdflow.gold import score_gold
     from kdflow.llm.cache import UsageLedger
-    from kdflow.pipeline.teacher_steps import endpoint_session, run_questions
+    from kdflow.pipeline.teacher_steps import endpoint_session, run_gold, run_questions
     from kdflow.records import gate_drop_reason
 
-    topics = {q.id: q.topic for q in run_questions(ctx, cycle)}
+    gold = run_gold(ctx)
+    topics = {q.id: q.topic for q in run_questions(ctx, cycle)} | {q.id: q.topic for q in (i.as_question() for i in gold)}
     references = {r["question_id"]: r for r in ctx.rows(ctx.checkpoint(cycle, "references.jsonl"))}
+    answers = ctx.rows(ctx.checkpoint(cycle, f"{stage}_answers.jsonl"))
+    gold_rows = [{"question_id": a["question_id"], "topic": topics[a["question_id"]], "split": a["split"],
+                  "question": a["question"], "answer": a["answer"]} for a in answers if a["split"] == "gold"]
     # A reference the gate dropped is no ground truth: its metrics are recorded as failures (see score_answers).
     rows = [
         {"question_id": a["question_id"], "topic": topics[a["question_id"]], "split": a["split"], "question": a["question"],
          "answer": a["answer"], "reference": references[a["question_id"]]["reference"],
          "reference_dropped": gate_drop_reason(references[a["question_id"]])}
-        for a in ctx.rows(ctx.checkpoint(cycle, f"{stage}_answers.jsonl"))
+        for a in answers if a["split"] != "gold"
     ]
     needs_judge = any(m in JUDGE_METRICS for m in ctx.config.evaluation.metrics)
     session = endpoint_session(ctx, cycle, f"judge_{stage}") if needs_judge else nullcontext((None, UsageLedger()))
     with session as (judge, ledger):
         scores = score_answers(ctx.config.evaluation, rows, judge=judge, store=ctx.store, ledger=ledger, cycle=cycle, stage=stage)
+    # The gold set is scored without the judge, against its gold answers and key facts.
+    scores += score_gold(ctx.config.evaluation, gold_rows, gold, store=ctx.store, ledger=UsageLedger(), cycle=cycle, stage=stage)
     failures = sum(len(s.failures) for s in scores)
     if failures:
         log.warning("cycle %d %s: %d metric values failed and are excluded from the means", cycle, stage, failures)
@@ -76,24 +83,35 @@ def cycle_scores(ctx: RunContext, cycle: int, stage: str) -> list[ScoreRow]:
     return [ScoreRow.model_validate(r) for r in ctx.rows(ctx.checkpoint(cycle, f"{stage}_scores.jsonl"))]
 
 
+def statistics_of(ctx: RunContext) -> dict[str, Any]:
+    """The paired-statistics options of this run's config (bootstrap resamples, confidence, seed)."""
+    from kdflow.evaluation.aggregate import statistics_options
+
+    cfg = ctx.config.evaluation
+    return statistics_options(resamples=cfg.bootstrap_resamples, confidence=cfg.confidence, seed=ctx.config.seed)
+
+
 def compare_performance(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
     from kdflow.evaluation.aggregate import compare_cycle
 
     training = ctx.store.read_json(ctx.checkpoint(cycle, "training.json"))
     comparison = compare_cycle(cycle_scores(ctx, cycle, "baseline"), cycle_scores(ctx, cycle, "finetuned"),
-                               training=training, success_threshold=ctx.config.evaluation.success_threshold)
+                               training=training, success_threshold=ctx.config.evaluation.success_threshold,
+                               **statistics_of(ctx))
     return ctx.stage_json(cycle, "comparison.json", comparison).to_xcom()
 
 
 def calculate_improvement_metrics(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Headline improvement per split and metric: baseline -> fine-tuned mean, absolute and %."""
+    """Improvement per split and metric: baseline -> fine-tuned mean, the paired delta with its
+    interval, p-value and verdict."""
     comparison = ctx.store.read_json(inputs["compare_performance"])
     improvement: dict[str, Any] = {}
     for split, metrics in comparison.get("splits", {}).items():
         for metric, values in metrics.items():
             improvement[f"{split}.{metric}"] = {k: values.get(k) for k in (
-                "baseline_mean", "finetuned_mean", "abs_improvement", "rel_improvement_pct", "improved_share")}
+                "baseline_mean", "finetuned_mean", "mean_delta", "ci_low", "ci_high", "p_value", "verdict", "paired",
+                "improved_share")}
     for key, values in improvement.items():
         log.info("cycle %d %s: %s", cycle, key, values)
-    summary = {k: v.get("abs_improvement") for k, v in improvement.items()}
+    summary = {k: v.get("verdict") for k, v in improvement.items()}
     return ctx.stage_json(cycle, "improvement.json", improvement, summary=summary).to_xcom()

@@ -16,27 +16,46 @@ from kdflow.store import run_key
 
 log = logging.getLogger(__name__)
 
-TEACHER_TASKS = ("held_out_questions", "questions", "references")
+TEACHER_TASKS = ("held_out_questions", "questions", "references", "gold_ceiling")
 
 
 def completed_cycles(ctx: RunContext) -> list[int]:
     return [n for n in range(1, ctx.config.pipeline.max_cycles + 1) if ctx.has_checkpoint(n, "results.json")]
 
 
+def _all_scores(ctx: RunContext, cycles: list[int]) -> dict[int, list[Any]]:
+    from kdflow.pipeline.eval_steps import cycle_scores
+
+    return {n: cycle_scores(ctx, n, "baseline") + cycle_scores(ctx, n, "finetuned") for n in cycles}
+
+
 def compare_all_cycles(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The per-cycle table, the held-out trend and overall change, and the verdict on the gold set."""
     from kdflow.evaluation.aggregate import compare_all
+    from kdflow.evaluation.verdict import gold_verdict
+    from kdflow.pipeline.eval_steps import statistics_of
 
     cycles = completed_cycles(ctx)
     if not cycles:
         raise CheckpointError(f"run {ctx.run_id} has no completed cycle to compare")
     comparisons = [ctx.store.read_json(ctx.checkpoint(n, "comparison.json")) for n in cycles]
-    return ctx.stage_json(None, "all_cycles.json", compare_all(comparisons), summary={"cycles": cycles}).to_xcom()
+    scores, stats = _all_scores(ctx, cycles), statistics_of(ctx)
+    across = compare_all(comparisons, scores, **stats)
+    across["gold"] = gold_verdict(scores, ctx.config.evaluation.gold_metrics, ceiling=_gold_ceiling(ctx) or None,
+                                  start_model=_start_model(ctx), **stats)
+    lead = across["gold"] and across["gold"]["overall"][across["gold"]["lead_metric"]]
+    summary = {"cycles": cycles, "gold_verdict": lead and lead["verdict"], "gold_delta": lead and lead["mean_delta"]}
+    return ctx.stage_json(None, "all_cycles.json", across, summary=summary).to_xcom()
 
 
 def calculate_overall_improvement(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> dict[str, Any]:
-    """First cycle's baseline -> last cycle's fine-tuned model, per split and metric."""
-    overall = ctx.store.read_json(inputs["compare_all_cycles"])["overall"]
-    summary = {f"{split}.{metric}": values.get("abs_improvement")
+    """The model the run started from -> the last adapter, paired on the same questions: the gold
+    set per metric (with the share of the gap to the open-book teacher closed) and the held-out set."""
+    across = ctx.store.read_json(inputs["compare_all_cycles"])
+    overall = dict(across["overall"])
+    if across.get("gold"):
+        overall["gold"] = across["gold"]["overall"]
+    summary = {f"{split}.{metric}": f"{values.get('verdict')} ({values.get('mean_delta') or 0:+.3f})"
                for split, metrics in overall.items() for metric, values in metrics.items()}
     for key, value in summary.items():
         log.info("overall improvement %s: %s", key, value)
@@ -45,11 +64,13 @@ def calculate_overall_improvement(ctx: RunContext, cycle: None, inputs: dict[str
 
 def _cycle_result(ctx: RunContext, n: int) -> dict[str, Any]:
     from kdflow.pipeline.eval_steps import cycle_scores
-    from kdflow.pipeline.teacher_steps import run_questions
+    from kdflow.pipeline.teacher_steps import run_gold, run_questions
     from kdflow.records import gate_drop_reason
 
-    questions = {q.id: q for q in run_questions(ctx, n)}
+    gold = run_gold(ctx)
+    questions = {q.id: q for q in [*run_questions(ctx, n), *(item.as_question() for item in gold)]}
     references = {r["question_id"]: r for r in ctx.rows(ctx.checkpoint(n, "references.jsonl"))}
+    references |= {item.as_question().id: {"question_id": item.as_question().id, "reference": item.answer} for item in gold}
     answers: dict[str, dict[str, Any]] = {}
     for stage in ("baseline", "finetuned"):
         for a in ctx.rows(ctx.checkpoint(n, f"{stage}_answers.jsonl")):
@@ -59,6 +80,7 @@ def _cycle_result(ctx: RunContext, n: int) -> dict[str, Any]:
                 "reference": references.get(q.id, {}).get("reference", "")})
             entry[f"{stage}_answer"] = a["answer"]
     training = ctx.store.read_json(ctx.checkpoint(n, "training.json"))
+    dataset = ctx.checkpoint(n, "dataset.jsonl").summary or {}
     cycle_questions = [q for q in questions.values() if q.split == "train"]
     # reference counts are over this cycle's training questions (held-out references recur every cycle)
     decisions = [references.get(q.id, {}).get("gate", {}).get("decision") for q in cycle_questions]
@@ -80,6 +102,8 @@ def _cycle_result(ctx: RunContext, n: int) -> dict[str, Any]:
         "answers": list(answers.values()),
         "gate": gate,
         "gate_dropped": dropped,
+        "coverage": dataset.get("coverage") or {},
+        "decontaminated": dataset.get("decontaminated") or [],
     }
 
 
@@ -94,21 +118,21 @@ def _usage(ctx: RunContext) -> dict[str, dict[str, Any]]:
 
 
 def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
-    """Decide whether the run's last adapter becomes the store's champion, and record it: it must
-    beat the model the run started from on the held-out set, by the margin, with no topic regressing."""
+    """Decide whether the run's last adapter becomes the store's champion, and record it: its paired
+    gold-set delta against the model the run started from (held-out without a gold set) must have
+    its interval's lower bound above the margin, with no topic regressing."""
     from kdflow.evaluation.promotion import decide_promotion
-    from kdflow.pipeline.eval_steps import cycle_scores
+    from kdflow.pipeline.eval_steps import cycle_scores, statistics_of
 
     cfg = ctx.config.promotion
-    candidate = [s for s in cycle_scores(ctx, last_cycle, "finetuned") if s.split == "held_out"]
-    if not candidate:
-        return {"promote": False, "reason": "no held-out questions (pipeline.held_out_per_topic is 0): nothing to judge by"}
+    split = "gold" if run_gold_exists(ctx) else "held_out"
+    candidate = [s for s in cycle_scores(ctx, last_cycle, "finetuned") if s.split == split]
     # The incumbent is the model cycle 1 started from (the champion, or the base model when there is
-    # none), scored in this run on the same held-out questions by the same judge.
-    incumbent = [s for s in cycle_scores(ctx, 1, "baseline") if s.split == "held_out"]
+    # none), scored in this run on the same questions.
+    incumbent = [s for s in cycle_scores(ctx, 1, "baseline") if s.split == split]
     champion = current_champion(ctx)
-    decision = decide_promotion(candidate, incumbent, cfg, metric=cfg.metric)
-    decision["incumbent"] = f"champion from run {champion['run_id']}" if champion else "base model"
+    decision = decide_promotion(candidate, incumbent, cfg, metric=cfg.metric, split=split, **statistics_of(ctx))
+    decision["incumbent"] = _start_model(ctx)
     if decision["promote"]:
         previous = champion
         if champion is not None:  # keep the chain short: the previous champion's own history is not needed
@@ -117,14 +141,59 @@ def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
             "run_id": ctx.run_id, "cycle": last_cycle, "base_model": ctx.config.student.model,
             "adapter": ctx.checkpoint(last_cycle, "adapter").to_xcom(),
             "held_out_scores": ctx.checkpoint(last_cycle, "finetuned_scores.jsonl").key, "metric": cfg.metric,
-            "mean": decision.get("candidate_mean"), "promoted_at": dt.datetime.now(dt.UTC).isoformat(),
+            "split": split, "mean": decision.get("candidate_mean"), "promoted_at": dt.datetime.now(dt.UTC).isoformat(),
             "previous": previous})
     log.info("promotion: %s (%s)", "PROMOTED" if decision["promote"] else "kept the current champion", decision["reason"])
     return decision
 
 
+def run_gold_exists(ctx: RunContext) -> bool:
+    return ctx.has_checkpoint(None, "gold.jsonl")
+
+
+def _start_model(ctx: RunContext) -> str:
+    champion = current_champion(ctx)
+    return f"champion of run {champion['run_id']}" if champion else "base model"
+
+
+def _gold_ceiling(ctx: RunContext) -> dict[str, dict[str, float | None]]:
+    """Question id -> metric -> the teacher's open-book score on the gold set ({} when not measured)."""
+    if not ctx.has_checkpoint(None, "gold_ceiling.jsonl"):
+        return {}
+    return {row["question_id"]: row["scores"] for row in ctx.rows(ctx.checkpoint(None, "gold_ceiling.jsonl"))}
+
+
+def _roles(ctx: RunContext) -> list[dict[str, str]]:
+    """Teacher, judge and student: model, provider, local or remote, and a family name to tell when
+    the judge is the student's own base model."""
+    from kdflow.integrity import SMOLLM2_GGUF
+
+    embedded = Path(SMOLLM2_GGUF.relpath).stem
+    teacher = ctx.config.teacher
+    if teacher.provider == "embedded":
+        name = Path(teacher.gguf_path).stem if teacher.gguf_path else embedded
+        teacher_row = {"model": name, "provider": "embedded llama.cpp", "where": "local (127.0.0.1)"}
+    else:
+        local = any(h in (teacher.base_url or "") for h in ("127.0.0.1", "localhost", "[::1]"))
+        teacher_row = {"model": teacher.model, "provider": "openai-compatible" + (f" at {teacher.base_url}" if teacher.base_url else ""),
+                       "where": "local" if local else "remote"}
+    student_name = embedded if ctx.config.student.model == "embedded" else ctx.config.student.model
+    student_row = {"model": student_name, "provider": "transformers + peft", "where": "local (this worker)"}
+    rows = [{"role": "teacher", **teacher_row}, {"role": "judge", **teacher_row}, {"role": "student", **student_row}]
+    return [{**row, "family": model_family(row["model"])} for row in rows]
+
+
+def model_family(name: str) -> str:
+    """``HuggingFaceTB/SmolLM2-135M-Instruct`` and ``smollm2-135m-instruct-q8_0`` are one family."""
+    import re
+
+    stem = name.rsplit("/", 1)[-1].lower().removesuffix(".gguf")
+    return re.sub(r"([-_.](instruct|chat|it|q\d\w*|f16|bf16|fp16|gguf))+$", "", stem)
+
+
 def save_pipeline_results(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> dict[str, Any]:
     from kdflow.evaluation.report import build_report
+    from kdflow.pipeline.eval_steps import statistics_of
 
     all_cycles = ctx.publish(None, "all_cycles.json", inputs["compare_all_cycles"])
     ctx.publish(None, "overall.json", inputs["calculate_overall_improvement"])
@@ -137,6 +206,11 @@ def save_pipeline_results(ctx: RunContext, cycle: None, inputs: dict[str, Any]) 
         "cycles": [_cycle_result(ctx, n) for n in cycles],
         "usage": _usage(ctx),
         "promotion": _promotion(ctx, cycles[-1]),
+        "gold_metrics": list(ctx.config.evaluation.gold_metrics) if run_gold_exists(ctx) else [],
+        "gold_ceiling": _gold_ceiling(ctx),
+        "start_model": _start_model(ctx),
+        "statistics": statistics_of(ctx),
+        "roles": _roles(ctx),
     }
     ctx.publish_json(None, "results.json", results)
     with tempfile.TemporaryDirectory(prefix="kdflow-report-") as tmp:

@@ -27,14 +27,19 @@ def start_pipeline(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> dict
 
 
 def load_configuration(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> dict[str, Any]:
-    """The config was validated when the context was built; store the effective values with the run."""
+    """The config was validated when the context was built; store the effective values with the run.
+    The gold file is checked here too, so a malformed line stops the run before any work."""
+    from kdflow.gold import validated_gold
+
     cfg = ctx.config
+    gold = validated_gold(cfg)
     summary = {
         "topics": cfg.pipeline.topics,
         "cycles": cfg.pipeline.cycles,
         "questions_per_cycle": cfg.pipeline.questions_per_cycle,
         "teacher": cfg.teacher.model if cfg.teacher.provider == "openai" else "embedded llama.cpp",
         "student": cfg.student.model,
+        "gold_items": len(gold.for_topics(cfg.pipeline.topics)) if gold else 0,
     }
     log.info("configuration: %s", summary)
     return ctx.publish_json(None, "config.json", cfg.public_dict(), summary=summary).to_xcom()

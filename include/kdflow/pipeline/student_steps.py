@@ -53,14 +53,16 @@ def load_finetuned_model(ctx: RunContext, cycle: int, inputs: dict[str, Any]) ->
 
 
 def _answer(ctx: RunContext, cycle: int, adapter: Pointer | dict | None, stage: str) -> dict[str, Any]:
-    """Answer the cycle's questions and the held-out set in one batched pass; the staged answers'
-    summary records the device plan, tokens/s, wall time and memory before/after."""
-    from kdflow.pipeline.teacher_steps import run_questions
+    """Answer the cycle's questions, the held-out set and (where :func:`gold_answered_at`) the gold
+    set in one batched pass; the staged answers' summary records the device plan, tokens/s, wall time and memory before/after."""
+    from kdflow.pipeline.teacher_steps import gold_answered_at, run_gold, run_questions
     from kdflow.student.device import plan_device
     from kdflow.student.generate import answer_questions
     from kdflow.student.models import resolve_student
 
     questions = run_questions(ctx, cycle)
+    if gold_answered_at(cycle, stage):
+        questions += [item.as_question() for item in run_gold(ctx)]
     plan = plan_device(ctx.config.student, "answer")
     with tempfile.TemporaryDirectory(prefix="kdflow-answer-") as tmp:
         answers = answer_questions(ctx.config.student, resolve_student(ctx.config.student.model),
@@ -105,10 +107,54 @@ def trainable_references(
     return kept, dropped
 
 
+def evaluation_questions(ctx: RunContext) -> list[str]:
+    """The questions the student is evaluated on and must never train on: gold and held-out."""
+    from kdflow.pipeline.teacher_steps import run_gold
+
+    texts = [item.question for item in run_gold(ctx)]
+    if ctx.has_checkpoint(None, "held_out.jsonl"):
+        texts += [row["question"] for row in ctx.rows(ctx.checkpoint(None, "held_out.jsonl"))]
+    return texts
+
+
+def decontaminate(
+    pairs: list[TrainingPair], protected: list[str], threshold: float
+) -> tuple[list[TrainingPair], list[dict[str, Any]]]:
+    """Leave out every pair whose question has MiniLM cosine >= ``threshold`` to a protected
+    (evaluation) question; returns the kept pairs and ``{"cycle", "question_id", "question",
+    "closest", "similarity"}`` of each left out."""
+    if not pairs or not protected:
+        return pairs, []
+    from kdflow.embeddings import embed
+
+    similarity = embed([p.prompt for p in pairs]) @ embed(protected).T
+    kept, removed = [], []
+    for pair, row in zip(pairs, similarity, strict=True):
+        best = int(row.argmax())
+        if float(row[best]) >= threshold:
+            removed.append({"cycle": pair.cycle, "question_id": pair.question_id, "question": pair.prompt,
+                            "closest": protected[best], "similarity": round(float(row[best]), 4)})
+        else:
+            kept.append(pair)
+    return kept, removed
+
+
+def kb_coverage(ctx: RunContext, cited_passages: list[str]) -> dict[str, Any]:
+    """Passages of the selected topics that at least one training pair cites, over all of them."""
+    from kdflow.kb import load_from_config
+
+    kb = load_from_config(ctx.config)
+    selected = {p.id for t in ctx.config.pipeline.topics for p in kb.passages_for(t)}
+    covered = selected & set(cited_passages)
+    return {"passages_covered": len(covered), "passages": len(selected), "share": len(covered) / len(selected)}
+
+
 def prepare_training_dataset(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Every gated training pair of cycles 1..n of this run; held-out questions never enter."""
+    """Every gated training pair of cycles 1..n of this run, less those too close to a gold or
+    held-out question (decontamination); evaluation questions never enter. Records the KB coverage."""
     pairs: list[TrainingPair] = []
     dropped: list[dict[str, Any]] = []
+    cited: dict[str, list[str]] = {}
     for n in range(1, cycle + 1):
         questions = {q["id"]: q for q in ctx.rows(ctx.checkpoint(n, "questions.jsonl"))}
         references = [Reference.model_validate(row) for row in ctx.rows(ctx.checkpoint(n, "references.jsonl"))]
@@ -116,11 +162,17 @@ def prepare_training_dataset(ctx: RunContext, cycle: int, inputs: dict[str, Any]
         dropped += [{"cycle": n, **d} for d in cut]
         pairs += [TrainingPair(question_id=ref.question_id, cycle=n, topic=questions[ref.question_id]["topic"],
                                prompt=ref.question, completion=ref.reference) for ref in kept]  # fmt: skip
+        cited.update({ref.question_id: questions[ref.question_id]["passage_ids"] for ref in kept})
+    pairs, decontaminated = decontaminate(pairs, evaluation_questions(ctx), ctx.config.evaluation.decontamination_similarity)
     if not pairs:
-        raise CheckpointError(f"cycle {cycle}: the training dataset has zero pairs ({len(dropped)} dropped by the gate)")
+        raise CheckpointError(f"cycle {cycle}: the training dataset has zero pairs ({len(dropped)} dropped by the gate, "
+                              f"{len(decontaminated)} too close to an evaluation question)")
     reasons = dict(Counter(d["reason"] for d in dropped))
-    log.info("cycle %d training dataset: %d pairs, %d dropped by the gate %s", cycle, len(pairs), len(dropped), reasons)
-    summary = {"pairs": len(pairs), "dropped": len(dropped), "dropped_reasons": reasons, "dropped_items": dropped[:20]}
+    coverage = kb_coverage(ctx, [pid for p in pairs for pid in cited[p.question_id]])
+    log.info("cycle %d training dataset: %d pairs, %d dropped by the gate %s, %d decontaminated; KB coverage %d/%d",
+             cycle, len(pairs), len(dropped), reasons, len(decontaminated), coverage["passages_covered"], coverage["passages"])
+    summary = {"pairs": len(pairs), "dropped": len(dropped), "dropped_reasons": reasons, "dropped_items": dropped[:20],
+               "decontaminated": decontaminated, "coverage": coverage}
     pointer = ctx.store.write_jsonl(ctx.key(cycle, "dataset.jsonl"), pairs, summary=summary)
     ctx.store.record_checkpoint(ctx.run_id, ctx.checkpoint_name(cycle, "dataset.jsonl"), pointer)
     return pointer.to_xcom()

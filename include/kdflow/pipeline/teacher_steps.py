@@ -78,8 +78,56 @@ def prepare_held_out_questions(ctx: RunContext, cycle: None, inputs: dict[str, A
     selected = []
     for topic in ctx.config.pipeline.topics:
         selected += [q for q in bank if q.topic == topic][:size]
+    _prepare_gold(ctx)
     pointer = ctx.stage_rows(None, "held_out.jsonl", selected)
     return ctx.publish(None, "held_out.jsonl", pointer, schema="held_out").to_xcom()
+
+
+def _prepare_gold(ctx: RunContext) -> None:
+    """Publish this run's copy of the gold set (the second held-out split, written independently of
+    the teacher) and, with ``evaluation.teacher_ceiling``, the teacher's open-book answers to it
+    scored like the student's: the ceiling of the report's verdict."""
+    from kdflow.gold import score_gold, validated_gold
+
+    gold = validated_gold(ctx.config)
+    if gold is None:
+        return
+    items = gold.for_topics(ctx.config.pipeline.topics)
+    ctx.publish(None, "gold.jsonl", ctx.stage_rows(None, "gold.jsonl", items, summary={"path": gold.path}))
+    log.info("gold set %s: %d items for topics %s", gold.path, len(items), ", ".join(ctx.config.pipeline.topics))
+    if not ctx.config.evaluation.teacher_ceiling:
+        return
+    from kdflow.kb import load_from_config
+    from kdflow.llm.cache import UsageLedger
+    from kdflow.retrieval import Retriever
+    from kdflow.teacher.references import generate_references
+
+    questions = [item.as_question() for item in items]
+    retriever = Retriever(load_from_config(ctx.config), ctx.store)
+    with teacher_session(ctx, None, "gold_ceiling") as (endpoint, client):
+        references = generate_references(client, endpoint, ctx.config.teacher, retriever, questions,
+                                          top_k=ctx.config.knowledge_base.retrieval_top_k)
+    rows = [{"question_id": r.question_id, "topic": q.topic, "split": "gold", "question": q.question, "answer": r.reference}
+            for q, r in zip(questions, references, strict=True)]
+    scores = score_gold(ctx.config.evaluation, rows, items, store=ctx.store, ledger=UsageLedger(), cycle=0, stage="finetuned")
+    ceiling = [{**row, "mode": ref.mode, "scores": score.scores}
+               for row, ref, score in zip(rows, references, scores, strict=True)]
+    ctx.publish(None, "gold_ceiling.jsonl", ctx.stage_rows(None, "gold_ceiling.jsonl", ceiling))
+
+
+def run_gold(ctx: RunContext) -> list[Any]:
+    """This run's gold items (:class:`kdflow.gold.GoldItem`), [] when the run has no gold set."""
+    from kdflow.gold import GoldItem
+
+    if not ctx.has_checkpoint(None, "gold.jsonl"):
+        return []
+    return [GoldItem.model_validate(row) for row in ctx.rows(ctx.checkpoint(None, "gold.jsonl"))]
+
+
+def gold_answered_at(cycle: int, stage: str) -> bool:
+    """The gold set is answered by the model the run starts from (cycle 1's baseline) and after
+    every cycle; cycle k's baseline model is cycle k-1's adapter, already answered (greedy decoding)."""
+    return stage == "finetuned" or cycle == 1
 
 
 def generate_questions(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -91,16 +139,27 @@ def generate_questions(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> d
     kb = load_from_config(ctx.config)
     existing = list(start_record(ctx, cycle)["question_bank"])
     allocation = allocate_questions(ctx.config.pipeline.topics, ctx.config.pipeline.questions_per_cycle, cycle)
+    citations = passage_citations(ctx, before_cycle=cycle)
     questions: list[Question] = []
     with teacher_session(ctx, cycle, "questions") as (endpoint, client):
         for topic, count in allocation.items():
             new = teacher_questions(client, endpoint, ctx.config.teacher, kb, topic, count, existing=existing,
-                                    seed=ctx.config.seed, cycle=cycle)
+                                    seed=ctx.config.seed, cycle=cycle, citations=citations)
             existing += [q.question for q in new]
             questions += new
     for q in questions:
         log.info("cycle %d question [%s]: %s", cycle, q.topic, q.question)
     return ctx.stage_rows(cycle, "questions.jsonl", questions, summary={"allocation": allocation}).to_xcom()
+
+
+def passage_citations(ctx: RunContext, before_cycle: int) -> dict[str, int]:
+    """Passage id -> how many of this run's questions of cycles before ``before_cycle`` cite it."""
+    counts: dict[str, int] = {}
+    for n in range(1, before_cycle):
+        for row in ctx.rows(ctx.checkpoint(n, "questions.jsonl")):
+            for pid in row["passage_ids"]:
+                counts[pid] = counts.get(pid, 0) + 1
+    return counts
 
 
 def run_questions(ctx: RunContext, cycle: int) -> list[Question]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -67,15 +68,20 @@ def generate_questions(
     split: str = "train",
     gate: QuestionGate | None = None,
     judge: AnswerabilityJudge | None = None,
+    citations: Mapping[str, int] | None = None,
 ) -> list[Question]:
     """``n`` new questions on ``topic``, each grounded in one passage (its id is saved with it),
     none a duplicate of ``existing`` (the store's earlier questions) or of each other.
     ``judge`` adds the judge's answerability check; with ``gate.llm_check`` and no ``judge`` the
     teacher's own endpoint judges (cached and counted with the questions).
-    Raises :class:`TeacherError` when a slot finds no acceptable question within the bound."""
+    ``citations`` (passage id -> questions already asked from it in this run) puts the least covered
+    passages first, so a run of N questions covers as much of the topic as it can; ties keep a
+    seeded shuffle. Raises :class:`TeacherError` when a slot finds no acceptable question within the bound."""
     passages = kb.passages_for(topic)
     order = list(range(len(passages)))
     random.Random(stable_int(seed, cycle, topic, split)).shuffle(order)
+    if citations:
+        order.sort(key=lambda i: citations.get(passages[i].id, 0))  # stable: the shuffle breaks ties
     gate = gate or QuestionGate.from_config(cfg)
     judge = judge or (llm_answerability(client, endpoint) if gate.llm_check else None)
     seen = DuplicateIndex(existing, threshold=cfg.dedup_similarity)

@@ -13,7 +13,6 @@ from kdflow.config import load_config
 from kdflow.gold import (
     BUILTIN_GOLD,
     GoldSetError,
-    answer_support,
     check_against_kb,
     key_fact_recall,
     load_gold,
@@ -21,10 +20,15 @@ from kdflow.gold import (
     validated_gold,
 )
 from kdflow.kb import load_knowledge_base
+from kdflow.teacher.faithfulness import text_support
 
 GOOD = {"id": "pods-x", "topic": "pods", "question": "Which restart policy applies when a Pod spec sets none?",
         "answer": "The default restart policy is Always.", "key_facts": [["Always"]],
         "passage_ids": ["pods/pods#what-a-pod-is-0"]}  # fmt: skip
+
+
+def answer_support(item, kb) -> float:
+    return text_support(item.answer, [kb.by_id(pid).text for pid in item.passage_ids])
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +130,34 @@ def test_key_fact_recall_counts_stated_facts(answer, expected):
     assert key_fact_recall(answer, [["Always"]]) == expected
 
 
+def test_the_ceiling_sample_is_stratified_and_seeded(shipped):
+    from kdflow.pipeline.teacher_steps import ceiling_sample
+
+    sample = ceiling_sample(shipped.items, 4, seed=42)
+    assert Counter(item.topic for item in sample) == {"pods": 4, "services": 4, "storage": 4}
+    assert sample == ceiling_sample(shipped.items, 4, seed=42) != ceiling_sample(shipped.items, 4, seed=7)
+    assert ceiling_sample(shipped.items, None, seed=42) == shipped.items
+
+
 def test_key_fact_recall_is_the_share_of_facts_with_any_form():
     facts = [["30000-32767", "30000 to 32767"], ["NodePort"], ["kube-proxy"]]
     assert key_fact_recall("A NodePort uses a port from 30000 to 32767.", facts) == pytest.approx(2 / 3)
     assert key_fact_recall("nodeport: 30000-32767, via kube proxy", facts) == pytest.approx(1.0)
+
+
+def test_the_gold_cli_checks_a_file_and_lists_passages(tmp_path, capsys):
+    from kdflow.cli import main
+
+    assert main(["gold", "check"]) == 0
+    assert "72 items {'pods': 24, 'services': 24, 'storage': 24}; 0 answer(s) below the support floor 0.7" in capsys.readouterr().out
+    planted = tmp_path / "planted.jsonl"
+    planted.write_text(json.dumps({**GOOD, "answer": "Bananas are yellow fruit that grow far from any cluster."}) + "\n")
+    assert main(["gold", "check", "--path", str(planted), "--topics", "pods"]) == 1
+    out = capsys.readouterr().out
+    assert '"supported": false' in out and "1 answer(s) below the support floor" in out
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps(GOOD) + "\n{oops\n")
+    assert main(["gold", "check", "--path", str(broken), "--set", "pipeline.topics=[pods]"]) == 1
+    assert f"{broken}:2: not valid JSON" in capsys.readouterr().err
+    assert main(["gold", "passages", "--topic", "pods"]) == 0
+    assert '"id": "pods/pods#what-a-pod-is-0"' in capsys.readouterr().out

@@ -57,3 +57,15 @@ def test_response_format_per_endpoint_capability():
 def test_endpoint_repr_hides_the_key():
     endpoint = Endpoint("https://api.example.com/v1", "gpt-4o-mini", "sk-secret-123", "json_schema")
     assert "sk-secret" not in repr(endpoint) and "sk-secret" not in str(endpoint)
+
+
+def test_prices_apply_only_where_a_provider_bills_the_calls():
+    from kdflow.config import TeacherConfig
+
+    usage = {"prompt_tokens": 1_000_000, "completion_tokens": 1_000_000}
+    for cfg, cost in ((TeacherConfig(), 0.0), (TeacherConfig(provider="openai"), 0.75),
+                      (TeacherConfig(provider="openai", base_url="http://127.0.0.1:8000/v1"), 0.0),
+                      (TeacherConfig(provider="openai", base_url="https://llm.example.org/v1"), 0.75)):
+        ledger = UsageLedger.from_config(cfg)
+        ledger.record("questions", usage=usage)
+        assert ledger.as_dict()["tasks"]["questions"]["cost_usd"] == pytest.approx(cost), cfg

@@ -250,7 +250,7 @@ def test_the_verdict_on_the_gold_set_comes_first(report):
     assert [c["cycle"] for c in verdict["per_cycle"]] == [1, 2]
     assert verdict["per_cycle"][0]["metrics"]["key_fact_recall"]["verdict"] == "improved"
     assert verdict["per_cycle"][1]["metrics"]["key_fact_recall"]["verdict"] == "no detectable change"
-    assert lead["ceiling_mean"] == pytest.approx(0.9)
+    assert lead["gap_closed"]["ceiling_mean"] == pytest.approx(0.9) and lead["gap_closed"]["n"] == GOLD_N
     assert lead["gap_closed"]["share"] == pytest.approx(0.3 / 0.7)  # (0.5 - 0.2) / (0.9 - 0.2)
     md, html, text = paths["md"].read_text(), paths["html"].read_text(), render_tables(make_results())["final_results"]
     headline = "VERDICT: Gold set (12 questions), key_fact_recall: base model 0.200 -> 0.500 after cycle 2, delta +0.300"
@@ -259,6 +259,17 @@ def test_the_verdict_on_the_gold_set_comes_first(report):
     assert "Share of the gap to the open-book teacher (0.900) closed by distillation: 43%" in md
     assert "is the student's own base model" in md and 'id="roles-warning"' in html
     assert md.index("## Verdict") < md.index("## Held-out set") < md.index("## Per cycle")
+
+
+def test_a_ceiling_on_a_sample_says_so():
+    """`make run` asks the teacher for a stratified sample of the gold set: the gap is measured on those."""
+    from kdflow.evaluation.report import compute_report, verdict_headline
+
+    results = make_results()
+    results["gold_ceiling"] = {f"gold-g{i}": {"key_fact_recall": 0.9} for i in range(3)}
+    report = compute_report(results)
+    assert report["verdict"]["overall"]["key_fact_recall"]["gap_closed"]["n"] == 3
+    assert "(0.900, on a stratified sample of 3 of 12 questions) closed by distillation" in verdict_headline(report)
 
 
 def test_without_a_gold_set_the_report_says_so():

@@ -52,7 +52,8 @@ def test_questions_are_grounded_new_and_counted(first_run, kb, store):
         assert [kb.by_id(pid).topic for pid in q.passage_ids] == ["pods"]
         assert q.gate["decision"] == "kept" and q.gate["scores"]["passage_similarity"] >= 0.3
     usage = ledger.as_dict()["tasks"]["questions"]
-    assert usage["calls"] >= 2 and usage["prompt_tokens"] > 100 and usage["completion_tokens"] > 5 and usage["cost_usd"] > 0
+    assert usage["calls"] >= 2 and usage["prompt_tokens"] > 100 and usage["completion_tokens"] > 5
+    assert usage["cost_usd"] == 0  # a local endpoint: no provider bills it
     assert len(store.list_keys("cache/llm")) == usage["calls"]
 
 

@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--store", help="artifact store URL")
     report.set_defaults(func=_cmd_report)
 
-    for module in ("kdflow.teacher.cli", "kdflow.student.cli", "kdflow.evaluation.cli"):
+    for module in ("kdflow.teacher.cli", "kdflow.student.cli", "kdflow.gold_cli"):
         try:
             register = __import__(module, fromlist=["register"]).register
         except ModuleNotFoundError as exc:

@@ -130,6 +130,15 @@ class TeacherConfig(_Section):
             raise ValueError("must start with http:// or https://")
         return url
 
+    @property
+    def is_local(self) -> bool:
+        """The embedded server or an endpoint on this machine: no provider bills it."""
+        if self.provider == "embedded":
+            return True
+        from urllib.parse import urlsplit
+
+        return self.base_url is not None and urlsplit(self.base_url).hostname in ("127.0.0.1", "localhost", "::1")
+
 
 LearningRate = Annotated[float, Field(gt=0.0, le=1.0)]
 Epochs = Annotated[int, Field(ge=1, le=100)]
@@ -226,6 +235,9 @@ class EvaluationConfig(_Section):
     )
     # The teacher answers the gold questions open book (as it writes references): the ceiling.
     teacher_ceiling: bool = True
+    # Gold questions per topic the teacher answers for the ceiling (a seeded stratified sample);
+    # null = every one. `make run` samples 4 per topic to stay short; nightly runs answer all.
+    ceiling_per_topic: int | None = Field(None, ge=1, le=10_000)
     # Paired statistics: bootstrap resamples and the confidence of the intervals.
     bootstrap_resamples: int = Field(10_000, ge=1_000, le=1_000_000)
     confidence: float = Field(0.95, gt=0.5, lt=1.0)

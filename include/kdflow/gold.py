@@ -182,15 +182,6 @@ def validated_gold(config: Any) -> GoldSet | None:  # KdflowConfig, kept import-
     return gold
 
 
-def answer_support(item: GoldItem, kb: Any) -> float:
-    """The least non-LLM support (the reference gate's score) of any sentence of the gold answer
-    against its cited passages: an answer the passages do not state scores low."""
-    from kdflow.teacher.faithfulness import PassageSentences, split_sentences
-
-    support = PassageSentences([kb.by_id(pid).text for pid in item.passage_ids])
-    return min(s.support for s in support.score(split_sentences(item.answer)))
-
-
 def key_fact_recall(answer: str, key_facts: Sequence[Sequence[str]]) -> float:
     """Share of ``key_facts`` stated in ``answer`` (any form of a fact, as whole words, after
     normalising case and punctuation). 0 for an empty answer."""
@@ -200,21 +191,3 @@ def key_fact_recall(answer: str, key_facts: Sequence[Sequence[str]]) -> float:
     found = sum(any(f" {normalise_words(form)} " in text for form in fact) for fact in key_facts)
     return found / len(key_facts)
 
-
-def score_gold(cfg: Any, rows: Sequence[dict[str, Any]], items: Sequence[GoldItem], *, store: Any, ledger: Any,
-               cycle: int, stage: str) -> list[Any]:
-    """Score the student's answers to gold questions with ``cfg.gold_metrics`` (judge-free):
-    ``key_fact_recall`` here, the others through :func:`kdflow.evaluation.metrics.score_answers`
-    against the gold answer. ``rows`` are ``{"question_id", "topic", "split", "question", "answer"}``."""
-    from kdflow.evaluation.metrics import score_answers
-
-    by_id = {item.as_question().id: item for item in items}
-    scored_rows = [{**row, "reference": by_id[row["question_id"]].answer} for row in rows]
-    others = [m for m in cfg.gold_metrics if m != "key_fact_recall"]
-    scores = score_answers(cfg, scored_rows, judge=None, store=store, ledger=ledger, cycle=cycle, stage=stage, metrics=others)
-    for row, score in zip(scored_rows, scores, strict=True):
-        values = dict(score.scores)
-        if "key_fact_recall" in cfg.gold_metrics:
-            values["key_fact_recall"] = key_fact_recall(row["answer"], by_id[row["question_id"]].key_facts)
-        score.scores = {m: values.get(m) for m in cfg.gold_metrics}
-    return scores

@@ -183,3 +183,22 @@ def score_answers(
         ScoreRow(question_id=row["question_id"], topic=row["topic"], split=row["split"], stage=stage, cycle=cycle, **outcome)
         for row, outcome in zip(checked, outcomes, strict=True)
     ]
+
+
+def score_gold_answers(cfg: EvaluationConfig, rows: Sequence[dict[str, Any]], items: Sequence[Any], *, store: Any, ledger: Any,
+               cycle: int, stage: str) -> list[ScoreRow]:
+    """Score answers to gold questions (:class:`kdflow.gold.GoldItem` ``items``) with
+    ``cfg.gold_metrics``, all judge-free: ``key_fact_recall`` against the item's key facts, the
+    others through :func:`score_answers` against the gold answer. ``rows`` are ``{"question_id", "topic", "split", "question", "answer"}``."""
+    from kdflow.gold import key_fact_recall
+
+    by_id = {item.as_question().id: item for item in items}
+    scored_rows = [{**row, "reference": by_id[row["question_id"]].answer} for row in rows]
+    others = [m for m in cfg.gold_metrics if m != "key_fact_recall"]
+    scores = score_answers(cfg, scored_rows, judge=None, store=store, ledger=ledger, cycle=cycle, stage=stage, metrics=others)
+    for row, score in zip(scored_rows, scores, strict=True):
+        values = dict(score.scores)
+        if "key_fact_recall" in cfg.gold_metrics:
+            values["key_fact_recall"] = key_fact_recall(row["answer"], by_id[row["question_id"]].key_facts)
+        score.scores = {m: values.get(m) for m in cfg.gold_metrics}
+    return scores

@@ -261,11 +261,12 @@ def verdict_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def ceiling_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["metric", "start", "after last cycle", "teacher open book", "gap closed", "95% CI"]
+    header = ["metric", "n", "start", "after last cycle", "teacher open book", "gap closed", "95% CI"]
     rows = []
     for metric, c in report["verdict"]["overall"].items():
         gap = c.get("gap_closed") or {}
-        rows.append([metric, fmt_score(c["before_mean"]), fmt_score(c["after_mean"]), fmt_score(c.get("ceiling_mean")),
+        rows.append([metric, fmt_count(gap.get("n")), fmt_score(gap.get("start_mean")), fmt_score(gap.get("end_mean")),
+                     fmt_score(gap.get("ceiling_mean")),
                      fmt_share(gap.get("share")), fmt_share_interval(gap.get("ci_low"), gap.get("ci_high"))])
     return header, rows
 
@@ -284,8 +285,9 @@ def verdict_headline(report: dict[str, Any]) -> str:
     gap = c.get("gap_closed") or {}
     if gap.get("share") is not None:
         interval = "" if gap.get("ci_low") is None else " " + fmt_share_interval(gap["ci_low"], gap["ci_high"])
-        text += (f" Share of the gap to the open-book teacher ({fmt_score(c.get('ceiling_mean'))}) closed by distillation: "
-                 f"{fmt_share(gap['share'])}{interval}.")
+        sample = "" if gap["n"] == c["n"] else f", on a stratified sample of {gap['n']} of {c['n']} questions"
+        text += (f" Share of the gap to the open-book teacher ({fmt_score(gap.get('ceiling_mean'))}{sample}) closed by "
+                 f"distillation: {fmt_share(gap['share'])}{interval}.")
     return text
 
 

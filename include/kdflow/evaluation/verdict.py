@@ -63,7 +63,6 @@ def gold_verdict(
         entry = paired_comparison(before, after, **stats)
         if ceiling:
             top = {qid: scores.get(metric) for qid, scores in ceiling.items()}
-            entry["ceiling_mean"] = paired_comparison(before, top, **stats)["after_mean"]
             entry["gap_closed"] = gap_closed(before, after, top, **stats)
         overall[metric] = entry
     per_cycle = []

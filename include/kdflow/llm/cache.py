@@ -57,6 +57,9 @@ class UsageLedger:
 
     @classmethod
     def from_config(cls, teacher_cfg: Any) -> UsageLedger:
+        """Prices apply only where a provider bills the calls: a local endpoint costs $0."""
+        if teacher_cfg.is_local:
+            return cls(0.0, 0.0)
         return cls(teacher_cfg.price_per_mtok_input, teacher_cfg.price_per_mtok_output)
 
     def record(self, task: str, *, hit: bool = False, error: bool = False, usage: Mapping[str, Any] | None = None,

@@ -14,8 +14,7 @@ log = logging.getLogger(__name__)
 
 def _evaluate(ctx: RunContext, cycle: int, stage: str) -> dict[str, Any]:
     from kdflow.evaluation import JUDGE_METRICS
-    from kdflow.evaluation.metrics import score_answers
-    from kdflow.gold import score_gold
+    from kdflow.evaluation.metrics import score_answers, score_gold_answers
     from kdflow.llm.cache import UsageLedger
     from kdflow.pipeline.teacher_steps import endpoint_session, run_gold, run_questions
     from kdflow.records import gate_drop_reason
@@ -38,7 +37,7 @@ def _evaluate(ctx: RunContext, cycle: int, stage: str) -> dict[str, Any]:
     with session as (judge, ledger):
         scores = score_answers(ctx.config.evaluation, rows, judge=judge, store=ctx.store, ledger=ledger, cycle=cycle, stage=stage)
     # The gold set is scored without the judge, against its gold answers and key facts.
-    scores += score_gold(ctx.config.evaluation, gold_rows, gold, store=ctx.store, ledger=UsageLedger(), cycle=cycle, stage=stage)
+    scores += score_gold_answers(ctx.config.evaluation, gold_rows, gold, store=ctx.store, ledger=UsageLedger(), cycle=cycle, stage=stage)
     failures = sum(len(s.failures) for s in scores)
     if failures:
         log.warning("cycle %d %s: %d metric values failed and are excluded from the means", cycle, stage, failures)

@@ -174,9 +174,8 @@ def _roles(ctx: RunContext) -> list[dict[str, str]]:
         name = Path(teacher.gguf_path).stem if teacher.gguf_path else embedded
         teacher_row = {"model": name, "provider": "embedded llama.cpp", "where": "local (127.0.0.1)"}
     else:
-        local = any(h in (teacher.base_url or "") for h in ("127.0.0.1", "localhost", "[::1]"))
         teacher_row = {"model": teacher.model, "provider": "openai-compatible" + (f" at {teacher.base_url}" if teacher.base_url else ""),
-                       "where": "local" if local else "remote"}
+                       "where": "local" if teacher.is_local else "remote"}
     student_name = embedded if ctx.config.student.model == "embedded" else ctx.config.student.model
     student_row = {"model": student_name, "provider": "transformers + peft", "where": "local (this worker)"}
     rows = [{"role": "teacher", **teacher_row}, {"role": "judge", **teacher_row}, {"role": "student", **student_row}]

@@ -87,7 +87,8 @@ def _prepare_gold(ctx: RunContext) -> None:
     """Publish this run's copy of the gold set (the second held-out split, written independently of
     the teacher) and, with ``evaluation.teacher_ceiling``, the teacher's open-book answers to it
     scored like the student's: the ceiling of the report's verdict."""
-    from kdflow.gold import score_gold, validated_gold
+    from kdflow.evaluation.metrics import score_gold_answers
+    from kdflow.gold import validated_gold
 
     gold = validated_gold(ctx.config)
     if gold is None:
@@ -102,6 +103,7 @@ def _prepare_gold(ctx: RunContext) -> None:
     from kdflow.retrieval import Retriever
     from kdflow.teacher.references import generate_references
 
+    items = ceiling_sample(items, ctx.config.evaluation.ceiling_per_topic, seed=ctx.config.seed)
     questions = [item.as_question() for item in items]
     retriever = Retriever(load_from_config(ctx.config), ctx.store)
     with teacher_session(ctx, None, "gold_ceiling") as (endpoint, client):
@@ -109,10 +111,25 @@ def _prepare_gold(ctx: RunContext) -> None:
                                           top_k=ctx.config.knowledge_base.retrieval_top_k)
     rows = [{"question_id": r.question_id, "topic": q.topic, "split": "gold", "question": q.question, "answer": r.reference}
             for q, r in zip(questions, references, strict=True)]
-    scores = score_gold(ctx.config.evaluation, rows, items, store=ctx.store, ledger=UsageLedger(), cycle=0, stage="finetuned")
+    scores = score_gold_answers(ctx.config.evaluation, rows, items, store=ctx.store, ledger=UsageLedger(), cycle=0, stage="finetuned")
     ceiling = [{**row, "mode": ref.mode, "scores": score.scores}
                for row, ref, score in zip(rows, references, scores, strict=True)]
     ctx.publish(None, "gold_ceiling.jsonl", ctx.stage_rows(None, "gold_ceiling.jsonl", ceiling))
+
+
+def ceiling_sample(items: list[Any], per_topic: int | None, *, seed: int) -> list[Any]:
+    """A seeded stratified sample of ``per_topic`` gold items per topic, in file order (all when None)."""
+    if per_topic is None:
+        return items
+    import random
+
+    from kdflow.teacher.questions import stable_int
+
+    chosen: set[str] = set()
+    for topic in dict.fromkeys(item.topic for item in items):
+        ids = [item.id for item in items if item.topic == topic]
+        chosen.update(random.Random(stable_int(seed, "ceiling", topic)).sample(ids, min(per_topic, len(ids))))
+    return [item for item in items if item.id in chosen]
 
 
 def run_gold(ctx: RunContext) -> list[Any]:

@@ -109,6 +109,13 @@ class PassageSentences:
         return [self.sentences[i] for i in top], float(sims.max())
 
 
+def text_support(text: str, passages: Sequence[str]) -> float:
+    """The least non-LLM support of any sentence of ``text`` by ``passages`` (0 for no sentence):
+    a text is only as supported as its weakest sentence. The gold set's answers are held to this."""
+    supports = [s.support for s in PassageSentences(passages).score(split_sentences(text))]
+    return min(supports, default=0.0)
+
+
 def ragas_sentence_judge(evaluation_cfg: Any, endpoint: Any, *, store: Any, ledger: Any) -> SentenceJudge:
     """RAGAS Faithfulness with the judge of :mod:`kdflow.evaluation.judge`, one score per sentence.
 

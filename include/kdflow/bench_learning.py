@@ -1,0 +1,132 @@
+"""Which training recipe makes the student learn facts? Side by side on the gold set.
+
+Each recipe trains the student from the base model on the same pairs, answers the gold set, and is
+compared with the base model's answers, paired by question (:mod:`kdflow.evaluation.stats`). The
+pairs come from a finished run's last training dataset (the teacher's gated pairs), optionally with
+the knowledge-base passages those pairs cite added as extra pairs (``+passages``).
+
+    python -m kdflow.bench_learning --store /tmp/eval/store-a --run-id eval_default \\
+        --recipes current,r64-all --out docs/benchmarks/learning.json
+
+Prints one line per recipe as it finishes and writes a JSON document with every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("kdflow.bench_learning")
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# name -> (student overrides, add the cited passages as pairs)
+RECIPES: dict[str, tuple[dict[str, Any], bool]] = {
+    "current": ({}, False),
+    "r64-all": ({"lora_r": 64, "lora_alpha": 128, "target_modules": ALL_LINEAR, "learning_rate": 1e-3, "epochs": 5}, False),
+    "r64-all+passages": ({"lora_r": 64, "lora_alpha": 128, "target_modules": ALL_LINEAR, "learning_rate": 1e-3, "epochs": 5}, True),
+    "current+passages": ({}, True),
+    "r16-all-1e-3x5": ({"target_modules": ALL_LINEAR, "learning_rate": 1e-3, "epochs": 5}, False),
+}
+PASSAGE_PROMPT = "What does the Kubernetes v1.28 documentation say about {section}?"
+
+
+def run_pairs(store_url: str, run_id: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """The last training dataset of a run: (question, answer) pairs and the passage ids they cite."""
+    from kdflow.pipeline.context import RunContext
+
+    ctx = RunContext.create(run_id, {"store": {"url": store_url}})
+    last = max(int(name.split(".")[0].removeprefix("cycle_")) for name in ctx.store.manifest(run_id) if name.endswith(".dataset"))
+    rows = ctx.rows(ctx.checkpoint(last, "dataset.jsonl"))
+    cited: list[str] = []
+    for n in range(1, last + 1):
+        by_id = {q["id"]: q["passage_ids"] for q in ctx.rows(ctx.checkpoint(n, "questions.jsonl"))}
+        cited += [pid for row in rows if row["question_id"] in by_id for pid in by_id[row["question_id"]]]
+    return [(r["prompt"], r["completion"]) for r in rows], list(dict.fromkeys(cited))
+
+
+def passage_pairs(passage_ids: list[str]) -> list[tuple[str, str]]:
+    from kdflow.config import load_config
+    from kdflow.kb import load_from_config
+
+    kb = load_from_config(load_config(environ={}))
+    return [(PASSAGE_PROMPT.format(section=kb.by_id(pid).section.split(" > ")[-1]), kb.by_id(pid).text) for pid in passage_ids]
+
+
+def answer_gold(cfg: Any, model_path: Any, items: list[Any], adapter_dir: Path | None) -> list[dict[str, Any]]:
+    from kdflow.student.device import plan_device
+    from kdflow.student.generate import answer_questions
+
+    answers = answer_questions(cfg, model_path, [i.question for i in items], adapter_dir=adapter_dir, plan=plan_device(cfg, "answer"))
+    return [{"question_id": i.as_question().id, "topic": i.topic, "split": "gold", "question": i.question, "answer": a.text}
+            for i, a in zip(items, answers, strict=True)]
+
+
+def score(cfg: Any, rows: list[dict[str, Any]], items: list[Any]) -> dict[str, dict[str, float | None]]:
+    from kdflow.evaluation.metrics import score_gold_answers
+    from kdflow.llm.cache import UsageLedger
+
+    scored = score_gold_answers(cfg.evaluation, rows, items, store=None, ledger=UsageLedger(), cycle=0, stage="finetuned")
+    return {s.question_id: s.scores for s in scored}
+
+
+def compare(base: dict[str, dict], after: dict[str, dict], metrics: list[str], seed: int) -> dict[str, Any]:
+    from kdflow.evaluation.stats import paired_comparison
+
+    return {m: paired_comparison({q: s.get(m) for q, s in base.items()}, {q: s.get(m) for q, s in after.items()}, seed=seed)
+            for m in metrics}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kdflow.config import load_config
+    from kdflow.gold import validated_gold
+    from kdflow.student.device import plan_device
+    from kdflow.student.models import resolve_student
+    from kdflow.student.train import train_adapter
+
+    parser = argparse.ArgumentParser(prog="python -m kdflow.bench_learning", description=__doc__.splitlines()[0])
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config({"student": {"torch_threads": args.threads}}, environ={})
+    items = validated_gold(config).items
+    model_path = resolve_student(config.student.model)
+    pairs, cited = run_pairs(args.store, args.run_id)
+    metrics = list(config.evaluation.gold_metrics)
+    started = time.monotonic()
+    base = score(config, answer_gold(config.student, model_path, items, None), items)
+    doc: dict[str, Any] = {"run": args.run_id, "pairs": len(pairs), "cited_passages": len(cited), "gold_items": len(items),
+                           "base_means": {m: sum(s[m] for s in base.values()) / len(base) for m in metrics},
+                           "base_answer_s": round(time.monotonic() - started, 1), "recipes": {}}
+    print(f"base model: {doc['base_means']} ({len(pairs)} teacher pairs, {len(cited)} cited passages)", flush=True)
+    for name in args.recipes.split(","):
+        overrides, with_passages = RECIPES[name]
+        cfg = config.student.model_copy(update=overrides)
+        data = pairs + (passage_pairs(cited) if with_passages else [])
+        t0 = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="kdflow-recipe-") as tmp:
+            result = train_adapter(cfg, model_path, data, Path(tmp) / "adapter", plan=plan_device(cfg, "train"), seed=config.seed)
+            train_s = time.monotonic() - t0
+            after = score(config, answer_gold(cfg, model_path, items, Path(tmp) / "adapter"), items)
+        comparison = compare(base, after, metrics, config.seed)
+        doc["recipes"][name] = {"overrides": overrides, "passages": with_passages, "pairs": len(data),
+                                "loss": [result.initial_loss, result.final_loss], "train_s": round(train_s, 1),
+                                "total_s": round(time.monotonic() - t0, 1), "comparison": comparison}
+        lead = comparison[metrics[0]]
+        print(f"{name}: {len(data)} pairs, loss {result.initial_loss:.2f} -> {result.final_loss:.2f}, "
+              f"{metrics[0]} {lead['before_mean']:.3f} -> {lead['after_mean']:.3f} (delta {lead['mean_delta']:+.3f} "
+              f"[{lead['ci_low']:+.3f}, {lead['ci_high']:+.3f}], {lead['verdict']}), train {train_s:.0f} s", flush=True)
+        args.out.write_text(json.dumps(doc, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -181,6 +181,18 @@ def test_explicit_training_values_win_over_the_profile(tmp_path):
     assert _training({"profiles": {"phi-2": {"learning_rate": 1e-4}}, "model": "microsoft/phi-2"}) == ("phi-2", 1e-4, 3)
 
 
+def test_a_profile_may_set_the_adapter_shape_and_explicit_values_still_win():
+    shape = {"learning_rate": 1e-3, "epochs": 5, "lora_r": 64, "lora_alpha": 128, "target_modules": ["q_proj", "up_proj"]}
+    student = load_config({"student": {"model": "microsoft/phi-2", "profiles": {"phi-2": shape}}}, environ={}).student
+    assert (student.lora_r, student.lora_alpha, student.target_modules) == (64, 128, ["q_proj", "up_proj"])
+    explicit = load_config({"student": {"model": "microsoft/phi-2", "lora_r": 8, "target_modules": ["q_proj"],
+                                        "profiles": {"phi-2": shape}}}, environ={}).student
+    assert (explicit.lora_r, explicit.lora_alpha, explicit.target_modules) == (8, 128, ["q_proj"])
+    plain = load_config({"student": {"model": "microsoft/phi-2", "profiles": {"phi-2": {"learning_rate": 1e-4, "epochs": 1}}}},
+                        environ={}).student
+    assert (plain.lora_r, plain.lora_alpha, plain.target_modules) == (16, 32, None)  # generic: attention projections
+
+
 def test_profiles_and_student_config_built_in_code_agree_with_the_yaml():
     from kdflow.config import StudentConfig
 

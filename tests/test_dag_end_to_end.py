@@ -31,6 +31,7 @@ def e2e_env(tmp_path_factory, tiny_phi_dir):
         "KDFLOW__STUDENT__EPOCHS": "2",
         "KDFLOW__TEACHER__MAX_TOKENS": "160",
         "KDFLOW__EVALUATION__RELEVANCY_STRICTNESS": "1",  # one judge question per answer keeps CI time down
+        "KDFLOW__EVALUATION__CEILING_PER_TOPIC": "1",  # the open-book ceiling on 3 of the 72 gold questions
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -95,6 +96,33 @@ def test_clean_run_publishes_every_checkpoint(clean_run, e2e_env):
     assert [c["cycle"] for c in report["cycles"]] == [1, 2]
     html = store.read_bytes(run_key(run_id, "report", "report.html")).decode()
     assert "Cycle 1" in html and "Cycle 2" in html
+
+
+def test_the_gold_set_is_answered_at_the_start_and_after_each_cycle_and_leads_the_report(clean_run, e2e_env):
+    store, run_id = e2e_env["store"], clean_run.run_id
+    manifest = store.manifest(run_id)
+    gold = {row["id"] for row in store.read_jsonl(manifest["gold"])}
+    assert len(gold) == 72
+    answered = {(n, stage): {a["question_id"] for a in store.read_jsonl(manifest[f"cycle_{n}.{stage}_answers"]) if a["split"] == "gold"}
+                for n in (1, 2) for stage in ("baseline", "finetuned")}  # fmt: skip
+    # the start model (cycle 1's baseline) and each cycle's adapter; cycle 2's baseline model is cycle 1's adapter
+    assert answered[(1, "baseline")] == answered[(1, "finetuned")] == answered[(2, "finetuned")] == {f"gold-{i}" for i in gold}
+    assert answered[(2, "baseline")] == set()
+    ceiling = store.read_jsonl(manifest["gold_ceiling"])
+    assert sorted(row["topic"] for row in ceiling) == ["pods", "services", "storage"] and all("key_fact_recall" in r["scores"] for r in ceiling)
+    report = store.read_json(run_key(run_id, "report", "report.json"))
+    verdict = report["verdict"]
+    assert verdict["items"] == 72 and verdict["start_model"] == "base model" and verdict["last_cycle"] == 2
+    lead = verdict["overall"]["key_fact_recall"]
+    assert lead["n"] == 72 and lead["verdict"] in ("improved", "regressed", "no detectable change") and lead["mde"] is not None
+    assert lead["gap_closed"]["n"] == 3
+    assert [step["cycle"] for step in verdict["per_cycle"]] == [1, 2]
+    md = store.read_bytes(run_key(run_id, "report", "report.md")).decode()
+    assert md.split("\n\n")[2].startswith("VERDICT: Gold set (72 questions), key_fact_recall: base model")
+    assert "on a stratified sample of 3 of 72 questions" in md
+    roles = {r["role"]: r for r in report["roles"]}
+    assert roles["teacher"]["where"].startswith("local") and roles["student"]["model"] == e2e_env["student"]
+    assert report["usage"]["total"]["cost_usd"] == 0  # the embedded teacher bills nothing
 
 
 def test_the_benchmark_reads_the_run_timing_from_the_metadata_db(dag, clean_run):

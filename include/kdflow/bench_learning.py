@@ -81,6 +81,29 @@ def compare(base: dict[str, dict], after: dict[str, dict], metrics: list[str], s
             for m in metrics}
 
 
+def contamination(store_url: str, run_id: str, top: int = 12) -> dict[str, Any]:
+    """How close do the teacher's training questions of a run come to the gold questions? The
+    distribution of each question's highest MiniLM cosine to any gold question, and the closest
+    pairs to read by eye: what ``evaluation.decontamination_similarity`` is chosen from."""
+    import numpy as np
+
+    from kdflow.embeddings import embed
+    from kdflow.gold import BUILTIN_GOLD, load_gold
+    from kdflow.pipeline.context import RunContext
+
+    ctx = RunContext.create(run_id, {"store": {"url": store_url}})
+    cycles = sorted(int(n.split(".")[0].removeprefix("cycle_")) for n in ctx.store.manifest(run_id) if n.endswith(".questions"))
+    questions = [row["question"] for n in cycles for row in ctx.rows(ctx.checkpoint(n, "questions.jsonl"))]
+    gold = [item.question for item in load_gold(BUILTIN_GOLD).items]
+    similarity = embed(questions) @ embed(gold).T
+    best, closest = similarity.max(axis=1), similarity.argmax(axis=1)
+    quantiles = {q: round(float(np.quantile(best, q)), 3) for q in (0.5, 0.9, 0.99, 1.0)}
+    pairs = [{"cosine": round(float(best[i]), 3), "training": questions[i], "gold": gold[closest[i]]}
+             for i in np.argsort(-best)[:top]]
+    return {"questions": len(questions), "max_cosine_quantiles": quantiles, "closest_pairs": pairs,
+            "at_or_above": {t: int((best >= t).sum()) for t in (0.6, 0.7, 0.8, 0.9)}}
+
+
 def main(argv: list[str] | None = None) -> int:
     from kdflow.config import load_config
     from kdflow.gold import validated_gold
@@ -94,8 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--contamination", action="store_true", help="only measure how close the run's questions come to gold")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.contamination:
+        report = contamination(args.store, args.run_id)
+        args.out.write_text(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2))
+        return 0
     config = load_config({"student": {"torch_threads": args.threads}}, environ={})
     items = validated_gold(config).items
     model_path = resolve_student(config.student.model)

@@ -150,6 +150,13 @@ class TrainingProfile(_Section):
 
     learning_rate: LearningRate
     epochs: Epochs
+    # The adapter's shape: None = the generic defaults (rank 16, alpha 32, attention projections).
+    lora_r: int | None = Field(None, ge=1, le=512)
+    lora_alpha: int | None = Field(None, ge=1, le=1024)
+    target_modules: list[str] | None = None
+
+
+LORA_DEFAULTS = {"lora_r": 16, "lora_alpha": 32}
 
 
 @functools.cache
@@ -175,11 +182,12 @@ def match_profile(model: str, patterns: Iterable[str]) -> str | None:
 
 class StudentConfig(_Section):
     model: str = Field("embedded", min_length=1)
-    lora_r: int = Field(16, ge=1, le=512)
-    lora_alpha: int = Field(32, ge=1, le=1024)
+    # None: taken from the model's profile when the config is validated (an explicit value wins);
+    # rank and alpha fall back to 16 and 32, target_modules to the attention projections.
+    lora_r: int | None = Field(None, ge=1, le=512)
+    lora_alpha: int | None = Field(None, ge=1, le=1024)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | None = None
-    # None: taken from the model's profile when the config is validated (an explicit value wins).
     epochs: Epochs | None = None
     learning_rate: LearningRate | None = None
     profiles: dict[str, TrainingProfile] = Field(default_factory=lambda: copy.deepcopy(_default_profiles()))
@@ -199,18 +207,19 @@ class StudentConfig(_Section):
 
     @model_validator(mode="after")
     def _training_defaults_from_profile(self) -> StudentConfig:
-        if self.learning_rate is not None and self.epochs is not None:
-            return self
         name = self.training_profile
-        if name is None:
+        if name is None and (self.learning_rate is None or self.epochs is None):
             unset = "learning_rate" if self.learning_rate is None else "epochs"
             message = f"is not set and no student.profiles pattern matches model {self.model!r}"
             raise field_conflict(unset, f"{message} (add a {GENERIC_PROFILE!r} profile)", None)
-        profile = self.profiles[name]
-        if self.learning_rate is None:
-            self.learning_rate = profile.learning_rate
-        if self.epochs is None:
-            self.epochs = profile.epochs
+        profile = self.profiles[name] if name is not None else None
+        for key in ("learning_rate", "epochs", "lora_r", "lora_alpha", "target_modules"):
+            if getattr(self, key) is None:
+                value = getattr(profile, key, None) if profile is not None else None
+                if value is None:
+                    value = LORA_DEFAULTS.get(key)
+                if value is not None:  # assignment validates again: set only what changes
+                    setattr(self, key, copy.deepcopy(value))
         return self
 
 

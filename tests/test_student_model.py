@@ -60,6 +60,20 @@ def test_batched_answers_equal_one_by_one(tiny_phi_dir, student_cfg, tiny_pairs)
     assert stats.plan == CPU and set(stats.memory) == {"before", "after"}
 
 
+def test_each_question_may_have_its_own_token_budget(tiny_phi_dir, student_cfg, tiny_pairs):
+    """Gold questions get a shorter budget than the cycle's: each answer stops at its own, and is the
+    same answer (greedy) the same budget gives one by one."""
+    questions = _questions(tiny_pairs) * 2
+    budgets = [12, 12, 12, 3, 3, 3]
+    mixed = answer_questions(student_cfg, tiny_phi_dir, questions, plan=CPU, max_new_tokens=budgets)
+    assert [a.new_tokens <= b for a, b in zip(mixed, budgets, strict=True)] == [True] * 6
+    short = answer_questions(student_cfg.model_copy(update={"max_new_tokens": 3}), tiny_phi_dir, questions[3:], plan=CPU)
+    assert [a.text for a in mixed[3:]] == [a.text for a in short]
+    assert max(a.new_tokens for a in mixed[3:]) <= 3 < max(a.new_tokens for a in mixed[:3])
+    with pytest.raises(ValueError, match="2 token budgets for 6 questions"):
+        answer_questions(student_cfg, tiny_phi_dir, questions, plan=CPU, max_new_tokens=[1, 2])
+
+
 def test_lora_training_lowers_the_loss_and_saves_the_adapter(cycle1, student_cfg):
     out, result = cycle1
     assert result.final_loss < result.initial_loss - 1.0, result

@@ -247,6 +247,8 @@ class EvaluationConfig(_Section):
     # Gold questions per topic the teacher answers for the ceiling (a seeded stratified sample);
     # null = every one. `make run` samples 4 per topic to stay short; nightly runs answer all.
     ceiling_per_topic: int | None = Field(None, ge=1, le=10_000)
+    # The student's token budget for a gold answer (one or two sentences are asked for).
+    gold_max_new_tokens: int = Field(48, ge=8, le=4096)
     # Paired statistics: bootstrap resamples and the confidence of the intervals.
     bootstrap_resamples: int = Field(10_000, ge=1_000, le=1_000_000)
     confidence: float = Field(0.95, gt=0.5, lt=1.0)

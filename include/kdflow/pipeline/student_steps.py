@@ -61,12 +61,16 @@ def _answer(ctx: RunContext, cycle: int, adapter: Pointer | dict | None, stage: 
     from kdflow.student.models import resolve_student
 
     questions = run_questions(ctx, cycle)
+    budgets = [ctx.config.student.max_new_tokens] * len(questions)
     if gold_answered_at(cycle, stage):
-        questions += [item.as_question() for item in run_gold(ctx)]
+        gold = [item.as_question() for item in run_gold(ctx)]
+        questions += gold
+        budgets += [ctx.config.evaluation.gold_max_new_tokens] * len(gold)
     plan = plan_device(ctx.config.student, "answer")
     with tempfile.TemporaryDirectory(prefix="kdflow-answer-") as tmp:
         answers = answer_questions(ctx.config.student, resolve_student(ctx.config.student.model),
-                                   [q.question for q in questions], adapter_dir=_adapter_dir(ctx, adapter, tmp), plan=plan)
+                                   [q.question for q in questions], adapter_dir=_adapter_dir(ctx, adapter, tmp), plan=plan,
+                                   max_new_tokens=budgets)
     adapter_url = Pointer.of(adapter).url if adapter else None
     rows = [
         Answer(question_id=q.id, question=q.question, answer=a.text, stage=stage, split=q.split,

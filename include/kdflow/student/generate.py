@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,20 +86,30 @@ def answer_questions(
     adapter_dir: Path | str | None = None,
     plan: DevicePlan,
     system_prompt: str | None = None,
+    max_new_tokens: Sequence[int] | None = None,
 ) -> GeneratedAnswers:
     """Answer ``questions`` with the student (plus adapter) in batches of
-    ``cfg.generation_batch_size``; loads a fresh model and frees it afterwards."""
+    ``cfg.generation_batch_size``; loads a fresh model and frees it afterwards. ``max_new_tokens``
+    gives each question its own budget (default ``cfg.max_new_tokens``); a batch holds consecutive
+    questions of one budget, so a short-answer set appended at the end costs only its own tokens."""
     set_torch_threads(cfg.torch_threads)
     answers = GeneratedAnswers()
     model, tokenizer = load_student(model_path, plan, adapter_dir)
     started = time.perf_counter()
     try:
         prompts = [build_prompt(tokenizer, q, system_prompt) for q in questions]
-        size = cfg.generation_batch_size
-        for start in range(0, len(prompts), size):
-            batch = generate_batch(model, tokenizer, prompts[start : start + size], cfg.max_new_tokens)
-            for question, (text, count) in zip(questions[start : start + size], batch, strict=True):
+        limits = list(max_new_tokens) if max_new_tokens is not None else [cfg.max_new_tokens] * len(questions)
+        if len(limits) != len(questions):
+            raise ValueError(f"answer_questions: {len(limits)} token budgets for {len(questions)} questions")
+        start = 0
+        while start < len(prompts):
+            end = start + 1
+            while end < len(prompts) and end - start < cfg.generation_batch_size and limits[end] == limits[start]:
+                end += 1
+            batch = generate_batch(model, tokenizer, prompts[start:end], limits[start])
+            for question, (text, count) in zip(questions[start:end], batch, strict=True):
                 answers.append(GeneratedAnswer(question=question, text=text, new_tokens=count))
+            start = end
     finally:
         wall = time.perf_counter() - started
         memory = release_memory(model)

@@ -101,3 +101,15 @@ def test_relative_improvement_from_zero_is_none():
     comp = compare_cycle(base, fine, training=None, success_threshold=0.5)["splits"]["train"]["answer_relevancy"]
     assert comp["abs_improvement"] == pytest.approx(0.4) and comp["rel_improvement_pct"] is None
     assert comp["improved_share"] == 1.0
+
+
+def test_each_split_is_compared_on_its_own_metrics():
+    """Gold rows carry key_fact_recall; the trained questions' comparison must not list it."""
+    base = [row("q", "pods", "train", "baseline", 1, 0.2)]
+    fine = [row("q", "pods", "train", "finetuned", 1, 0.4)]
+    gold = [ScoreRow(question_id="gold-1", topic="pods", split="gold", stage=stage, cycle=1, scores={"key_fact_recall": 0.5})
+            for stage in ("baseline", "finetuned")]
+    comp = compare_cycle([*base, gold[0]], [*fine, gold[1]], training=None, success_threshold=0.5)
+    assert set(comp["splits"]) == {"train"} and set(comp["splits"]["train"]) == {"answer_relevancy", "rouge_l"}
+    agg = aggregate([*base, *gold])["by_split_stage"]
+    assert set(agg["train"]["baseline"]) == {"answer_relevancy", "rouge_l"} and set(agg["gold"]["baseline"]) == {"key_fact_recall"}

@@ -35,12 +35,13 @@ RECIPES: dict[str, tuple[dict[str, Any], bool]] = {
 PASSAGE_PROMPT = "What does the Kubernetes v1.28 documentation say about {section}?"
 
 
-def run_pairs(store_url: str, run_id: str) -> tuple[list[tuple[str, str]], list[str]]:
-    """The last training dataset of a run: (question, answer) pairs and the passage ids they cite."""
+def run_pairs(store_url: str, run_id: str, cycle: int | None = None) -> tuple[list[tuple[str, str]], list[str]]:
+    """A run's training dataset of ``cycle`` (default: the last): (question, answer) pairs and the
+    passage ids they cite."""
     from kdflow.pipeline.context import RunContext
 
     ctx = RunContext.create(run_id, {"store": {"url": store_url}})
-    last = max(int(name.split(".")[0].removeprefix("cycle_")) for name in ctx.store.manifest(run_id) if name.endswith(".dataset"))
+    last = cycle or max(int(n.split(".")[0].removeprefix("cycle_")) for n in ctx.store.manifest(run_id) if n.endswith(".dataset"))
     rows = ctx.rows(ctx.checkpoint(last, "dataset.jsonl"))
     cited: list[str] = []
     for n in range(1, last + 1):
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kdflow.bench_learning", description=__doc__.splitlines()[0])
     parser.add_argument("--store", required=True)
     parser.add_argument("--run-id", required=True)
+    parser.add_argument("--cycle", type=int, default=None, help="the training dataset of this cycle (default: the last)")
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
@@ -128,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config({"student": {"torch_threads": args.threads}}, environ={})
     items = validated_gold(config).items
     model_path = resolve_student(config.student.model)
-    pairs, cited = run_pairs(args.store, args.run_id)
+    pairs, cited = run_pairs(args.store, args.run_id, args.cycle)
     metrics = list(config.evaluation.gold_metrics)
     started = time.monotonic()
     base = score(config, answer_gold(config.student, model_path, items, None), items)
-    doc: dict[str, Any] = {"run": args.run_id, "pairs": len(pairs), "cited_passages": len(cited), "gold_items": len(items),
+    doc: dict[str, Any] = {"run": args.run_id, "cycle": args.cycle, "threads": args.threads, "pairs": len(pairs), "cited_passages": len(cited), "gold_items": len(items),
                            "base_means": {m: sum(s[m] for s in base.values()) / len(base) for m in metrics},
                            "base_answer_s": round(time.monotonic() - started, 1), "recipes": {}}
     print(f"base model: {doc['base_means']} ({len(pairs)} teacher pairs, {len(cited)} cited passages)", flush=True)

@@ -60,10 +60,10 @@ def aggregate(rows: Sequence[ScoreRow]) -> dict[str, Any]:
     Shape: ``{"by_split_stage": {split: {stage: {metric: summary}}},
     "by_topic": {split: {stage: {topic: {metric: summary}}}}}``.
     """
-    metrics = metric_names(rows)
     by_split_stage: dict[str, dict[str, Any]] = {}
     by_topic: dict[str, dict[str, Any]] = {}
     for (split, stage), group in sorted(_group(rows, lambda r: (r.split, r.stage)).items()):
+        metrics = metric_names(r for r in rows if r.split == split)  # the gold set has metrics of its own
         by_split_stage.setdefault(split, {})[stage] = {m: summarize(group, m) for m in metrics}
         topics = _group(group, lambda r: r.topic)
         by_topic.setdefault(split, {})[stage] = {t: {m: summarize(topics[t], m) for m in metrics} for t in sorted(topics)}
@@ -153,12 +153,11 @@ def compare_cycle(
     bad = [r.question_id for r in baseline if r.stage != "baseline"] + [r.question_id for r in finetuned if r.stage != "finetuned"]
     if bad:
         raise ValueError(f"compare_cycle got rows with the wrong stage for questions {bad[:5]}")
-    metrics = metric_names(rows)
     splits = {}
     for split in SPLITS:
         base, fine = select(baseline, split=split), select(finetuned, split=split)
-        if base or fine:
-            splits[split] = {m: compare_metric(base, fine, m, success_threshold, **stats) for m in metrics}
+        if base or fine:  # each split's own metrics: the gold set's are not the teacher-written sets'
+            splits[split] = {m: compare_metric(base, fine, m, success_threshold, **stats) for m in metric_names([*base, *fine])}
     return {
         "cycle": cycles.pop() if cycles else None,
         "success_threshold": success_threshold,

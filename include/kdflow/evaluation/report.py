@@ -257,6 +257,8 @@ def verdict_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = [_verdict_row(last, m, c) for m, c in verdict["overall"].items()]
     for step in verdict["per_cycle"]:
         rows += [_verdict_row(f"cycle {step['cycle']}: {step['from']} -> {step['to']}", m, c) for m, c in step["metrics"].items()]
+    rows += [_verdict_row(f"topic {topic}: start -> after cycle {verdict['last_cycle']}", verdict["lead_metric"], c)
+             for topic, c in verdict["by_topic"].items()]
     return VERDICT_HEADER, rows
 
 

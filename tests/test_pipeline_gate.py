@@ -160,3 +160,19 @@ def test_report_gate_counts_and_dropped_items_come_from_the_checkpoints(run):
     assert lines[2] in render_tables(results)["improvement_statistics"]
     held = report["cycles"][0]["splits"]["held_out"]["rouge_l"]
     assert held["finetuned_count"] == 1 and held["failures"] == 2  # the dropped held-out reference, both stages
+
+
+def test_passage_pairs_add_each_cited_passage_once(run):
+    """student.passage_pairs: the KB passage every trained question cites joins the dataset once, in its own words."""
+    from kdflow.kb import load_knowledge_base
+
+    ctx, overrides, _ = run
+    with_passages = {**overrides, "student": {**overrides["student"], "passage_pairs": True}}
+    pointer = execute("prepare_training_dataset", run_id=RUN, overrides=with_passages, cycle=2)
+    pairs = [TrainingPair.model_validate(r) for r in ctx.rows(pointer)]
+    [extra] = [p for p in pairs if p.question_id.startswith("passage:")]
+    passage = load_knowledge_base().by_id(KB_PASSAGE)
+    assert (extra.question_id, extra.cycle, extra.completion) == (f"passage:{KB_PASSAGE}", 1, passage.text)
+    assert extra.prompt == "What does the Kubernetes v1.28 documentation say about EndpointSlices?"
+    assert len(pairs) == 4 and pointer["summary"]["coverage"]["passages_covered"] == 1
+    execute("prepare_training_dataset", run_id=RUN, overrides=overrides, cycle=2)  # leave the module's run as it was

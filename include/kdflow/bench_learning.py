@@ -32,7 +32,6 @@ RECIPES: dict[str, tuple[dict[str, Any], bool]] = {
     "current+passages": ({}, True),
     "r16-all-1e-3x5": ({"target_modules": ALL_LINEAR, "learning_rate": 1e-3, "epochs": 5}, False),
 }
-PASSAGE_PROMPT = "What does the Kubernetes v1.28 documentation say about {section}?"
 
 
 def run_pairs(store_url: str, run_id: str, cycle: int | None = None) -> tuple[list[tuple[str, str]], list[str]]:
@@ -55,14 +54,16 @@ def passage_pairs(passage_ids: list[str]) -> list[tuple[str, str]]:
     from kdflow.kb import load_from_config
 
     kb = load_from_config(load_config(environ={}))
-    return [(PASSAGE_PROMPT.format(section=kb.by_id(pid).section.split(" > ")[-1]), kb.by_id(pid).text) for pid in passage_ids]
+    return [kb.by_id(pid).as_training_pair(kb.name) for pid in passage_ids]
 
 
-def answer_gold(cfg: Any, model_path: Any, items: list[Any], adapter_dir: Path | None) -> list[dict[str, Any]]:
+def answer_gold(cfg: Any, model_path: Any, items: list[Any], adapter_dir: Path | None, budget: int) -> list[dict[str, Any]]:
+    """The student's answers to the gold questions, with the pipeline's gold token budget."""
     from kdflow.student.device import plan_device
     from kdflow.student.generate import answer_questions
 
-    answers = answer_questions(cfg, model_path, [i.question for i in items], adapter_dir=adapter_dir, plan=plan_device(cfg, "answer"))
+    answers = answer_questions(cfg, model_path, [i.question for i in items], adapter_dir=adapter_dir, plan=plan_device(cfg, "answer"),
+                               max_new_tokens=[budget] * len(items))
     return [{"question_id": i.as_question().id, "topic": i.topic, "split": "gold", "question": i.question, "answer": a.text}
             for i, a in zip(items, answers, strict=True)]
 
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     pairs, cited = run_pairs(args.store, args.run_id, args.cycle)
     metrics = list(config.evaluation.gold_metrics)
     started = time.monotonic()
-    base = score(config, answer_gold(config.student, model_path, items, None), items)
+    budget = config.evaluation.gold_max_new_tokens
+    base = score(config, answer_gold(config.student, model_path, items, None, budget), items)
     doc: dict[str, Any] = {"run": args.run_id, "cycle": args.cycle, "threads": args.threads, "pairs": len(pairs), "cited_passages": len(cited), "gold_items": len(items),
                            "base_means": {m: sum(s[m] for s in base.values()) / len(base) for m in metrics},
                            "base_answer_s": round(time.monotonic() - started, 1), "recipes": {}}
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="kdflow-recipe-") as tmp:
             result = train_adapter(cfg, model_path, data, Path(tmp) / "adapter", plan=plan_device(cfg, "train"), seed=config.seed)
             train_s = time.monotonic() - t0
-            after = score(config, answer_gold(cfg, model_path, items, Path(tmp) / "adapter"), items)
+            after = score(config, answer_gold(cfg, model_path, items, Path(tmp) / "adapter", budget), items)
         comparison = compare(base, after, metrics, config.seed)
         doc["recipes"][name] = {"overrides": overrides, "passages": with_passages, "pairs": len(data),
                                 "loss": [result.initial_loss, result.final_loss], "train_s": round(train_s, 1),

@@ -199,6 +199,9 @@ class StudentConfig(_Section):
     load_in_4bit: bool = True
     gpu_min_free_gib: float = Field(10.0, ge=0.0, le=1024)
     torch_threads: int = Field(1, ge=1, le=256)
+    # Add each knowledge-base passage the training questions cite as a pair of its own (its words as
+    # the answer to "what does the documentation say about <section>?").
+    passage_pairs: bool = False
 
     @property
     def training_profile(self) -> str | None:

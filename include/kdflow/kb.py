@@ -33,6 +33,11 @@ class Passage:
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
 
+    def as_training_pair(self, kb_name: str) -> tuple[str, str]:
+        """The passage as a (prompt, completion) pair: the student reads the knowledge base's own
+        words for a section it is asked about (``student.passage_pairs``)."""
+        return f"What does the {kb_name} documentation say about {self.section.split(' > ')[-1]}?", self.text
+
 
 _FRONT_MATTER = re.compile(r"\A(?:---\s*\n.*?\n---|\+\+\+\s*\n.*?\n\+\+\+)\s*\n", re.DOTALL)
 _SHORTCODE_TEXT = re.compile(r"\{\{[<%]\s*glossary_tooltip\b[^}]*?\btext=\"([^\"]*)\"[^}]*?[>%]\}\}")

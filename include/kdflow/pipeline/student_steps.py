@@ -143,6 +143,24 @@ def decontaminate(
     return kept, removed
 
 
+def passage_pairs(ctx: RunContext, pairs: list[TrainingPair], cited: dict[str, list[str]]) -> list[TrainingPair]:
+    """One pair per knowledge-base passage the training questions cite, in first-cited order: the
+    passage's own words as the answer to "what does the documentation say about <section>?"."""
+    from kdflow.kb import load_from_config
+
+    kb = load_from_config(ctx.config)
+    first_cycle: dict[str, int] = {}
+    for pair in pairs:
+        for pid in cited.get(pair.question_id, []):
+            first_cycle.setdefault(pid, pair.cycle)
+    extra = []
+    for pid, cycle in first_cycle.items():
+        passage = kb.by_id(pid)
+        prompt, completion = passage.as_training_pair(kb.name)
+        extra.append(TrainingPair(question_id=f"passage:{pid}", cycle=cycle, topic=passage.topic, prompt=prompt, completion=completion))
+    return extra
+
+
 def kb_coverage(ctx: RunContext, cited_passages: list[str]) -> dict[str, Any]:
     """Passages of the selected topics that at least one training pair cites, over all of them."""
     from kdflow.kb import load_from_config
@@ -167,12 +185,14 @@ def prepare_training_dataset(ctx: RunContext, cycle: int, inputs: dict[str, Any]
         pairs += [TrainingPair(question_id=ref.question_id, cycle=n, topic=questions[ref.question_id]["topic"],
                                prompt=ref.question, completion=ref.reference) for ref in kept]  # fmt: skip
         cited.update({ref.question_id: questions[ref.question_id]["passage_ids"] for ref in kept})
+    if ctx.config.student.passage_pairs:
+        pairs += passage_pairs(ctx, pairs, cited)
     pairs, decontaminated = decontaminate(pairs, evaluation_questions(ctx), ctx.config.evaluation.decontamination_similarity)
     if not pairs:
         raise CheckpointError(f"cycle {cycle}: the training dataset has zero pairs ({len(dropped)} dropped by the gate, "
                               f"{len(decontaminated)} too close to an evaluation question)")
     reasons = dict(Counter(d["reason"] for d in dropped))
-    coverage = kb_coverage(ctx, [pid for p in pairs for pid in cited[p.question_id]])
+    coverage = kb_coverage(ctx, [pid for p in pairs for pid in cited.get(p.question_id, [])])
     log.info("cycle %d training dataset: %d pairs, %d dropped by the gate %s, %d decontaminated; KB coverage %d/%d",
              cycle, len(pairs), len(dropped), reasons, len(decontaminated), coverage["passages_covered"], coverage["passages"])
     summary = {"pairs": len(pairs), "dropped": len(dropped), "dropped_reasons": reasons, "dropped_items": dropped[:20],

@@ -83,6 +83,19 @@ def compare(base: dict[str, dict], after: dict[str, dict], metrics: list[str], s
             for m in metrics}
 
 
+# Hand-written rewordings of gold questions (same question, other words): what decontamination must catch.
+REWORDINGS = {
+    "pods-01": "What interface lets the kubelet tell the container runtime to create a Pod's sandbox and containers?",
+    "pods-10": "What HTTP status codes count as success for an httpGet probe?",
+    "pods-19": "What value of unhealthyPodEvictionPolicy allows unhealthy running Pods to be evicted even if the PDB is not met?",
+    "services-04": "What flag of the API server defines the range of virtual IPs assigned to ClusterIP Services?",
+    "services-13": "In IPVS mode, which scheduling algorithm does kube-proxy use by default?",
+    "services-22": "What Gateway API version matched Kubernetes 1.28 and how mature were its core resources?",
+    "storage-07": "To use a raw block volume, which container field replaces volumeMounts?",
+    "storage-16": "What name does the PVC of a generic ephemeral volume get?",
+}
+
+
 def contamination(store_url: str, run_id: str, top: int = 12) -> dict[str, Any]:
     """How close do the teacher's training questions of a run come to the gold questions? The
     distribution of each question's highest MiniLM cosine to any gold question, and the closest
@@ -96,14 +109,17 @@ def contamination(store_url: str, run_id: str, top: int = 12) -> dict[str, Any]:
     ctx = RunContext.create(run_id, {"store": {"url": store_url}})
     cycles = sorted(int(n.split(".")[0].removeprefix("cycle_")) for n in ctx.store.manifest(run_id) if n.endswith(".questions"))
     questions = [row["question"] for n in cycles for row in ctx.rows(ctx.checkpoint(n, "questions.jsonl"))]
-    gold = [item.question for item in load_gold(BUILTIN_GOLD).items]
+    items = {item.id: item.question for item in load_gold(BUILTIN_GOLD).items}
+    gold = list(items.values())
+    rewordings = {gid: round(float(a @ b), 3) for gid, a, b in zip(
+        REWORDINGS, embed(list(REWORDINGS.values())), embed([items[g] for g in REWORDINGS]), strict=True)}
     similarity = embed(questions) @ embed(gold).T
     best, closest = similarity.max(axis=1), similarity.argmax(axis=1)
     quantiles = {q: round(float(np.quantile(best, q)), 3) for q in (0.5, 0.9, 0.99, 1.0)}
     pairs = [{"cosine": round(float(best[i]), 3), "training": questions[i], "gold": gold[closest[i]]}
              for i in np.argsort(-best)[:top]]
     return {"questions": len(questions), "max_cosine_quantiles": quantiles, "closest_pairs": pairs,
-            "at_or_above": {t: int((best >= t).sum()) for t in (0.6, 0.7, 0.8, 0.9)}}
+            "at_or_above": {t: int((best >= t).sum()) for t in (0.6, 0.7, 0.8, 0.9)}, "rewordings_of_gold": rewordings}
 
 
 def main(argv: list[str] | None = None) -> int:

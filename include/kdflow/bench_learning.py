@@ -122,6 +122,30 @@ def contamination(store_url: str, run_id: str, top: int = 12) -> dict[str, Any]:
             "at_or_above": {t: int((best >= t).sum()) for t in (0.6, 0.7, 0.8, 0.9)}, "rewordings_of_gold": rewordings}
 
 
+def teachable(store_url: str, run_id: str, cycle: int | None = None) -> dict[str, Any]:
+    """How many gold items could a run's training data teach at all? Items whose cited passage a
+    training pair also cites, and of those, items whose every key fact a training reference states."""
+    from kdflow.gold import BUILTIN_GOLD, load_gold, normalise_words
+    from kdflow.pipeline.context import RunContext
+
+    ctx = RunContext.create(run_id, {"store": {"url": store_url}})
+    last = cycle or max(int(n.split(".")[0].removeprefix("cycle_")) for n in ctx.store.manifest(run_id) if n.endswith(".dataset"))
+    cites = {q["id"]: q["passage_ids"] for n in range(1, last + 1) for q in ctx.rows(ctx.checkpoint(n, "questions.jsonl"))}
+    references: dict[str, list[str]] = {}
+    for pair in ctx.rows(ctx.checkpoint(last, "dataset.jsonl")):
+        for pid in cites.get(pair["question_id"], []):
+            references.setdefault(pid, []).append(f" {normalise_words(pair['completion'])} ")
+    gold = load_gold(BUILTIN_GOLD).items
+    covered = [g for g in gold if any(pid in references for pid in g.passage_ids)]
+
+    def stated(item: Any, fact: list[str]) -> bool:
+        return any(f" {normalise_words(form)} " in ref for pid in item.passage_ids for ref in references.get(pid, []) for form in fact)
+
+    taught = [g.id for g in covered if all(stated(g, fact) for fact in g.key_facts)]
+    return {"cycle": last, "passages_cited": len(references), "gold_items": len(gold),
+            "gold_passage_cited": len(covered), "gold_facts_in_training_references": len(taught), "items": taught}
+
+
 def main(argv: list[str] | None = None) -> int:
     from kdflow.config import load_config
     from kdflow.gold import validated_gold
@@ -137,10 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--contamination", action="store_true", help="only measure how close the run's questions come to gold")
+    parser.add_argument("--teachable", action="store_true", help="only count the gold items the run's training data could teach")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.contamination:
-        report = contamination(args.store, args.run_id)
+    if args.contamination or args.teachable:
+        report = contamination(args.store, args.run_id) if args.contamination else teachable(args.store, args.run_id, args.cycle)
         args.out.write_text(json.dumps(report, indent=2))
         print(json.dumps(report, indent=2))
         return 0

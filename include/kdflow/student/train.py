@@ -164,7 +164,10 @@ def train_adapter(
         tokens = 0
         rss_peak = memory_snapshot()["rss_mb"]
         started = time.perf_counter()
-        for _epoch in range(cfg.epochs):
+        for epoch in range(cfg.epochs):
+            if epoch:  # progress on long CPU runs: one line per epoch
+                log.info("student training: epoch %d/%d done, %d steps, last loss %.3f, %.0f s", epoch, cfg.epochs,
+                         len(losses), losses[-1], time.perf_counter() - started)
             shuffled = order.sample(examples, len(examples))
             batches = [shuffled[i : i + cfg.batch_size] for i in range(0, len(shuffled), cfg.batch_size)]
             for first in range(0, len(batches), accumulate):

@@ -7,14 +7,15 @@ A gold file is JSON Lines, one item per line::
      "question": "What restart policy does a Pod get when its spec sets none?",
      "answer": "The default restartPolicy is Always.",
      "key_facts": [["Always"]],
-     "passage_ids": ["pods/pods#container-restart-policy-0"]}
+     "passage_ids": ["pods/pods#restart-policy-and-crash-back-off-0"]}
 
 * ``key_facts``: the facts a correct answer must state; each fact is a list of accepted surface
   forms (or one string). :func:`key_fact_recall` scores an answer by the share of facts it states,
   which needs no judge and sees a fact arrive even when the wording around it does not move.
 * ``passage_ids``: the knowledge-base passages that state the answer (ids as :mod:`kdflow.kb` makes
-  them); :func:`check_gold` refuses an item whose passages are missing, whose facts the passages do
-  not contain, or whose answer they do not support (the reference gate's non-LLM support score).
+  them); :func:`check_against_kb` refuses an item whose passages are missing or do not state one of
+  its facts. ``python -m kdflow gold check`` also scores each answer's support by its passages (the
+  reference gate's non-LLM score), and the tests hold the shipped set to the gate's floor.
 
 The Kubernetes v1.28 set shipped with kdflow (``evaluation.gold_path: builtin``) was written in
 the project's own words from the shipped knowledge base; a user with another knowledge base points

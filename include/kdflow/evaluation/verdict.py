@@ -7,7 +7,7 @@ on the same gold questions (:mod:`kdflow.evaluation.stats`):
 * ``overall``: start -> after the last cycle, per gold metric, with the share of the gap to the
   ceiling (the teacher answering the same questions open book) that distillation closed;
 * ``per_cycle``: after cycle k-1 (the start for k = 1) -> after cycle k;
-* ``by_topic``: start -> last per topic of the lead metric (the promotion gate reads these too).
+* ``by_topic``: start -> last per topic of the lead metric.
 """
 
 from __future__ import annotations

@@ -34,18 +34,22 @@ RECIPES: dict[str, tuple[dict[str, Any], bool]] = {
 }
 
 
-def run_pairs(store_url: str, run_id: str, cycle: int | None = None) -> tuple[list[tuple[str, str]], list[str]]:
-    """A run's training dataset of ``cycle`` (default: the last): (question, answer) pairs and the
-    passage ids they cite."""
+def _run_dataset(store_url: str, run_id: str, cycle: int | None) -> tuple[Any, int, list[dict[str, Any]], dict[str, list[str]]]:
+    """A run's context, the cycle whose training dataset is read (default: the last), its rows, and
+    question id -> cited passage ids for every question of cycles 1..that one."""
     from kdflow.pipeline.context import RunContext
 
     ctx = RunContext.create(run_id, {"store": {"url": store_url}})
     last = cycle or max(int(n.split(".")[0].removeprefix("cycle_")) for n in ctx.store.manifest(run_id) if n.endswith(".dataset"))
-    rows = ctx.rows(ctx.checkpoint(last, "dataset.jsonl"))
-    cited: list[str] = []
-    for n in range(1, last + 1):
-        by_id = {q["id"]: q["passage_ids"] for q in ctx.rows(ctx.checkpoint(n, "questions.jsonl"))}
-        cited += [pid for row in rows if row["question_id"] in by_id for pid in by_id[row["question_id"]]]
+    cites = {q["id"]: q["passage_ids"] for n in range(1, last + 1) for q in ctx.rows(ctx.checkpoint(n, "questions.jsonl"))}
+    return ctx, last, ctx.rows(ctx.checkpoint(last, "dataset.jsonl")), cites
+
+
+def run_pairs(store_url: str, run_id: str, cycle: int | None = None) -> tuple[list[tuple[str, str]], list[str]]:
+    """A run's training dataset of ``cycle`` (default: the last): (question, answer) pairs and the
+    passage ids they cite."""
+    _ctx, _last, rows, cites = _run_dataset(store_url, run_id, cycle)
+    cited = [pid for row in rows for pid in cites.get(row["question_id"], [])]
     return [(r["prompt"], r["completion"]) for r in rows], list(dict.fromkeys(cited))
 
 
@@ -126,13 +130,10 @@ def teachable(store_url: str, run_id: str, cycle: int | None = None) -> dict[str
     """How many gold items could a run's training data teach at all? Items whose cited passage a
     training pair also cites, and of those, items whose every key fact a training reference states."""
     from kdflow.gold import BUILTIN_GOLD, load_gold, normalise_words
-    from kdflow.pipeline.context import RunContext
 
-    ctx = RunContext.create(run_id, {"store": {"url": store_url}})
-    last = cycle or max(int(n.split(".")[0].removeprefix("cycle_")) for n in ctx.store.manifest(run_id) if n.endswith(".dataset"))
-    cites = {q["id"]: q["passage_ids"] for n in range(1, last + 1) for q in ctx.rows(ctx.checkpoint(n, "questions.jsonl"))}
+    _ctx, last, rows, cites = _run_dataset(store_url, run_id, cycle)
     references: dict[str, list[str]] = {}
-    for pair in ctx.rows(ctx.checkpoint(last, "dataset.jsonl")):
+    for pair in rows:
         for pid in cites.get(pair["question_id"], []):
             references.setdefault(pid, []).append(f" {normalise_words(pair['completion'])} ")
     gold = load_gold(BUILTIN_GOLD).items

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from kdflow.config import GateConfig
 from kdflow.embeddings import embed, max_similarity
+from kdflow.gold import normalise_words
 from kdflow.kb import Passage
 from kdflow.teacher.faithfulness import split_sentences
 from kdflow.teacher.structured import UnusableReplyError, complete_json
@@ -29,7 +30,6 @@ class TeacherError(RuntimeError):
     """The teacher could not produce what was asked (topic exhausted, nothing usable)."""
 
 
-_NON_WORD = re.compile(r"[^a-z0-9]+")
 _APPENDED_ANSWER = re.compile(r"\b(answer|question|a|q)\s*:", re.IGNORECASE)
 # A question must stand alone: the student never sees the passage or any options.
 _NOT_STANDALONE = re.compile(r"\b(of the following|this passage|the passage|this text|the text|above)\b", re.IGNORECASE)
@@ -40,7 +40,7 @@ _AFTER_STOP = re.compile(r"(?<=[.!?]\s)[a-z]")
 
 def normalise(text: str) -> str:
     """Lowercase words only: "What is a Pod?" and "what is a pod" are the same question."""
-    return " ".join(_NON_WORD.sub(" ", text.lower()).split())
+    return normalise_words(text)
 
 
 class DuplicateIndex:

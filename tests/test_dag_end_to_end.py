@@ -3,6 +3,7 @@ with a tiny random Phi-2 student; then a middle task fails on purpose and the sa
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -60,6 +61,11 @@ def _data_hashes(store: ArtifactStore, run_id: str) -> dict[str, str]:
     return {name: entry["sha256"] for name, entry in manifest.items() if name.split(".")[-1] in STABLE}
 
 
+def _report_file(store: ArtifactStore, run_id: str, name: str) -> bytes:
+    """A file of the run's report, found as every reader finds it: through the run manifest."""
+    return store.folder_file(store.checkpoint_pointer(run_id, "report"), name)
+
+
 @pytest.fixture(scope="module")
 def clean_run(dag, e2e_env):
     run = dag.test(logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE, run_conf=_conf(e2e_env))
@@ -92,9 +98,9 @@ def test_clean_run_publishes_every_checkpoint(clean_run, e2e_env):
     q2 = {q["question"] for q in store.read_jsonl(manifest["cycle_2.questions"])}
     assert len(q1) == len(q2) == 3 and not q1 & q2
     # the report covers both cycles
-    report = store.read_json(run_key(run_id, "report", "report.json"))
+    report = json.loads(_report_file(store, run_id, "report.json"))
     assert [c["cycle"] for c in report["cycles"]] == [1, 2]
-    html = store.read_bytes(run_key(run_id, "report", "report.html")).decode()
+    html = _report_file(store, run_id, "report.html").decode()
     assert "Cycle 1" in html and "Cycle 2" in html
 
 
@@ -110,14 +116,14 @@ def test_the_gold_set_is_answered_at_the_start_and_after_each_cycle_and_leads_th
     assert answered[(2, "baseline")] == set()
     ceiling = store.read_jsonl(manifest["gold_ceiling"])
     assert sorted(row["topic"] for row in ceiling) == ["pods", "services", "storage"] and all("key_fact_recall" in r["scores"] for r in ceiling)
-    report = store.read_json(run_key(run_id, "report", "report.json"))
+    report = json.loads(_report_file(store, run_id, "report.json"))
     verdict = report["verdict"]
     assert verdict["items"] == 72 and verdict["start_model"] == "base model" and verdict["last_cycle"] == 2
     lead = verdict["overall"]["key_fact_recall"]
     assert lead["n"] == 72 and lead["verdict"] in ("improved", "regressed", "no detectable change") and lead["mde"] is not None
     assert lead["gap_closed"]["n"] == 3
     assert [step["cycle"] for step in verdict["per_cycle"]] == [1, 2]
-    md = store.read_bytes(run_key(run_id, "report", "report.md")).decode()
+    md = _report_file(store, run_id, "report.md").decode()
     assert md.split("\n\n")[2].startswith("VERDICT: Gold set (72 questions), key_fact_recall: base model")
     assert "on a stratified sample of 3 of 72 questions" in md
     roles = {r["role"]: r for r in report["roles"]}

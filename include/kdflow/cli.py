@@ -80,7 +80,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     tables = render_tables(results)
     for name in ("final_results", "performance_comparison", "improvement_statistics"):
         print(f"\n== {name.replace('_', ' ')} ==\n{tables[name]}")
-    print(f"\nrun {run_id}: report {store.url_of(run_key(run_id, 'report', 'report.html'))}")
+    report = store.checkpoint_pointer(run_id, "report")  # the folder's current version
+    print(f"\nrun {run_id}: report {store.url_of(store.folder_key(report, 'report.html'))}")
     return 0
 
 

@@ -4,7 +4,8 @@
 goes through Airflow's ``ObjectStoragePath`` (credentials and ``endpoint_url`` from the
 connection, so MinIO works); any other fsspec URL goes through universal-pathlib with
 ``storage_options``. Writes are atomic: a local file is written beside its target and renamed;
-an object-store object is one PUT, which S3 never shows half-written.
+an object-store object is one PUT, which S3 never shows half-written. A folder (adapter, report)
+is published as a new version beside the old one and becomes current when its pointer switches.
 
 What moves between tasks is a :class:`Pointer` (URL, key, sha256, count), never the data.
 """
@@ -33,6 +34,25 @@ DIR_MARKER = "_COMPLETE.json"
 
 class StoreError(RuntimeError):
     """An artifact is missing, corrupt or cannot be written."""
+
+
+def _new_version() -> str:
+    """A fresh, time-ordered folder version name (two publishes of one folder never share one)."""
+    import datetime as dt
+    import secrets
+
+    return f"v{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(4)}"
+
+
+_VERSION = re.compile(r"^v\d{8}T\d{12}Z-[0-9a-f]{8}$")
+
+
+def _folder_version(marker_key: str) -> tuple[str, str | None]:
+    """(folder key, version) of a folder marker's key; version None when it is not a versioned one."""
+    parts = marker_key.strip("/").split("/")
+    if len(parts) >= 3 and parts[-1] == DIR_MARKER and _VERSION.match(parts[-2]):
+        return "/".join(parts[:-2]), parts[-2]
+    return "/".join(parts[:-1]), None
 
 
 def url_scheme(url: str) -> str:
@@ -225,42 +245,83 @@ class ArtifactStore:
         if self.fs.exists(base):
             self.fs.rm(base, recursive=True)
 
-    # -- folders (adapters, converted models) --------------------------------------------------
+    # -- folders (adapters, reports) -----------------------------------------------------------
+    # A folder is many objects, and S3 has no rename: replacing one in place is never atomic. So every
+    # upload is a new version under ``<key>/<version>/``, its marker written last; whoever points at it
+    # (the run manifest, an XCom) switches to the new marker in one write, and only then are the
+    # versions it replaced removed. A failure at any point leaves the old pointer and its files whole.
     def upload_dir(self, local_dir: str | os.PathLike[str], key: str, *, summary: Mapping[str, Any] | None = None) -> Pointer:
-        """Upload a folder; a marker listing every file's hash is written last, so a reader
-        never takes a half-uploaded folder for a whole one. Stale files of an earlier try go."""
+        """Upload a folder as a fresh version of ``key`` and return the pointer to its marker (every
+        file's hash, written last after each file was checked in the store). Earlier versions stay
+        until :meth:`record_checkpoint` (or :meth:`retire_versions`) has switched to this one."""
         local_dir = Path(local_dir)
-        self.delete_prefix(key)
-        files = {}
+        base = f"{key.strip('/')}/{_new_version()}"
+        files, sizes = {}, {}
         for file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
             rel = file.relative_to(local_dir).as_posix()
             data = file.read_bytes()
-            files[rel] = self.write_bytes(f"{key}/{rel}", data).sha256
-        marker = {"files": files}
-        pointer = self.write_json(f"{key}/{DIR_MARKER}", marker, count=len(files), summary=summary)
-        return pointer
+            files[rel], sizes[rel] = self.write_bytes(f"{base}/{rel}", data).sha256, len(data)
+        for rel, size in sizes.items():  # an object store that lost or cut a file fails here, not at a reader
+            try:
+                stored = self.fs.size(self._fs_path(f"{base}/{rel}"))
+            except FileNotFoundError:
+                stored = None
+            if stored != size:
+                raise StoreError(f"{self.url_of(base + '/' + rel)} is {stored} bytes in the store, not {size}; "
+                                 "the folder was not published")
+        return self.write_json(f"{base}/{DIR_MARKER}", {"files": files}, count=len(files), summary=summary)
+
+    def retire_versions(self, pointer: Pointer | Mapping[str, Any]) -> None:
+        """Remove every other version of the folder ``pointer`` names (older publishes, failed
+        half-uploads, a pre-versioning layout): call it only once nothing points at them any more."""
+        folder, version = _folder_version(Pointer.of(pointer).key)
+        if version is None:
+            return
+        base = self._fs_path(folder)
+        if hasattr(self.fs, "invalidate_cache"):
+            self.fs.invalidate_cache(base)
+        for child in self.fs.ls(base, detail=False):
+            if child.rstrip("/").rsplit("/", 1)[-1] != version:
+                self.fs.rm(child, recursive=True)
 
     def download_dir(self, pointer: Pointer | Mapping[str, Any], local_dir: str | os.PathLike[str]) -> Path:
         """Fetch a folder written by :meth:`upload_dir`, checking every file against the marker."""
-        pointer = Pointer.of(pointer)
-        marker = json.loads(self.read_verified(pointer))
-        base = pointer.key.rsplit("/", 1)[0]
-        local_dir = Path(local_dir)
-        for rel, digest in marker["files"].items():
-            data = self.read_bytes(f"{base}/{rel}")
-            if sha256_bytes(data) != digest:
-                raise StoreError(f"{self.url_of(base + '/' + rel)} does not match its folder marker")
+        pointer, local_dir = Pointer.of(pointer), Path(local_dir)
+        for rel in json.loads(self.read_verified(pointer))["files"]:
             out = local_dir / rel
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(data)
+            out.write_bytes(self.folder_file(pointer, rel))
         return local_dir
+
+    def folder_file(self, pointer: Pointer | Mapping[str, Any], rel: str) -> bytes:
+        """One file of a published folder, checked against the folder's marker (readers that want a
+        single file, like the report view, follow the pointer instead of guessing a path)."""
+        pointer = Pointer.of(pointer)
+        digest = json.loads(self.read_verified(pointer))["files"].get(rel)
+        if digest is None:
+            raise StoreError(f"{rel!r} is not a file of the folder {pointer.url.rsplit('/', 1)[0]}")
+        data = self.read_bytes(self.folder_key(pointer, rel))
+        if sha256_bytes(data) != digest:
+            raise StoreError(f"{self.url_of(self.folder_key(pointer, rel))} does not match its folder marker")
+        return data
+
+    @staticmethod
+    def folder_key(pointer: Pointer | Mapping[str, Any], rel: str) -> str:
+        """Key of a file of the folder version ``pointer`` names."""
+        return f"{Pointer.of(pointer).key.rsplit('/', 1)[0]}/{rel}"
 
     # -- run manifest --------------------------------------------------------------------------
     def record_checkpoint(self, run_id: str, name: str, pointer: Pointer | Mapping[str, Any]) -> Pointer:
         """Record a published checkpoint in the run's manifest (one object per checkpoint, so
         concurrent tasks never race on a shared file and a rerun replaces its own entry)."""
         pointer = Pointer.of(pointer)
-        return self.write_json(run_key(run_id, "manifest", f"{safe_part(name)}.json"), pointer.to_xcom())
+        entry = self.write_json(run_key(run_id, "manifest", f"{safe_part(name)}.json"), pointer.to_xcom())
+        self.retire_versions(pointer)  # the manifest has switched: the folder versions it replaced can go
+        return entry
+
+    def checkpoint_pointer(self, run_id: str, name: str) -> Pointer:
+        """The pointer the run's manifest holds for checkpoint ``name`` (a folder's current version)."""
+        return Pointer.of(self.read_json(run_key(run_id, "manifest", f"{safe_part(name)}.json")))
 
     def manifest(self, run_id: str) -> dict[str, dict[str, Any]]:
         prefix = run_key(run_id, "manifest")

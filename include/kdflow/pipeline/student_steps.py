@@ -221,6 +221,7 @@ def finetune_student(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dic
                    "wall_s": result.wall_s, "device": result.plan.device, "pairs": result.pairs,
                    "oom_fallback": result.oom_fallback and result.oom_fallback["change"]}
         pointer = ctx.store.upload_dir(Path(tmp) / "out", ctx.staging_key(cycle, "adapter"), summary=summary)
+        ctx.store.retire_versions(pointer)  # a rerun's staged adapter: the earlier try's XCom is gone
     log.info("cycle %d fine-tuned on %d pairs: loss %.3f -> %.3f in %.1fs", cycle, result.pairs,
              result.initial_loss, result.final_loss, result.wall_s)
     return pointer.to_xcom()

@@ -56,7 +56,7 @@ def test_a_full_run_leaks_no_secret_and_stays_on_loopback(secret_env, s3_server,
     s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     objects = s3.list_objects_v2(Bucket=bucket)["Contents"]
     keys = [o["Key"] for o in objects]
-    assert any(k.endswith("report/report.html") for k in keys) and any(k.startswith("kdflow/cache/llm/") for k in keys)
+    assert any("/report/" in k and k.endswith("/report.html") for k in keys) and any(k.startswith("kdflow/cache/llm/") for k in keys)
     for key in keys:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8", errors="replace")
         assert not _secrets_in(body + key), key

@@ -215,7 +215,7 @@ def save_pipeline_results(ctx: RunContext, cycle: None, inputs: dict[str, Any]) 
     with tempfile.TemporaryDirectory(prefix="kdflow-report-") as tmp:
         files = build_report(results, Path(tmp))
         report = ctx.store.upload_dir(tmp, ctx.key(None, "report"))
-    html_url = ctx.store.url_of(f"{ctx.key(None, 'report')}/{files['html'].relative_to(tmp).as_posix()}")
+    html_url = ctx.store.url_of(ctx.store.folder_key(report, files["html"].relative_to(tmp).as_posix()))
     ctx.store.record_checkpoint(ctx.run_id, "report", report)
     summary = {"report_html": html_url, "cycles": cycles, "promoted": results["promotion"]["promote"],
                "all_cycles": all_cycles.url}

@@ -1,8 +1,8 @@
 """The champion across runs, through the pipeline's own steps on a real local store: a run that
 beats the model it started from on the held-out set (a run without a gold set) becomes the champion, the next run's cycle 1
 starts from that adapter, a worse run is refused with its reason, and a rerun of the promoted run
-still compares against the champion it started from. The scores are hand-made checkpoints, so
-the decisions are known in advance."""
+still compares against the champion it started from; each student base model has its own champion and
+history. The scores are hand-made checkpoints, so the decisions are known in advance."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 
 from kdflow.pipeline.context import RunContext
 from kdflow.pipeline.final_steps import _promotion
-from kdflow.pipeline.setup_steps import CHAMPION_KEY, cycle_start, start_adapter, start_record
+from kdflow.pipeline.setup_steps import champion_dir, champion_key, cycle_start, start_adapter, start_record
 from kdflow.records import ScoreRow
 
 METRIC = "semantic_similarity"
+CHAMPION_KEY = champion_key("embedded")  # the default student
 HELD_OUT = ("pods-h1", "services-h1", "storage-h1")
 
 
@@ -23,10 +24,10 @@ def _scores(stage: str, values: tuple[float, ...]) -> list[ScoreRow]:
 
 
 def _finish_run(store_url: str, run_id: str, baseline: tuple[float, ...], finetuned: tuple[float, ...],
-                tmp_path) -> tuple[RunContext, dict]:
+                tmp_path, student: str = "embedded") -> tuple[RunContext, dict]:
     """A one-cycle run as its checkpoints leave it: start record, both score files and an adapter;
     then the promotion decision of its last step."""
-    ctx = RunContext.create(run_id, {"store": {"url": store_url}, "pipeline": {"cycles": 1},
+    ctx = RunContext.create(run_id, {"store": {"url": store_url}, "pipeline": {"cycles": 1}, "student": {"model": student},
                                      "evaluation": {"metrics": [METRIC], "gold_path": None},
                                      "promotion": {"metric": METRIC, "margin": 0.02}})
     cycle_start(ctx, 1, {})
@@ -66,6 +67,9 @@ def test_champion_is_promoted_then_started_from_then_defended(tmp_path):
     latest = third.store.read_json(CHAMPION_KEY)
     assert latest["run_id"] == "nightly_3" and latest["previous"]["run_id"] == "nightly_1"
     assert "previous" not in latest["previous"]  # the chain stays one link long
+    # ... and the champion it replaced is kept in the model's history
+    history = third.store.list_keys(f"{champion_dir('embedded')}/history")
+    assert [third.store.read_json(k)["run_id"] for k in history] == ["nightly_1"], history
 
     # Rerunning the promoted run's first cycle starts from the champion it found, not from itself.
     cycle_start(third, 1, {})
@@ -111,3 +115,46 @@ def test_with_a_gold_set_promotion_reads_the_gold_scores_and_fails_closed_withou
     promoted = _promotion(ctx, 1)
     assert promoted["promote"] is True and promoted["delta"] == pytest.approx(0.5) and promoted["questions"] == 6
     assert ctx.store.read_json(CHAMPION_KEY)["split"] == "gold"
+
+
+def test_a_run_with_another_student_never_touches_the_champion_of_a_model(tmp_path):
+    """A phi-like tiny student's champion, then a promoted run of the embedded student on the same
+    store: each model keeps its own champion, and the tiny one is still current for its model."""
+    store = str(tmp_path / "store")
+    tiny = str(tmp_path / "tiny-phi")  # a local folder's path, as the test students are named
+
+    phi, promoted = _finish_run(store, "phi_1", baseline=(0.50, 0.50, 0.50), finetuned=(0.60, 0.58, 0.55),
+                                tmp_path=tmp_path, student=tiny)
+    assert promoted["promote"] is True
+    tiny_champion = phi.store.read_json(champion_key(tiny))
+    assert tiny_champion["run_id"] == "phi_1" and tiny_champion["base_model"] == tiny
+    assert champion_key(tiny).startswith("champion/") and champion_key(tiny).count("/") == 2  # one safe folder
+
+    embedded, also_promoted = _finish_run(store, "embedded_1", baseline=(0.50, 0.50, 0.50),
+                                          finetuned=(0.60, 0.58, 0.55), tmp_path=tmp_path)
+    assert start_record(embedded, 1)["origin"] == "base model"  # not the tiny model's champion
+    assert also_promoted["promote"] is True and also_promoted["incumbent"] == "base model"
+    assert embedded.store.read_json(CHAMPION_KEY)["run_id"] == "embedded_1"
+    assert phi.store.read_json(champion_key(tiny)) == tiny_champion  # untouched
+    assert phi.store.list_keys(f"{champion_dir(tiny)}/history") == []
+
+    # the tiny model's next run still starts from its own champion
+    again = RunContext.create("phi_2", {"store": {"url": store}, "pipeline": {"cycles": 1}, "student": {"model": tiny}})
+    cycle_start(again, 1, {})
+    assert start_record(again, 1)["origin"] == "champion from run phi_1"
+
+
+def test_a_champion_stored_before_champions_were_kept_per_model_is_still_found(tmp_path):
+    """``champion/current.json`` of an older store counts for the model it names, and is kept in that
+    model's history when a run beats it."""
+    from kdflow.pipeline.setup_steps import LEGACY_CHAMPION_KEY
+
+    store = str(tmp_path / "store")
+    first, _ = _finish_run(store, "old_1", baseline=(0.50, 0.50, 0.50), finetuned=(0.60, 0.58, 0.55), tmp_path=tmp_path)
+    first.store.write_bytes(LEGACY_CHAMPION_KEY, first.store.read_bytes(CHAMPION_KEY))
+    first.store.delete_prefix(champion_dir("embedded"))
+
+    second, promoted = _finish_run(store, "new_1", baseline=(0.60, 0.58, 0.55), finetuned=(0.70, 0.66, 0.60), tmp_path=tmp_path)
+    assert start_record(second, 1)["origin"] == "champion from run old_1" and promoted["promote"] is True
+    history = second.store.list_keys(f"{champion_dir('embedded')}/history")
+    assert [second.store.read_json(k)["run_id"] for k in history] == ["old_1"]

@@ -32,3 +32,23 @@ def test_usage_sums_every_column_of_the_task_ledgers(tmp_path):
     assert teacher["seconds"] == pytest.approx(5.0)
     assert teacher["cost_usd"] == pytest.approx((600 * 0.15 + 60 * 0.60) / 1e6)
     assert (judge["calls"], judge["cache_hits"], judge["errors"], judge["seconds"]) == (1, 1, 0, pytest.approx(4.0))
+
+
+def test_a_rerun_with_fewer_cycles_reports_only_the_cycles_it_asked_for(tmp_path):
+    """A first try ran three cycles; the rerun of the same run id asks for one. Its report's cycles and
+    usage are cycle 1's (and the run's own tasks'), not the first try's cycles 2 and 3 left in the store."""
+    from kdflow.pipeline.final_steps import completed_cycles
+
+    store = {"url": str(tmp_path / "store")}
+    first = RunContext.create("nightly_1", {"store": store, "pipeline": {"cycles": 3}})
+    for cycle in (None, 1, 2, 3):
+        if cycle is not None:
+            first.publish_json(cycle, "results.json", {"cycle": cycle})
+        ledger = UsageLedger()
+        ledger.record("questions", usage={"prompt_tokens": 100, "completion_tokens": 10})
+        ledger.save(first.store, usage_key(first, cycle, "questions"))
+    assert completed_cycles(first) == [1, 2, 3] and _usage(first)["teacher"]["calls"] == 4
+
+    rerun = RunContext.create("nightly_1", {"store": store, "pipeline": {"cycles": 1}})
+    assert completed_cycles(rerun) == [1]
+    assert _usage(rerun)["teacher"]["calls"] == 2 and _usage(rerun)["teacher"]["prompt_tokens"] == 200

@@ -135,7 +135,7 @@ def test_a_dataset_with_zero_pairs_fails_before_training(tmp_path):
 def test_a_champion_adapter_from_another_base_model_is_refused(tmp_path, tiny_phi_dir, student_cfg, tiny_pairs):
     """The champion says it was trained from the configured student, but its adapter belongs to
     another base model (the folder was replaced): the load step refuses it."""
-    from kdflow.pipeline.setup_steps import CHAMPION_KEY
+    from kdflow.pipeline.setup_steps import champion_key
     from kdflow.student.device import DevicePlan
     from kdflow.student.models import StudentModelError
     from kdflow.student.train import train_adapter
@@ -146,7 +146,7 @@ def test_a_champion_adapter_from_another_base_model_is_refused(tmp_path, tiny_ph
     overrides = smallest_overrides(str(tmp_path / "store"), str(student))
     store = ArtifactStore(str(tmp_path / "store"))
     adapter = store.upload_dir(tmp_path / "adapter", "runs/older/cycle_1/adapter")
-    store.write_json(CHAMPION_KEY, {"run_id": "older", "cycle": 1, "base_model": str(student), "adapter": adapter.to_xcom()})
+    store.write_json(champion_key(str(student)), {"run_id": "older", "cycle": 1, "base_model": str(student), "adapter": adapter.to_xcom()})
     _run(overrides, "start_pipeline", "load_configuration")
     _run(overrides, "cycle_start", cycle=1)
     _fails_and_changes_nothing(store, overrides, "load_student_model", StudentModelError,

@@ -30,8 +30,11 @@ def secret_env(monkeypatch, s3_bucket):
     return s3_bucket
 
 
+STORE_SECRET = f"set-SECRET{uuid.uuid4().hex}"  # given as `--set store.storage_options.secret=...`
+
+
 def _secrets_in(text: str) -> list[str]:
-    return [s for s in (OPENAI_SECRET, AWS_SECRET, OPENAI_SECRET[8:24], AWS_SECRET[10:26]) if s in text]
+    return [s for s in (OPENAI_SECRET, AWS_SECRET, STORE_SECRET, OPENAI_SECRET[8:24], AWS_SECRET[10:26]) if s in text]
 
 
 @pytest.mark.slow
@@ -39,12 +42,16 @@ def test_a_full_run_leaks_no_secret_and_stays_on_loopback(secret_env, s3_server,
                                                           socket_watch, caplog, capfd):  # noqa: F811 - fixture
     import boto3
 
+    from kdflow.cli import _overrides, build_parser
     from kdflow.pipeline.runner import run_pipeline
 
     bucket = secret_env
+    # the store's credentials through the CLI (moto takes any): s3fs uses them, no artifact shows them
+    cli = _overrides(build_parser().parse_args(["run", "--set", "store.storage_options.key=testing",
+                                                "--set", f"store.storage_options.secret={STORE_SECRET}"]))
     overrides = smallest_overrides(
         f"s3://{bucket}/kdflow", str(tiny_phi_dir),
-        store={"storage_options": {"client_kwargs": {"endpoint_url": s3_server}}},
+        store={"storage_options": {"client_kwargs": {"endpoint_url": s3_server}, **cli["store"]["storage_options"]}},
         # the openai provider, so the key really travels: the real llama.cpp server stands in for OpenAI
         teacher={"provider": "openai", "base_url": embedded_endpoint.base_url, "structured_output": "json_object_schema"},
     )
@@ -88,6 +95,44 @@ def test_the_embedded_llama_servers_bind_and_connect_on_loopback_only(tmp_path, 
     assert len(binds) >= cfg.embedded_servers, events  # each server's listening socket was seen
     assert all(ipaddress.ip_address(host).is_loopback for host, *_ in binds), binds
     assert [(e, t) for e, t in events if e != "socket.bind" and not is_loopback(e, t)] == []
+
+
+def test_a_secret_given_by_set_env_and_dag_params_is_in_no_stored_file_or_log(tmp_path, monkeypatch, caplog):
+    """A store secret through the CLI's ``--set``, another through a ``KDFLOW__`` env var, the API key in
+    its env var and pasted into DAG params (the teacher's model and base URL): after the run's first
+    steps no file of the store, no task output and no log record holds any of them."""
+    from kdflow.cli import _overrides, build_parser
+    from kdflow.config import deep_merge
+    from kdflow.pipeline import execute
+    from kdflow.pipeline.params import params_to_overrides
+
+    store_dir = tmp_path / "store"
+    set_secret, env_secret = f"set-SECRET{uuid.uuid4().hex}", f"env-SECRET{uuid.uuid4().hex}"
+    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_SECRET)
+    monkeypatch.setenv("KDFLOW__STORE__STORAGE_OPTIONS__TOKEN", env_secret)
+    cli = _overrides(build_parser().parse_args(["run", "--store", str(store_dir), "--topics", "pods", "--cycles", "1",
+                                                "--set", f"store.storage_options.secret={set_secret}"]))
+    params = params_to_overrides({"teacher_provider": "openai", "teacher_model": OPENAI_SECRET,
+                                  "teacher_base_url": f"http://kdflow:{OPENAI_SECRET}@127.0.0.1:9/v1"})
+    overrides = deep_merge(cli, params)
+    caplog.set_level(logging.INFO)
+    outputs = [execute(step, run_id="manual__secrets", overrides=overrides)
+               for step in ("start_pipeline", "load_configuration", "select_topics")]
+    outputs.append(execute("cycle_start", run_id="manual__secrets", overrides=overrides, cycle=1))
+
+    files = [p for p in store_dir.rglob("*") if p.is_file()]
+    assert {"run.json", "config.json", "topics.json", "start.json"} <= {p.name for p in files}
+    secrets = (set_secret, env_secret, OPENAI_SECRET, OPENAI_SECRET[8:24])
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="replace") + str(path)
+        assert not [s for s in secrets if s in text], path.relative_to(store_dir)
+    assert not [s for s in secrets if s in json.dumps(outputs) + caplog.text], "task outputs or log records"
+    # masked, not dropped: the record still says which options and which endpoint the run used
+    run = json.loads(next(p for p in files if p.name == "run.json").read_text())
+    assert run["overrides"]["store"]["storage_options"] == {"secret": "***"}
+    assert run["overrides"]["teacher"]["base_url"] == "http://kdflow:***@127.0.0.1:9/v1"
+    config = json.loads(next(p for p in files if p.name == "config.json").read_text())
+    assert config["store"]["storage_options"] == {"secret": "***", "token": "***"} and config["teacher"]["max_tokens"] > 0
 
 
 def test_an_endpoint_that_rejects_the_key_fails_without_showing_it(tmp_path, monkeypatch):

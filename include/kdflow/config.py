@@ -315,22 +315,76 @@ class KdflowConfig(_Section):
             raise field_conflict("promotion.metric", f"must be one of evaluation.metrics {list(metrics)}", self.promotion.metric)
         return self
 
-    def public_dict(self) -> dict[str, Any]:
-        """The config as plain data, safe to store beside a run: store credentials are masked."""
+    def public_dict(self, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The config as plain data, safe to store beside a run: store credentials are masked by key
+        name, and every known secret value (:meth:`secret_values`) wherever it appears."""
         data = self.model_dump(mode="json")
-        data["store"]["storage_options"] = _mask_secrets(data["store"]["storage_options"])
-        return data
+        data["store"]["storage_options"] = mask_secrets(data["store"]["storage_options"], by_key=True)
+        return mask_secrets(data, self.secret_values(environ))
+
+    def secret_values(self, environ: Mapping[str, str] | None = None) -> frozenset[str]:
+        """Every value a run must never write out: what ``store.storage_options`` holds under a key that
+        names a secret, and the teacher's API key (the value of the variable ``teacher.api_key_env``).
+        Masking these values, not just keys, also catches a secret that was pasted into another field
+        (a DAG param, a base URL) where no key name gives it away."""
+        environ = os.environ if environ is None else environ
+        found: set[str] = set()
+
+        def collect(node: Any, secret: bool) -> None:
+            if isinstance(node, Mapping):
+                for key, value in node.items():
+                    collect(value, secret or names_a_secret(key))
+            elif isinstance(node, list | tuple):
+                for value in node:
+                    collect(value, secret)
+            elif secret and node is not None and not isinstance(node, bool) and str(node):
+                found.add(str(node))
+
+        collect(self.store.storage_options, False)
+        if api_key := environ.get(self.teacher.api_key_env):
+            found.add(api_key)
+        return frozenset(found)
 
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+MASK = "***"
+# A secret at least this long is also masked inside a longer string (a URL's userinfo); a shorter one
+# only where it is the whole value, so a short secret cannot garble unrelated text.
+_MIN_EMBEDDED_SECRET = 8
 
 
-def _mask_secrets(options: Any) -> Any:
-    """storage_options may carry credentials (key, secret, token ...): never write them out."""
-    if isinstance(options, dict):
-        return {k: "***" if any(w in str(k).lower() for w in _SECRET_WORDS) and not isinstance(v, dict) else _mask_secrets(v)
-                for k, v in options.items()}
-    return options
+def names_a_secret(key: object) -> bool:
+    return any(word in str(key).lower() for word in _SECRET_WORDS)
+
+
+def mask_secrets(data: Any, secrets: Iterable[str] = (), *, by_key: bool = False) -> Any:
+    """``data`` with every known secret value replaced by ``***``, and with ``by_key`` every scalar under
+    a key that names a secret (key, secret, token, password, credential) too.
+
+    ``by_key`` is for free-form mappings such as ``store.storage_options``: typed config fields
+    (``max_tokens``, ``api_key_env``) and records (``prompt_tokens``, ``key_fact_recall``) name no secret,
+    so elsewhere only the values are matched. The one masking function of kdflow: config.json,
+    run.json, manifests, results and report all go through it."""
+    known = sorted(set(secrets), key=len, reverse=True)  # the longest first: one secret may contain another
+    if not known and not by_key:
+        return data
+
+    def mask(node: Any) -> Any:
+        if isinstance(node, Mapping):
+            return {k: MASK if by_key and names_a_secret(k) and not isinstance(v, Mapping) else mask(v) for k, v in node.items()}
+        if isinstance(node, list | tuple):
+            return [mask(v) for v in node]
+        if isinstance(node, bool) or not isinstance(node, str | int | float):
+            return node
+        if str(node) in known:
+            return MASK
+        if isinstance(node, str):
+            for secret in known:
+                if len(secret) >= _MIN_EMBEDDED_SECRET and secret in node:
+                    node = node.replace(secret, MASK)
+        return node
+
+    return mask(data)
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def execute(
     ctx = RunContext.create(run_id, overrides)
     started = time.perf_counter()
     where = f"cycle {cycle}" if cycle else "run"
-    log.info("step %s (%s) of %s %s: starting", step_id, spec.display_name(cycle, **_names(ctx, cycle)), where, run_id)
+    log.info("step %s (%s) of %s %s: starting", step_id, ctx.mask(spec.display_name(cycle, **_names(ctx, cycle))), where, run_id)
     qualified = f"cycle_{cycle}.{step_id}" if cycle else step_id
     if os.environ.get(FAIL_STEP_ENV) == qualified:
         raise InjectedFailure(f"{qualified} failed on purpose ({FAIL_STEP_ENV} is set)")

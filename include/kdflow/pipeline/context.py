@@ -9,6 +9,7 @@ cycle and step, so a rerun overwrites its own objects and nothing else.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -17,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from kdflow.config import KdflowConfig, load_config
+from kdflow.config import KdflowConfig, load_config, mask_secrets
 from kdflow.records import SCHEMAS
 from kdflow.store import ArtifactStore, Pointer, StoreError, cycle_key, run_key
 
@@ -41,6 +42,20 @@ class RunContext:
         config = load_config(overrides or {})
         return cls(config=config, store=ArtifactStore.from_config(config), run_id=run_id, overrides=dict(overrides or {}))
 
+    # -- secrets -------------------------------------------------------------------------------
+    @functools.cached_property
+    def secrets(self) -> frozenset[str]:
+        return self.config.secret_values()
+
+    def mask(self, obj: Any) -> Any:
+        """``obj`` without any of the run's secret values (store credentials, the teacher's API key):
+        every JSON object and summary a step writes goes through here, so no artifact, manifest or
+        task output holds one, whichever way it came in (``--set``, env var, DAG param)."""
+        return mask_secrets(obj, self.secrets)
+
+    def _masked_kw(self, kw: dict[str, Any]) -> dict[str, Any]:
+        return {**kw, "summary": self.mask(kw["summary"])} if kw.get("summary") else kw
+
     # -- keys ----------------------------------------------------------------------------------
     def key(self, cycle: int | None, name: str) -> str:
         return run_key(self.run_id, name) if cycle is None else cycle_key(self.run_id, cycle, name)
@@ -50,10 +65,10 @@ class RunContext:
 
     # -- rows ----------------------------------------------------------------------------------
     def stage_rows(self, cycle: int | None, name: str, rows: Iterable[BaseModel | Mapping[str, Any]], **kw: Any) -> Pointer:
-        return self.store.write_jsonl(self.staging_key(cycle, name), rows, **kw)
+        return self.store.write_jsonl(self.staging_key(cycle, name), rows, **self._masked_kw(kw))
 
     def stage_json(self, cycle: int | None, name: str, obj: Any, **kw: Any) -> Pointer:
-        return self.store.write_json(self.staging_key(cycle, name), obj, **kw)
+        return self.store.write_json(self.staging_key(cycle, name), self.mask(obj), **self._masked_kw(kw))
 
     def publish(self, cycle: int | None, name: str, staged: Pointer | Mapping[str, Any], *, schema: str | None = None) -> Pointer:
         """Validate a staged artifact and publish it under its final key, atomically."""
@@ -81,7 +96,7 @@ class RunContext:
 
     def publish_json(self, cycle: int | None, name: str, obj: Any, **kw: Any) -> Pointer:
         """Write a small summary object directly under its final key and record it."""
-        pointer = self.store.write_json(self.key(cycle, name), obj, **kw)
+        pointer = self.store.write_json(self.key(cycle, name), self.mask(obj), **self._masked_kw(kw))
         self.store.record_checkpoint(self.run_id, self.checkpoint_name(cycle, name), pointer)
         return pointer
 

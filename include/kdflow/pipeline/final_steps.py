@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kdflow.pipeline.context import CheckpointError, RunContext
-from kdflow.pipeline.setup_steps import CHAMPION_KEY, current_champion
+from kdflow.pipeline.setup_steps import champion_history_key, champion_key, current_champion, stored_champion
 from kdflow.store import run_key
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,9 @@ TEACHER_TASKS = ("held_out_questions", "questions", "references", "gold_ceiling"
 
 
 def completed_cycles(ctx: RunContext) -> list[int]:
-    return [n for n in range(1, ctx.config.pipeline.max_cycles + 1) if ctx.has_checkpoint(n, "results.json")]
+    """The cycles this run asked for that finished. Only those: a rerun that asks for fewer cycles
+    than an earlier try must not report the earlier try's later cycles, still in the store."""
+    return [n for n in range(1, ctx.config.pipeline.cycles + 1) if ctx.has_checkpoint(n, "results.json")]
 
 
 def _all_scores(ctx: RunContext, cycles: list[int]) -> dict[int, list[Any]]:
@@ -111,16 +113,20 @@ def _usage(ctx: RunContext) -> dict[str, dict[str, Any]]:
     from kdflow.llm.cache import UsageLedger
 
     teacher, judge = UsageLedger(), UsageLedger()
+    requested = {"run", *(f"cycle_{n}" for n in range(1, ctx.config.pipeline.cycles + 1))}
     for key in ctx.store.list_keys(run_key(ctx.run_id, "usage")):
-        task = key.rsplit("__", 1)[-1].removesuffix(".json")
+        scope, _, task = key.rsplit("/", 1)[-1].removesuffix(".json").partition("__")
+        if scope not in requested:  # a later cycle of an earlier, longer try of this run
+            continue
         (teacher if task in TEACHER_TASKS else judge).merge(ctx.store.read_json(key))
     return {name: dataclasses.asdict(ledger.total()) for name, ledger in (("teacher", teacher), ("judge", judge))}
 
 
 def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
-    """Decide whether the run's last adapter becomes the store's champion, and record it: its paired
-    gold-set delta against the model the run started from (held-out without a gold set) must have
-    its interval's lower bound above the margin, with no topic regressing."""
+    """Decide whether the run's last adapter becomes the champion of its student model, and record it
+    (the champion it replaces goes to that model's history): its paired gold-set delta against the
+    model the run started from (held-out without a gold set) must have its interval's lower bound
+    above the margin, with no topic regressing."""
     from kdflow.evaluation.promotion import decide_promotion
     from kdflow.pipeline.eval_steps import cycle_scores, statistics_of
 
@@ -134,10 +140,14 @@ def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
     decision = decide_promotion(candidate, incumbent, cfg, metric=cfg.metric, split=split, **statistics_of(ctx))
     decision["incumbent"] = _start_model(ctx)
     if decision["promote"]:
+        model = ctx.config.student.model
+        replaced = stored_champion(ctx)
+        if replaced is not None:  # kept before it is replaced: no promotion loses a champion
+            ctx.store.write_json(champion_history_key(model, replaced), replaced)
         previous = champion
-        if champion is not None:  # keep the chain short: the previous champion's own history is not needed
+        if champion is not None:  # keep the chain short: the history folder holds the older ones
             previous = {k: v for k, v in champion.items() if k != "previous"}
-        ctx.store.write_json(CHAMPION_KEY, {
+        ctx.store.write_json(champion_key(model), {
             "run_id": ctx.run_id, "cycle": last_cycle, "base_model": ctx.config.student.model,
             "adapter": ctx.checkpoint(last_cycle, "adapter").to_xcom(),
             "held_out_scores": ctx.checkpoint(last_cycle, "finetuned_scores.jsonl").key, "metric": cfg.metric,
@@ -211,6 +221,7 @@ def save_pipeline_results(ctx: RunContext, cycle: None, inputs: dict[str, Any]) 
         "statistics": statistics_of(ctx),
         "roles": _roles(ctx),
     }
+    results = ctx.mask(results)  # the report is rendered from these: a base URL's credentials never reach it
     ctx.publish_json(None, "results.json", results)
     with tempfile.TemporaryDirectory(prefix="kdflow-report-") as tmp:
         files = build_report(results, Path(tmp))

@@ -12,7 +12,8 @@ from kdflow.store import Pointer, safe_part
 
 log = logging.getLogger(__name__)
 
-CHAMPION_KEY = "champion/current.json"
+CHAMPION_PREFIX = "champion"
+LEGACY_CHAMPION_KEY = "champion/current.json"  # one champion for the whole store (before issue #15): read only
 _QUESTIONS_KEY = re.compile(r"^runs/([^/]+)/cycle_(\d+)/questions\.jsonl$")
 
 
@@ -33,14 +34,14 @@ def load_configuration(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> 
 
     cfg = ctx.config
     gold = validated_gold(cfg)
-    summary = {
+    summary = ctx.mask({  # logged as well as stored: a secret pasted into a model name or URL is masked here too
         "topics": cfg.pipeline.topics,
         "cycles": cfg.pipeline.cycles,
         "questions_per_cycle": cfg.pipeline.questions_per_cycle,
         "teacher": cfg.teacher.model if cfg.teacher.provider == "openai" else "embedded llama.cpp",
         "student": cfg.student.model,
         "gold_items": len(gold.for_topics(cfg.pipeline.topics)) if gold else 0,
-    }
+    })
     log.info("configuration: %s", summary)
     return ctx.publish_json(None, "config.json", cfg.public_dict(), summary=summary).to_xcom()
 
@@ -82,14 +83,49 @@ def select_topics(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> dict[
     return ctx.publish_json(None, "topics.json", plan, summary={"topics": topics}).to_xcom()
 
 
+def champion_dir(model: str) -> str:
+    """``champion/<model>``: each student base model has its own champion, so a run with another
+    student never replaces it. The folder name is the model name made safe, with a short hash of the
+    name when that changed it (``HuggingFaceTB/SmolLM2-135M-Instruct``, a local folder), so two
+    names never share a folder."""
+    import hashlib
+
+    part = safe_part(model)
+    if part != model:
+        part = f"{part[:180]}-{hashlib.sha256(model.encode()).hexdigest()[:8]}"
+    return f"{CHAMPION_PREFIX}/{part}"
+
+
+def champion_key(model: str) -> str:
+    return f"{champion_dir(model)}/current.json"
+
+
+def champion_history_key(model: str, replaced: dict[str, Any]) -> str:
+    """Where a replaced champion is kept: ``champion/<model>/history/<promoted_at>__<run>.json``, in
+    promotion order when listed."""
+    stamp = safe_part(replaced.get("promoted_at") or "undated")
+    return f"{champion_dir(model)}/history/{stamp}__{safe_part(replaced.get('run_id') or 'unknown')}.json"
+
+
+def stored_champion(ctx: RunContext) -> dict[str, Any] | None:
+    """The champion record of this run's student model as stored (a store written before champions
+    were kept per model has one ``champion/current.json``: it counts for the model it names)."""
+    model = ctx.config.student.model
+    if ctx.store.exists(champion_key(model)):
+        return ctx.store.read_json(champion_key(model))
+    if ctx.store.exists(LEGACY_CHAMPION_KEY):
+        legacy = ctx.store.read_json(LEGACY_CHAMPION_KEY)
+        if legacy.get("base_model") == model:
+            return legacy
+    return None
+
+
 def current_champion(ctx: RunContext) -> dict[str, Any] | None:
-    """The store's champion as this run found it, if trained from the same base student model.
+    """The champion of this run's student model as this run found it.
 
     A rerun of the run that was promoted sees the champion from before that promotion, so a
     rerun starts where the first try started and reproduces its checkpoints."""
-    if not ctx.store.exists(CHAMPION_KEY):
-        return None
-    champion = ctx.store.read_json(CHAMPION_KEY)
+    champion = stored_champion(ctx)
     while champion and champion.get("run_id") == ctx.run_id:
         champion = champion.get("previous")
     if not champion:

@@ -76,6 +76,7 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$AIRFLOW_HOME/passwords.json
 export KDFLOW__STORE__URL=${KDFLOW__STORE__URL:-$ROOT/artifacts}  # tasks and the report plugin agree
 export HF_HUB_OFFLINE=1 RAGAS_DO_NOT_TRACK=true TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export AIRFLOW__USAGE_DATA_COLLECTION__ENABLED=False  # no usage data to Airflow's vendor (as docker-compose.yaml)
 
 POOL=$(gpu_pool)
 POOL_NAME=${POOL%%$'\n'*} POOL_SLOTS=${POOL##*$'\n'}

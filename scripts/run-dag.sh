@@ -14,6 +14,7 @@ export KDFLOW__STORE__URL=${KDFLOW__STORE__URL:-$ROOT/artifacts}
 # run stays short; the student is still scored on the whole gold set. Nightly runs use the default (all).
 export KDFLOW__EVALUATION__CEILING_PER_TOPIC=${KDFLOW__EVALUATION__CEILING_PER_TOPIC:-4}
 export RAGAS_DO_NOT_TRACK=true HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export AIRFLOW__USAGE_DATA_COLLECTION__ENABLED=False  # no usage data to Airflow's vendor (as docker-compose.yaml)
 mkdir -p "$AIRFLOW_HOME"
 BIN=$ROOT/.venv/bin
 LOG=$AIRFLOW_HOME/last-dag-test.log

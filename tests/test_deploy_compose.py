@@ -153,7 +153,7 @@ def test_secrets_come_from_env_file_and_are_never_baked_in():
 
 def test_every_variable_compose_reads_is_documented_in_env_example():
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE, re.M))
-    used = set(VAR.findall((REPO / "docker-compose.yaml").read_text()))
+    used = set(VAR.findall((REPO / "docker-compose.yaml").read_text() + (REPO / "docker-compose.gpu-worker.yaml").read_text()))
     undocumented = {name for name, _ in used} - documented
     assert not undocumented, f"document these in .env.example: {sorted(undocumented)}"
     assert "change-me" in ENV_EXAMPLE and "sk-" not in ENV_EXAMPLE.replace("sk-...", "")
@@ -177,8 +177,27 @@ def test_volumes_are_declared_and_logs_shared_or_remote():
 
 def test_api_server_binds_to_loopback_by_default():
     (port,) = SERVICES["airflow-apiserver"]["ports"]
-    assert port.startswith("${AIRFLOW_BIND_ADDRESS:-127.0.0.1}:")
-    assert "AIRFLOW_BIND_ADDRESS=127.0.0.1" in ENV_EXAMPLE
+    assert port.startswith("${KDFLOW_BIND_ADDRESS:-127.0.0.1}:")  # tests/test_deploy_multihost.py: the other hosts
+    assert "KDFLOW_BIND_ADDRESS=127.0.0.1" in ENV_EXAMPLE
+
+
+def test_usage_data_collection_is_off_wherever_kdflow_starts_airflow(tmp_path):
+    """Airflow's usage-data collection (Scarf) is off in compose, the local scripts and the native
+    topology. The option's name is checked against the installed Airflow: 3.3.2 no longer has the
+    section at all, so the setting only matters for an image built from an earlier Airflow."""
+    import airflow
+
+    option, var = "enabled", "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED"
+    template = yaml.safe_load((Path(airflow.__file__).parent / "config_templates" / "config.yml").read_text())
+    section = template.get("usage_data_collection")
+    assert section is None or option in section["options"], "Airflow renamed its usage-data option: update the variable"
+    for service in AIRFLOW_SERVICES:
+        assert _env(service)[var] == "False", service
+    for script in ("airflow-local.sh", "run-dag.sh"):
+        assert re.search(rf"^export {var}=False\b", (REPO / "scripts" / script).read_text(), re.M), script
+    native = topology_env(home=tmp_path, database="db", redis_db=1, port=8080, s3_endpoint="http://127.0.0.1:9000",
+                          bucket="kdflow", password="pw")
+    assert native[var] == "False" and "CI" not in native
 
 
 def test_dockerfile_builds_on_airflow_3_3_2_with_pinned_requirements_and_explicit_torch_builds():

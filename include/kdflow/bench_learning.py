@@ -3,7 +3,9 @@
 Each recipe trains the student from the base model on the same pairs, answers the gold set, and is
 compared with the base model's answers, paired by question (:mod:`kdflow.evaluation.stats`). The
 pairs come from a finished run's last training dataset (the teacher's gated pairs), optionally with
-the knowledge-base passages those pairs cite added as extra pairs (``+passages``).
+the knowledge-base passages those pairs cite added as extra pairs (``+passages``), or from the
+knowledge base alone (``kb-``: every passage of the selected topics as a pair, no teacher at all,
+the issue's "passage pretraining" probe; no run needed).
 
     python -m kdflow.bench_learning --store /tmp/eval/store-a --run-id eval_default \\
         --recipes current,r64-all --out docs/benchmarks/learning.json
@@ -24,13 +26,16 @@ from typing import Any
 log = logging.getLogger("kdflow.bench_learning")
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-# name -> (student overrides, add the cited passages as pairs)
-RECIPES: dict[str, tuple[dict[str, Any], bool]] = {
-    "current": ({}, False),
-    "r64-all": ({"lora_r": 64, "lora_alpha": 128, "target_modules": ALL_LINEAR, "learning_rate": 1e-3, "epochs": 5}, False),
-    "r64-all+passages": ({"lora_r": 64, "lora_alpha": 128, "target_modules": ALL_LINEAR, "learning_rate": 1e-3, "epochs": 5}, True),
-    "current+passages": ({}, True),
-    "r16-all-1e-3x5": ({"target_modules": ALL_LINEAR, "learning_rate": 1e-3, "epochs": 5}, False),
+R64_ALL = {"lora_r": 64, "lora_alpha": 128, "target_modules": ALL_LINEAR, "learning_rate": 1e-3, "epochs": 5}
+# name -> (student overrides, training data: the run's "teacher" pairs, "teacher+cited" passages, or the "kb" alone)
+RECIPES: dict[str, tuple[dict[str, Any], str]] = {
+    "current": ({}, "teacher"),
+    "r64-all": (R64_ALL, "teacher"),
+    "r64-all+passages": (R64_ALL, "teacher+cited"),
+    "current+passages": ({}, "teacher+cited"),
+    "r16-all-1e-3x5": ({"target_modules": ALL_LINEAR, "learning_rate": 1e-3, "epochs": 5}, "teacher"),
+    "kb-current": ({}, "kb"),
+    "kb-r64-all": (R64_ALL, "kb"),
 }
 
 
@@ -53,12 +58,14 @@ def run_pairs(store_url: str, run_id: str, cycle: int | None = None) -> tuple[li
     return [(r["prompt"], r["completion"]) for r in rows], list(dict.fromkeys(cited))
 
 
-def passage_pairs(passage_ids: list[str]) -> list[tuple[str, str]]:
-    from kdflow.config import load_config
+def passage_pairs(config: Any, passage_ids: list[str] | None = None) -> list[tuple[str, str]]:
+    """The knowledge base's passages as training pairs: the given ones, or every passage of the
+    configured topics."""
     from kdflow.kb import load_from_config
 
-    kb = load_from_config(load_config(environ={}))
-    return [kb.by_id(pid).as_training_pair(kb.name) for pid in passage_ids]
+    kb = load_from_config(config)
+    passages = [kb.by_id(pid) for pid in passage_ids] if passage_ids is not None else [p for t in config.pipeline.topics for p in kb.passages_for(t)]
+    return [p.as_training_pair(kb.name) for p in passages]
 
 
 def answer_gold(cfg: Any, model_path: Any, items: list[Any], adapter_dir: Path | None, budget: int) -> list[dict[str, Any]]:
@@ -155,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     from kdflow.student.train import train_adapter
 
     parser = argparse.ArgumentParser(prog="python -m kdflow.bench_learning", description=__doc__.splitlines()[0])
-    parser.add_argument("--store", required=True)
-    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--store", help="the finished run's store (not needed for kb- recipes)")
+    parser.add_argument("--run-id")
     parser.add_argument("--cycle", type=int, default=None, help="the training dataset of this cycle (default: the last)")
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--threads", type=int, default=2)
@@ -173,7 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config({"student": {"torch_threads": args.threads}}, environ={})
     items = validated_gold(config).items
     model_path = resolve_student(config.student.model)
-    pairs, cited = run_pairs(args.store, args.run_id, args.cycle)
+    recipes = args.recipes.split(",")
+    needs_run = any(RECIPES[name][1] != "kb" for name in recipes)
+    if needs_run and not (args.store and args.run_id):
+        parser.error("--store and --run-id are required for recipes that train on a run's teacher pairs")
+    pairs, cited = run_pairs(args.store, args.run_id, args.cycle) if needs_run else ([], [])
     metrics = list(config.evaluation.gold_metrics)
     started = time.monotonic()
     budget = config.evaluation.gold_max_new_tokens
@@ -182,17 +193,17 @@ def main(argv: list[str] | None = None) -> int:
                            "base_means": {m: sum(s[m] for s in base.values()) / len(base) for m in metrics},
                            "base_answer_s": round(time.monotonic() - started, 1), "recipes": {}}
     print(f"base model: {doc['base_means']} ({len(pairs)} teacher pairs, {len(cited)} cited passages)", flush=True)
-    for name in args.recipes.split(","):
-        overrides, with_passages = RECIPES[name]
+    for name in recipes:
+        overrides, source = RECIPES[name]
         cfg = config.student.model_copy(update=overrides)
-        data = pairs + (passage_pairs(cited) if with_passages else [])
+        data = {"teacher": pairs, "teacher+cited": pairs + passage_pairs(config, cited), "kb": passage_pairs(config)}[source]
         t0 = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="kdflow-recipe-") as tmp:
             result = train_adapter(cfg, model_path, data, Path(tmp) / "adapter", plan=plan_device(cfg, "train"), seed=config.seed)
             train_s = time.monotonic() - t0
             after = score(config, answer_gold(cfg, model_path, items, Path(tmp) / "adapter", budget), items)
         comparison = compare(base, after, metrics, config.seed)
-        doc["recipes"][name] = {"overrides": overrides, "passages": with_passages, "pairs": len(data),
+        doc["recipes"][name] = {"overrides": overrides, "data": source, "pairs": len(data),
                                 "loss": [result.initial_loss, result.final_loss], "train_s": round(train_s, 1),
                                 "total_s": round(time.monotonic() - t0, 1), "comparison": comparison}
         lead = comparison[metrics[0]]

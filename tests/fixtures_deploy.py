@@ -152,6 +152,12 @@ class AirflowTopology:
         if dead:
             raise RuntimeError(f"Airflow processes exited: {dead}; logs in {self.home / 'logs'}")
 
+    def socket_events(self) -> list[tuple[str, object]]:
+        """(event, target) of every socket bind, connect and address lookup any Airflow process of the
+        topology made (tasks included), from the audit hook :func:`_audit_sockets` put into them."""
+        log = self.home / "sockets.jsonl"
+        return [tuple(json.loads(line)) for line in log.read_text().splitlines() if line] if log.exists() else []
+
     def log_tail(self, name: str, chars: int = 3000) -> str:
         return (self.home / "logs" / f"{name}.log").read_text(errors="replace")[-chars:]
 
@@ -250,6 +256,7 @@ def topology_env(*, home: Path, database: str, redis_db: int, port: int, s3_endp
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED": "False",  # as docker-compose.yaml (no CI=true here to hide it)
         f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps(conn),
         "AIRFLOW__CORE__XCOM_BACKEND": "airflow.providers.common.io.xcom.backend.XComObjectStorageBackend",
         "AIRFLOW__COMMON_IO__XCOM_OBJECTSTORAGE_PATH": f"s3://{CONN_ID}@{bucket}/xcom",
@@ -262,6 +269,19 @@ def topology_env(*, home: Path, database: str, redis_db: int, port: int, s3_endp
         **FAST_PIPELINE_ENV,
         "KDFLOW__AIRFLOW__SCHEDULE": "null",  # no nightly run on unpause: the test's runs are the only ones
     }
+
+
+def _audit_sockets(topo: AirflowTopology) -> None:
+    """Every Airflow process of the topology records its sockets (the evaluation egress test's audit
+    hook, as a sitecustomize on PYTHONPATH), so a test can check they stay on loopback. Their
+    environment is built from scratch (topology_env), so CI, which would hide Airflow telemetry, is unset."""
+    from fixtures_reliability import SOCKET_AUDIT_SITECUSTOMIZE
+
+    hook = topo.home / "socket-audit"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SOCKET_AUDIT_SITECUSTOMIZE)
+    topo.env["PYTHONPATH"] = os.pathsep.join([str(hook), topo.env["PYTHONPATH"]])
+    topo.env["KDFLOW_SOCKET_AUDIT"] = str(topo.home / "sockets.jsonl")
 
 
 def _psql(sql: str) -> None:
@@ -287,6 +307,7 @@ def airflow_topology(s3_server, tiny_phi_dir):
                                             s3_endpoint=s3_server, bucket=bucket, password=password))
     topo.env["KDFLOW__STUDENT__MODEL"] = str(tiny_phi_dir)
     topo.env.update(FAST_HEARTBEAT_ENV)
+    _audit_sockets(topo)
     _psql(f"CREATE DATABASE {database}")
     topo.s3().create_bucket(Bucket=bucket)
     try:

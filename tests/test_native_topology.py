@@ -11,6 +11,7 @@ task is cleared with its downstream, as a user would in the graph view.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import signal
@@ -18,7 +19,8 @@ import time
 
 import pytest
 
-from fixtures_deploy import DAG_ID, WORKERS
+from fixtures_deploy import DAG_ID, REDIS_URL, WORKERS
+from fixtures_reliability import is_loopback
 from kdflow.config import load_config
 from kdflow.pipeline import FAIL_STEP_ENV
 from kdflow.pipeline.registry import ALL_STEPS
@@ -126,9 +128,36 @@ def test_artifacts_are_in_the_bucket(finished_run):
     topo, run, _ = finished_run
     base = f"{topo.store_prefix}/{run_key(run['dag_run_id'])}"  # the run id, sanitised into a key segment
     keys = set(topo.s3_keys(f"{base}/"))
+    # folders are published as versions (<folder>/v<time>-<hex>/...); exactly one is left of each
     for name in ("cycle_1/questions.jsonl", "cycle_1/baseline_answers.jsonl", "cycle_1/references.jsonl",
-                 "cycle_1/adapter/_COMPLETE.json", "report/report.html", "manifest/cycle_1.questions.json"):
-        assert any(k.startswith(f"{base}/{name}") for k in keys), f"{name} missing; bucket has {sorted(keys)[:40]}"
+                 "cycle_1/adapter/v*/_COMPLETE.json", "report/v*/report.html", "manifest/cycle_1.questions.json"):
+        found = fnmatch.filter(keys, f"{base}/{name}")
+        assert len(found) == 1, f"{name}: {found}; bucket has {sorted(keys)[:40]}"
+
+
+def test_airflow_processes_open_no_socket_off_loopback(finished_run):
+    """No telemetry: every socket of every Airflow process (api-server, scheduler, dag-processor, the
+    workers and their task processes) stays on loopback for a whole run, as the evaluation egress test
+    checks for RAGAS. CI is unset there (Airflow's telemetry used to stay off under CI alone)."""
+    topo, _, _ = finished_run
+    assert "CI" not in topo.env and topo.env["AIRFLOW__USAGE_DATA_COLLECTION__ENABLED"] == "False"
+    events = topo.socket_events()
+    # the audit saw the Python-side connections (psycopg2's are in C): the api-server, Redis and the S3 server
+    ports = {t[1] for e, t in events if e == "socket.connect" and isinstance(t, list)}
+    expected = {int(topo.base_url.rsplit(":", 1)[1]), int(REDIS_URL.rsplit(":", 1)[1]), int(topo.s3_endpoint.rsplit(":", 1)[1])}
+    assert expected <= ports, (expected, ports)
+    outside = sorted({(e, str(t)) for e, t in events if not is_loopback(e, t) and not _local(e, t)})
+    assert outside == [], outside
+
+
+def _local(event: str, target) -> bool:
+    """Not egress either: a bind to port 0 (a client socket picking its own port) and a lookup of
+    this machine's own name (Celery and Airflow record their hostname; /etc/hosts answers it)."""
+    import socket
+
+    if event == "socket.bind":
+        return isinstance(target, list) and target[1] == 0
+    return event == "socket.getaddrinfo" and target in (socket.gethostname(), socket.getfqdn())
 
 
 def test_xcom_values_are_pointers_to_the_bucket(finished_run):

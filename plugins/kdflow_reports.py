@@ -1,5 +1,6 @@
 """Airflow 3 plugin: the run report one click away (a "Report" tab on every DAG run, and a
-"Distillation reports" entry in the Browse menu). The app itself lives in kdflow.reports_app."""
+"Distillation reports" entry in the Browse menu). The app itself lives in kdflow.reports_app; Airflow
+mounts plugin apps without its login, so that app checks the Airflow user itself."""
 
 from airflow.plugins_manager import AirflowPlugin
 

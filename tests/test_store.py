@@ -192,6 +192,7 @@ def test_an_unrecorded_folder_upload_keeps_earlier_versions_until_retired(tmp_pa
     store = ArtifactStore(str(tmp_path / "store"))
     first = store.upload_dir(_adapter(tmp_path / "a", b"a"), FOLDER)
     second = store.upload_dir(_adapter(tmp_path / "b", b"b"), FOLDER)
+    assert store.folder_url(first) == store.folder_url(second) == store.url_of(FOLDER)  # what records name
     store.download_dir(first, tmp_path / "first")  # still whole
     store.retire_versions(second)
     with pytest.raises(StoreError, match="artifact not found"):

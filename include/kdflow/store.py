@@ -305,6 +305,11 @@ class ArtifactStore:
             raise StoreError(f"{self.url_of(self.folder_key(pointer, rel))} does not match its folder marker")
         return data
 
+    def folder_url(self, pointer: Pointer | Mapping[str, Any]) -> str:
+        """The folder's address without its version, for records that name an adapter: republishing
+        the same files must not change them (a rerun's checkpoints stay byte-identical)."""
+        return self.url_of(_folder_version(Pointer.of(pointer).key)[0])
+
     @staticmethod
     def folder_key(pointer: Pointer | Mapping[str, Any], rel: str) -> str:
         """Key of a file of the folder version ``pointer`` names."""

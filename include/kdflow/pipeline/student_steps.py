@@ -36,7 +36,7 @@ def _check_load(ctx: RunContext, cycle: int, adapter: Pointer | dict | None, nam
         parameters = sum(p.numel() for p in model.parameters())
         memory = release_memory(model)
         del model
-    record = {"model": ctx.config.student.model, "adapter": Pointer.of(adapter).url if adapter else None,
+    record = {"model": ctx.config.student.model, "adapter": ctx.store.folder_url(adapter) if adapter else None,
               "plan": plan.model_dump(), "parameters": parameters, "memory": memory}
     summary = {"device": plan.device, "quantization": plan.quantization, "adapter": record["adapter"]}
     return ctx.publish_json(cycle, name, record, summary=summary).to_xcom()
@@ -71,7 +71,7 @@ def _answer(ctx: RunContext, cycle: int, adapter: Pointer | dict | None, stage: 
         answers = answer_questions(ctx.config.student, resolve_student(ctx.config.student.model),
                                    [q.question for q in questions], adapter_dir=_adapter_dir(ctx, adapter, tmp), plan=plan,
                                    max_new_tokens=budgets)
-    adapter_url = Pointer.of(adapter).url if adapter else None
+    adapter_url = ctx.store.folder_url(adapter) if adapter else None  # no version: a rerun's rows stay identical
     rows = [
         Answer(question_id=q.id, question=q.question, answer=a.text, stage=stage, split=q.split,
                model=ctx.config.student.model, adapter=adapter_url, new_tokens=a.new_tokens)

@@ -49,7 +49,16 @@ def test_champion_is_promoted_then_started_from_then_defended(tmp_path):
     assert decision["delta"] == pytest.approx(0.0767, abs=1e-4)
     champion = first.store.read_json(CHAMPION_KEY)
     assert champion["run_id"] == "nightly_1" and champion["metric"] == METRIC and champion["previous"] is None
-    assert champion["adapter"]["url"] == first.checkpoint(1, "adapter").url
+    # The champion owns a copy of the run's adapter, the same files under its own folder ...
+    assert champion["adapter"]["url"].startswith(first.store.url_of(champion_dir("embedded") + "/adapter/"))
+    assert first.store.folder_file(champion["adapter"], "adapter_model.safetensors") == b"nightly_1"
+    # ... so a rerun of the promoted run, which republishes its adapter and retires the version it
+    # replaced, cannot take the champion's adapter with it.
+    rerun_dir = tmp_path / "adapter-rerun"
+    rerun_dir.mkdir()
+    (rerun_dir / "adapter_model.safetensors").write_bytes(b"nightly_1 retrained")
+    first.store.record_checkpoint("nightly_1", "cycle_1.adapter", first.store.upload_dir(rerun_dir, first.key(1, "adapter")))
+    assert first.store.folder_file(champion["adapter"], "adapter_model.safetensors") == b"nightly_1"
 
     # The next nightly run starts from the champion's adapter and says so.
     second, refused = _finish_run(store, "nightly_2", baseline=(0.60, 0.58, 0.55), finetuned=(0.61, 0.58, 0.55), tmp_path=tmp_path)

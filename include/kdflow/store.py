@@ -284,6 +284,13 @@ class ArtifactStore:
             if child.rstrip("/").rsplit("/", 1)[-1] != version:
                 self.fs.rm(child, recursive=True)
 
+    def copy_dir(self, pointer: Pointer | Mapping[str, Any], key: str) -> Pointer:
+        """A published folder copied, checked file by file, as a fresh version of ``key``. A champion
+        keeps its own copy of its adapter: a rerun of the run that trained it republishes the run's
+        adapter and retires the versions it replaced, which must not take the champion with them."""
+        with tempfile.TemporaryDirectory(prefix="kdflow-copy-") as tmp:
+            return self.upload_dir(self.download_dir(pointer, tmp), key)
+
     def download_dir(self, pointer: Pointer | Mapping[str, Any], local_dir: str | os.PathLike[str]) -> Path:
         """Fetch a folder written by :meth:`upload_dir`, checking every file against the marker."""
         pointer, local_dir = Pointer.of(pointer), Path(local_dir)

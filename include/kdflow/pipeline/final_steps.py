@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kdflow.pipeline.context import CheckpointError, RunContext
-from kdflow.pipeline.setup_steps import champion_history_key, champion_key, current_champion, stored_champion
+from kdflow.pipeline.setup_steps import champion_dir, champion_history_key, champion_key, current_champion, stored_champion
 from kdflow.store import run_key
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,8 @@ def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
             previous = {k: v for k, v in champion.items() if k != "previous"}
         ctx.store.write_json(champion_key(model), {
             "run_id": ctx.run_id, "cycle": last_cycle, "base_model": ctx.config.student.model,
-            "adapter": ctx.checkpoint(last_cycle, "adapter").to_xcom(),
+            # the champion's own copy: never retired by a rerun of this run (copy_dir)
+            "adapter": ctx.store.copy_dir(ctx.checkpoint(last_cycle, "adapter"), f"{champion_dir(model)}/adapter").to_xcom(),
             "held_out_scores": ctx.checkpoint(last_cycle, "finetuned_scores.jsonl").key, "metric": cfg.metric,
             "split": split, "mean": decision.get("candidate_mean"), "promoted_at": dt.datetime.now(dt.UTC).isoformat(),
             "previous": previous})

@@ -231,3 +231,19 @@ def test_store_paths_of_a_run_cannot_escape_its_prefix(tmp_path):
         ctx.store.write_json(ctx.key(1, "../../escape.json"), {"x": 1})
     assert not (tmp_path / "escape.json").exists() and not list(tmp_path.glob("*.json"))
     assert {p.relative_to(store_dir).parts[0] for p in store_dir.rglob("*") if p.is_file()} == {"runs"}
+
+
+def test_the_run_secrets_are_masked_in_airflow_task_logs(monkeypatch):
+    """Lines kdflow does not write itself (a library's, a traceback's) still reach the task log:
+    each task hands the run's secret values to Airflow's own masker, so the log shows ``***``."""
+    from airflow.sdk._shared.secrets_masker import redact
+
+    from kdflow.pipeline.airflow_tasks import mask_in_task_logs
+
+    store_secret, api_key = f"set-SECRET{uuid.uuid4().hex}", f"sk-{uuid.uuid4().hex}"
+    monkeypatch.setenv("OPENAI_API_KEY", api_key)
+    line = f"connecting with {store_secret} and key {api_key}"
+    assert redact(line) == line  # nobody told Airflow yet
+    masked = mask_in_task_logs({"store": {"storage_options": {"secret": store_secret}}})
+    assert masked == {store_secret, api_key}
+    assert store_secret not in redact(line) and api_key not in redact(line) and "***" in redact(line)

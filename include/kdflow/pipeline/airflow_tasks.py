@@ -40,11 +40,27 @@ def run_step_in_airflow(step_id: str, cycle: int | None, inputs: dict[str, Any])
     from kdflow.pipeline.params import params_to_overrides
 
     context = get_current_context()
+    overrides = params_to_overrides(context["params"])
     try:
-        result = execute(step_id, run_id=context["run_id"], overrides=params_to_overrides(context["params"]),
-                         cycle=cycle, inputs=inputs)
+        mask_in_task_logs(overrides)
+        result = execute(step_id, run_id=context["run_id"], overrides=overrides, cycle=cycle, inputs=inputs)
     except (ConfigError, KnowledgeBaseError, IntegrityError) as exc:
         raise AirflowFailException(str(exc)) from None  # bad input: retrying cannot help
     if "skipped" in result:
         raise AirflowSkipException(result["skipped"])
     return result
+
+
+def mask_in_task_logs(overrides: dict[str, Any]) -> frozenset[str]:
+    """Hand the run's secret values (store credentials, the teacher's API key) to Airflow's own log
+    masker, in the task process and its supervisor: whatever prints them, kdflow or a library, the
+    task log shows ``***``. kdflow masks what it writes itself (:func:`kdflow.config.mask_secrets`);
+    this covers the lines it does not write."""
+    from airflow.sdk.log import mask_secret
+
+    from kdflow.config import load_config
+
+    secrets = load_config(overrides).secret_values()
+    for value in secrets:
+        mask_secret(value)
+    return secrets

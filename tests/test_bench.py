@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from kdflow import bench
+from kdflow.bench import pipeline as bench
 
 QUESTIONS = ["What is a Pod?", "What does a Service do?", "What is a PersistentVolume?", "What is a Node?"]
 
@@ -51,7 +51,7 @@ def test_unknown_section_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_teacher_pool_section_measures_both_pools_on_the_real_server(tmp_path):
-    from kdflow.bench_teacher import teacher_pool
+    from kdflow.bench.teacher import teacher_pool
 
     pool = teacher_pool(repeats=1)
     assert set(pool["by_servers"]) == {"1", "2"}
@@ -59,3 +59,11 @@ def test_teacher_pool_section_measures_both_pools_on_the_real_server(tmp_path):
     assert pool["speedup"] == round(pool["by_servers"]["1"]["median_s"] / pool["by_servers"]["2"]["median_s"], 2)
     _, md_path = bench.write_results({"machine": bench.machine(), "measured_at": "now", "commands": [], "teacher_pool": pool}, tmp_path)
     assert "## Embedded teacher: one llama.cpp server vs a pool" in md_path.read_text()
+
+
+def test_the_benchmarks_find_the_repository_from_their_package():
+    """The benchmarks live in include/kdflow/bench/: their paths still lead to the repository's folders."""
+    from kdflow.bench import airflow
+
+    assert bench.DAGS.is_dir() and bench.DEFAULT_OUT.is_dir() and (bench.DEFAULT_OUT / "results.json").is_file()
+    assert airflow.RUN_DAG.is_file()

@@ -133,7 +133,7 @@ def test_the_gold_set_is_answered_at_the_start_and_after_each_cycle_and_leads_th
 
 def test_the_benchmark_reads_the_run_timing_from_the_metadata_db(dag, clean_run):
     """kdflow.bench's Airflow section: the run's wall time vs its task instances, from the real DB."""
-    from kdflow.bench_airflow import run_timing
+    from kdflow.bench.airflow import run_timing
 
     timing = run_timing(Path(os.environ["AIRFLOW_HOME"]) / "airflow.db", clean_run.run_id)
     assert (timing["run_id"], timing["state"], timing["task_instances"]) == (clean_run.run_id, "success", len(dag.task_ids))

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DAGS = ROOT / "dags"
 DEFAULT_OUT = ROOT / "docs" / "benchmarks"
 SECTIONS = ("parse", "load", "generation", "teacher_pool", "e2e", "airflow")
@@ -341,8 +341,8 @@ def write_results(results: dict[str, Any], out_dir: Path | str = DEFAULT_OUT) ->
 def run_benchmark(sections: Sequence[str] = SECTIONS, *, out_dir: Path | str = DEFAULT_OUT, store: Path | None = None,
                   repeats: int = 3, max_new_tokens: int = 64) -> dict[str, Any]:
     """Run the chosen sections (cheap ones first) and write the results; returns what was measured."""
-    from kdflow.bench_airflow import airflow_run
-    from kdflow.bench_teacher import teacher_pool
+    from kdflow.bench.airflow import airflow_run
+    from kdflow.bench.teacher import teacher_pool
     from kdflow.student.models import resolve_student
 
     unknown = sorted(set(sections) - set(SECTIONS))

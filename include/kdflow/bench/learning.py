@@ -7,7 +7,7 @@ the knowledge-base passages those pairs cite added as extra pairs (``+passages``
 knowledge base alone (``kb-``: every passage of the selected topics as a pair, no teacher at all,
 the issue's "passage pretraining" probe; no run needed).
 
-    python -m kdflow.bench_learning --store /tmp/eval/store-a --run-id eval_default \\
+    python -m kdflow.bench.learning --store /tmp/eval/store-a --run-id eval_default \\
         --recipes current,r64-all --out docs/benchmarks/learning.json
 
 Prints one line per recipe as it finishes and writes a JSON document with every number.
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("kdflow.bench_learning")
+log = logging.getLogger("kdflow.bench.learning")
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 R64_ALL = {"lora_r": 64, "lora_alpha": 128, "target_modules": ALL_LINEAR, "learning_rate": 1e-3, "epochs": 5}
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     from kdflow.student.models import resolve_student
     from kdflow.student.train import train_adapter
 
-    parser = argparse.ArgumentParser(prog="python -m kdflow.bench_learning", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m kdflow.bench.learning", description=__doc__.splitlines()[0])
     parser.add_argument("--store", help="the finished run's store (not needed for kb- recipes)")
     parser.add_argument("--run-id")
     parser.add_argument("--cycle", type=int, default=None, help="the training dataset of this cycle (default: the last)")

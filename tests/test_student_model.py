@@ -137,7 +137,7 @@ def test_training_refuses_no_pairs_and_a_foreign_adapter(cycle1, tiny_phi_dir, s
 
 
 def test_cli_answers_trains_and_answers_differently(tiny_phi_dir, tiny_pairs, tmp_path, monkeypatch, capsys):
-    from kdflow.student.cli import main
+    from kdflow.cli import main
 
     for key, value in {"EPOCHS": "6", "LEARNING_RATE": "0.03", "MAX_NEW_TOKENS": "12", "LORA_DROPOUT": "0"}.items():
         monkeypatch.setenv(f"KDFLOW__STUDENT__{key}", value)

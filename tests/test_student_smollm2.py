@@ -47,7 +47,7 @@ def test_embedded_gguf_is_converted_once(model_cache):
 
 
 def test_cli_answers_fine_tunes_and_answers_differently(model_cache, tmp_path, monkeypatch, capsys):
-    from kdflow.student.cli import main
+    from kdflow.cli import main
 
     monkeypatch.setenv("KDFLOW__STUDENT__MAX_NEW_TOKENS", "24")
     monkeypatch.setenv("KDFLOW__STUDENT__LORA_R", "8")

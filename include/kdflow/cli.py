@@ -1,17 +1,32 @@
-"""Command line: ``python -m kdflow run | config | report | teacher ... | student ...``.
+"""Command line: ``python -m kdflow <group> <command>``: run, config, report, teacher, student, gold.
 
-Everything the DAG does is reachable here without Airflow."""
+Everything the DAG does is reachable here without Airflow. It is the only command line of the
+library: each group module (``kdflow.teacher.cli``, ``kdflow.student.cli``, ``kdflow.gold_cli``) has
+a ``register(subparsers)`` that adds its commands and is listed in :data:`GROUPS`; none has a
+``main`` of its own. Every command's handler is ``func(args, config) -> int`` (set with
+``set_defaults(func=...)``): :func:`main` loads and validates the configuration once, from
+defaults.yaml, ``--config``/``KDFLOW_CONFIG``, ``KDFLOW__*`` variables and the command's own
+overrides (``--set``, ``--topics``, ``--student``...), and hands it to the handler."""
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import os
 import sys
+from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
-from kdflow.config import ConfigError, load_config
+from kdflow import gold_cli
+from kdflow.config import ConfigError, KdflowConfig, load_config
+from kdflow.student import cli as student_cli
+from kdflow.teacher import cli as teacher_cli
+
+Handler = Callable[[argparse.Namespace, KdflowConfig], int]
+# Every group of commands besides run/config/report, each registered by its module's register(subparsers).
+# Imported at the top: a group module that fails to import fails the command line, loudly.
+GROUPS: tuple[ModuleType, ...] = (teacher_cli, student_cli, gold_cli)
 
 
 def _configure_environment() -> None:
@@ -21,6 +36,8 @@ def _configure_environment() -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config overrides of a command's options; any command may declare them (``--topics``, ``--cycles``,
+    ``--questions``, ``--held-out``, ``--student``, ``--seed``, ``--store``, ``--set``), with these dests."""
     from kdflow.config import deep_merge
     from kdflow.pipeline.params import params_to_overrides
 
@@ -49,20 +66,20 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _cmd_run(args: argparse.Namespace, config: KdflowConfig) -> int:
+    """Run the pipeline (each step loads the same overrides), then print its report."""
     from kdflow.pipeline.runner import run_pipeline
 
     outputs = run_pipeline(_overrides(args), run_id=args.run_id, progress=lambda line: print(line, flush=True))
     args.run_id = outputs["run_id"]
-    return _cmd_report(args)
+    return _cmd_report(args, config)
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
+def _cmd_report(args: argparse.Namespace, config: KdflowConfig) -> int:
     """Print a finished run's report tables and where its HTML report is."""
     from kdflow.evaluation.report import render_tables
     from kdflow.store import ArtifactStore, run_key
 
-    config = load_config(_overrides(args))
     store = ArtifactStore.from_config(config)
     run_id = args.run_id
     if run_id is None:
@@ -85,16 +102,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_config(args: argparse.Namespace) -> int:
+def _cmd_config(args: argparse.Namespace, config: KdflowConfig) -> int:
     import yaml
 
-    print(yaml.safe_dump(load_config(_overrides(args)).public_dict(), sort_keys=False))
+    print(yaml.safe_dump(config.public_dict(), sort_keys=False))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdflow", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--config", help="YAML config file over defaults.yaml (default: $KDFLOW_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -122,14 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--store", help="artifact store URL")
     report.set_defaults(func=_cmd_report)
 
-    for module in ("kdflow.teacher.cli", "kdflow.student.cli", "kdflow.gold_cli"):
-        try:
-            register = __import__(module, fromlist=["register"]).register
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        register(sub)
+    for group in GROUPS:
+        group.register(sub)
     return parser
 
 
@@ -140,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "botocore", "s3fs", "fsspec", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.config:  # for every load of this process, the pipeline steps' included
+        os.environ["KDFLOW_CONFIG"] = args.config
+    handler: Handler = args.func
     try:
-        if len(inspect.signature(args.func).parameters) == 2:  # subcommands that take the loaded config
-            return args.func(args, load_config(_overrides(args)))
-        return args.func(args)
+        return handler(args, load_config(_overrides(args)))
     except ConfigError as exc:
         print(f"kdflow: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
-"""``kdflow student answer|train``: answer a question file or fine-tune on a dataset file with
-the student, without Airflow. ``register(subparsers)`` plugs into ``python -m kdflow``;
-``python -m kdflow.student.cli`` runs it alone."""
+"""``python -m kdflow student answer|train``: answer a question file or fine-tune on a dataset file
+with the student, without Airflow. ``register(subparsers)`` is called by ``kdflow.cli``, the one
+command line; the handlers take ``(args, config)`` like every command's there."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kdflow.config import KdflowConfig
+    from kdflow.student.device import DevicePlan
 
 log = logging.getLogger(__name__)
 
@@ -42,40 +46,42 @@ def _field(row: dict[str, Any], names: tuple[str, ...], where: str) -> str:
 def questions_from(path: str | Path) -> list[dict[str, Any]]:
     """Rows with a ``question`` (kdflow ``Question`` rows or any object with that field)."""
     rows = read_jsonl(path)
-    return [{"id": row.get("id", str(n)), "question": _field(row, ("question",), f"{path}:{n}")} for n, row in enumerate(rows, 1)]
+    return [{"id": row.get("id", str(n)), "question": _field(row, ("question",), f"{path}:{n}")}
+            for n, row in enumerate(rows, 1)]
 
 
 def pairs_from(path: str | Path) -> list[tuple[str, str]]:
     """(question, answer) pairs from ``prompt/completion`` (kdflow ``TrainingPair``),
     ``question/answer`` or ``question/reference`` rows."""
     return [
-        (_field(row, ("prompt", "question"), f"{path}:{n}"), _field(row, ("completion", "answer", "reference"), f"{path}:{n}"))
+        (_field(row, ("prompt", "question"), f"{path}:{n}"),
+         _field(row, ("completion", "answer", "reference"), f"{path}:{n}"))
         for n, row in enumerate(read_jsonl(path), 1)
     ]
 
 
-def _student_setup(args: argparse.Namespace, purpose: str) -> tuple[Any, Any, Any]:
-    from kdflow.config import ConfigError, load_config
+def _student_setup(args: argparse.Namespace, config: KdflowConfig, purpose: str) -> tuple[Path, DevicePlan]:
+    """The student model's local folder (``--model`` is already in ``config``) and its device plan."""
     from kdflow.student.device import plan_device
     from kdflow.student.models import StudentModelError, resolve_student
 
-    overrides = {"student": {"model": args.model}} if args.model else None
     try:
-        cfg = load_config(overrides, config_file=getattr(args, "config", None))
-        model_path = resolve_student(cfg.student.model, args.cache_dir)
-    except (ConfigError, StudentModelError) as exc:
+        model_path = resolve_student(config.student.model, args.cache_dir)
+    except StudentModelError as exc:
         raise SystemExit(str(exc)) from None
-    return cfg, model_path, plan_device(cfg.student, purpose)
+    return model_path, plan_device(config.student, purpose)
 
 
-def cmd_answer(args: argparse.Namespace) -> int:
+def cmd_answer(args: argparse.Namespace, config: KdflowConfig) -> int:
     from kdflow.student.generate import answer_questions
 
-    questions = questions_from(args.questions)
-    cfg, model_path, plan = _student_setup(args, "answer")
-    answers = answer_questions(cfg.student, model_path, [q["question"] for q in questions], adapter_dir=args.adapter, plan=plan)
+    questions = questions_from(args.questions_file)
+    model_path, plan = _student_setup(args, config, "answer")
+    texts = [q["question"] for q in questions]
+    answers = answer_questions(config.student, model_path, texts, adapter_dir=args.adapter, plan=plan)
     lines = [
-        json.dumps({"id": q["id"], "question": q["question"], "answer": a.text, "new_tokens": a.new_tokens}, ensure_ascii=False)
+        json.dumps({"id": q["id"], "question": q["question"], "answer": a.text, "new_tokens": a.new_tokens},
+                   ensure_ascii=False)
         for q, a in zip(questions, answers, strict=True)
     ]
     text = "\n".join(lines) + "\n"
@@ -87,51 +93,44 @@ def cmd_answer(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace, config: KdflowConfig) -> int:
     from kdflow.student.train import train_adapter
 
     pairs = pairs_from(args.dataset)
-    cfg, model_path, plan = _student_setup(args, "train")
-    seed = cfg.seed if args.seed is None else args.seed
-    result = train_adapter(cfg.student, model_path, pairs, args.out, init_adapter_dir=args.init_adapter, plan=plan, seed=seed)
+    model_path, plan = _student_setup(args, config, "train")
+    seed = config.seed if args.seed is None else args.seed
+    result = train_adapter(config.student, model_path, pairs, args.out, init_adapter_dir=args.init_adapter, plan=plan,
+                           seed=seed)
     print(result.model_dump_json(indent=2))
     return 0
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``student answer`` and ``student train``; each sets ``func(args) -> int``."""
+    """Add ``student answer`` and ``student train``; each sets ``func(args, config) -> int``."""
     student = subparsers.add_parser("student", help="answer questions or fine-tune the student model")
     commands = student.add_subparsers(dest="student_command", required=True)
 
     def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--model", help="student model: hub id, folder, .gguf or 'embedded' (default: config student.model)")
+        # dest "student": the same override as ``run --student`` (student.model), applied by kdflow.cli's config load
+        parser.add_argument("--model", dest="student", metavar="MODEL",
+                            help="student model: hub id, folder, .gguf or 'embedded' (default: config student.model)")
         parser.add_argument("--cache-dir", help="where converted GGUF models are kept (default ~/.cache/kdflow/models)")
 
     answer = commands.add_parser("answer", help="answer the questions of a JSONL file (one {'question': ...} per line)")
-    answer.add_argument("--questions", required=True, help="JSONL file with a 'question' field per row")
+    # dest "questions_file": ``args.questions`` is the questions-per-cycle override of kdflow.cli's config load
+    answer.add_argument("--questions", dest="questions_file", metavar="FILE", required=True,
+                        help="JSONL file with a 'question' field per row")
     answer.add_argument("--adapter", help="LoRA adapter folder to apply")
     answer.add_argument("--out", help="write answers here as JSONL (default: stdout)")
     common(answer)
     answer.set_defaults(func=cmd_answer)
 
     train = commands.add_parser("train", help="fine-tune a LoRA adapter on a JSONL dataset of question/answer pairs")
-    train.add_argument("--dataset", required=True, help="JSONL with prompt/completion, question/answer or question/reference")
+    train.add_argument("--dataset", required=True,
+                       help="JSONL with prompt/completion, question/answer or question/reference")
     train.add_argument("--out", required=True, help="folder for the adapter and train_result.json")
     train.add_argument("--init-adapter", help="continue from this adapter (the previous cycle's)")
     train.add_argument("--seed", type=int, help="random seed (default: config seed)")
     common(train)
     train.set_defaults(func=cmd_train)
     return student
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="kdflow")
-    parser.add_argument("--config", help="YAML config file (default: KDFLOW_CONFIG)")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

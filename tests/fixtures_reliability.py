@@ -105,6 +105,11 @@ def store_snapshot(store: Any, prefix: str = "") -> dict[str, str]:
     return {key: hashlib.sha256(store.read_bytes(key)).hexdigest() for key in keys}
 
 
+# Data checkpoints whose content must not change when tasks are rerun (timings and reports do): the manifest
+# names' last part (``cycle_1.questions``). Used by the DAG end-to-end test and the native topology test.
+STABLE = ("questions", "references", "baseline_answers", "finetuned_answers", "baseline_scores", "finetuned_scores",
+          "dataset")
+
 SMALL_GOLD = Path(__file__).parent / "data" / "gold-small.jsonl"
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pendulum
 import pytest
 
+from fixtures_reliability import STABLE
 from kdflow.pipeline.registry import CYCLE_STEPS, FINAL_STEPS, SETUP_STEPS
 from kdflow.store import ArtifactStore, run_key
 
@@ -19,8 +20,6 @@ pytestmark = pytest.mark.slow
 
 DAGS = Path(__file__).resolve().parents[1] / "dags"
 LOGICAL_DATE = pendulum.datetime(2026, 11, 20, 2, tz="UTC")
-# Data checkpoints whose content must not change when tasks are rerun (timings and reports do).
-STABLE = ("questions", "references", "baseline_answers", "finetuned_answers", "baseline_scores", "finetuned_scores", "dataset")
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,11 @@ import time
 import pytest
 
 from fixtures_deploy import DAG_ID, REDIS_URL, WORKERS
-from fixtures_reliability import is_loopback
+from fixtures_reliability import STABLE, is_loopback
 from kdflow.config import load_config
 from kdflow.pipeline import FAIL_STEP_ENV
 from kdflow.pipeline.registry import ALL_STEPS
 from kdflow.store import run_key
-from test_dag_end_to_end import STABLE
 
 pytestmark = pytest.mark.slow
 

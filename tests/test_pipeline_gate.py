@@ -1,6 +1,6 @@
 """The teacher-data gate through the pipeline steps (issue #10), on a local store holding two
 cycles of checkpoints whose references carry real gate records (:func:`review_reference` on the
-hand-made passages of test_teacher_faithfulness.py): training uses only gated pairs and says
+hand-made passages of fixtures_teacher.py): training uses only gated pairs and says
 what it dropped, evaluation never scores against a dropped reference, and the report's gate
 counts come from the checkpoints."""
 
@@ -9,12 +9,13 @@ from __future__ import annotations
 import pytest
 
 from fixtures_reliability import SMALL_GOLD, smallest_overrides
+from fixtures_teacher import GATE, PASSAGES, QUESTION, SUPPORTED, TEXTS, UNSUPPORTED, teacher
 from kdflow.gold import load_gold
 from kdflow.pipeline import execute
 from kdflow.pipeline.context import RunContext
 from kdflow.records import Answer, Question, Reference, TrainingPair
-from kdflow.teacher.references import ReferenceGate, review_reference
-from test_teacher_faithfulness import GATE, PASSAGES, QUESTION, SUPPORTED, TEXTS, UNSUPPORTED, teacher
+from kdflow.config import GateConfig
+from kdflow.teacher.references import review_reference
 
 RUN = "manual__gate"
 ALSO_SUPPORTED = "The EndpointSlice only lists ready Pods that match the selector."
@@ -28,7 +29,7 @@ ITEMS = {
     "services-c1-extractive": (QUESTION, [UNSUPPORTED, "Bananas are rich in potassium."], GATE, "extractive"),
     "services-c1-dropped": (UNANSWERABLE, ["The passages do not say.", "Michelangelo painted it."], GATE, "dropped"),
     "services-c2-rewritten": (QUESTION, [f"{SUPPORTED} {UNSUPPORTED}"], GATE, "rewritten"),
-    "services-c2-dropped": (QUESTION, [UNSUPPORTED], ReferenceGate(mode="abstractive", attempts=1), "dropped"),
+    "services-c2-dropped": (QUESTION, [UNSUPPORTED], GateConfig(reference_mode="abstractive", reference_attempts=1), "dropped"),
     # a training question 0.95 (MiniLM cosine) from gold item pods-01's: decontamination keeps it out of training
     "services-c2-near-gold": (NEAR_GOLD, [SUPPORTED], GATE, "kept"),
     # the held-out question differs from the trained ones (cosine 0.58), or decontamination would remove them all

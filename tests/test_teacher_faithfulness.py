@@ -1,42 +1,18 @@
-"""The teacher-data gate on hand-made passages (issue #10): a question with an appended answer,
-an unanswerable question, a reference with one supported and one unsupported sentence, a reference
-with nothing supported; each handled and recorded. Then the report's gate section, and (slow) the
-embedded teacher end to end: every reference that would reach training is supported."""
+"""The teacher-data gate on hand-made passages (issue #10; the data is in fixtures_teacher.py): a
+question with an appended answer, an unanswerable question, a reference with one supported and one
+unsupported sentence, a reference with nothing supported; each handled and recorded. Then the
+report's gate section, and (slow) the embedded teacher end to end: every reference that would reach
+training is supported."""
 
 from __future__ import annotations
 
 import pytest
 
-from kdflow.kb import Passage
+from fixtures_teacher import GATE, PASSAGES, QUESTION, SUPPORTED, TEXTS, UNSUPPORTED, teacher
 from kdflow.teacher.faithfulness import PassageSentences, split_sentences
-from kdflow.teacher.gate import DuplicateIndex, QuestionGate
-from kdflow.teacher.references import ReferenceGate, review_reference
-
-PASSAGES = [
-    Passage(id="services/endpoints-0", topic="services", source="services.md", section="Services > Endpoints",
-            text="A Service selects its backend Pods with a label selector. The control plane keeps an EndpointSlice "
-                 "for the Service up to date with the IP addresses of the ready Pods that match the selector. "
-                 "A Pod that fails its readiness probe is removed from the EndpointSlice until it is ready again."),
-    Passage(id="services/types-0", topic="services", source="services.md", section="Services > Types",
-            text="The default Service type is ClusterIP, which exposes the Service on an internal cluster IP address. "
-                 "A NodePort Service also opens the same port on every node."),
-]  # fmt: skip
-TEXTS = [p.text for p in PASSAGES]
-QUESTION = "What happens to a Pod that fails its readiness probe?"
-SUPPORTED = "A Pod that fails its readiness probe is removed from the EndpointSlice until it is ready again."
-UNSUPPORTED = "The kubelet then restarts the node and moves the Pod to another cluster in a different region."
-GATE = ReferenceGate()
-
-
-def teacher(*drafts: str):
-    """The teacher's drafts, one per attempt, with the attempts it was asked for."""
-
-    def draft(attempt: int) -> str:
-        draft.asked.append(attempt)
-        return drafts[attempt]
-
-    draft.asked = []
-    return draft
+from kdflow.config import GateConfig
+from kdflow.teacher.gate import DuplicateIndex, check_question
+from kdflow.teacher.references import review_reference
 
 
 @pytest.mark.parametrize(
@@ -49,10 +25,10 @@ def teacher(*drafts: str):
     ],
 )  # fmt: skip
 def test_bad_and_unanswerable_questions_are_rejected_with_reason_and_scores(question, reason):
-    verdict = QuestionGate().check(question, PASSAGES[0], DuplicateIndex([], threshold=0.92))
+    verdict = check_question(GateConfig(), question, PASSAGES[0], DuplicateIndex([], threshold=0.92))
     assert not verdict.ok and reason in verdict.reason
     if "answerable" in reason:
-        assert verdict.scores["passage_similarity"] < QuestionGate().passage_floor
+        assert verdict.scores["passage_similarity"] < GateConfig().passage_floor
 
 
 def test_a_supported_reference_is_kept_as_written():
@@ -86,7 +62,7 @@ def test_nothing_supported_is_regenerated_then_kept():
 def test_nothing_supported_after_the_bound_falls_back_to_an_extractive_reference():
     draft = teacher(UNSUPPORTED, "Bananas are rich in potassium.", SUPPORTED)
     reviewed = review_reference(QUESTION, TEXTS, draft, GATE)
-    assert draft.asked == [0, 1]  # GATE.attempts drafts, no more
+    assert draft.asked == [0, 1]  # GATE.reference_attempts drafts, no more
     assert reviewed.mode == "extractive" and reviewed.gate["decision"] == "extractive"
     assert SUPPORTED in reviewed.text  # the passage sentence closest to the question
     assert all(s in PassageSentences(TEXTS).sentences for s in split_sentences(reviewed.text))
@@ -95,7 +71,7 @@ def test_nothing_supported_after_the_bound_falls_back_to_an_extractive_reference
 
 
 def test_abstractive_mode_drops_what_the_gate_cannot_save():
-    gate = ReferenceGate(mode="abstractive", attempts=1)
+    gate = GateConfig(reference_mode="abstractive", reference_attempts=1)
     reviewed = review_reference(QUESTION, TEXTS, teacher(UNSUPPORTED), gate)
     assert reviewed.gate["decision"] == "dropped" and reviewed.mode == "abstractive"
     assert "no draft kept 50% of its sentences" in reviewed.gate["reason"]
@@ -110,7 +86,7 @@ def test_an_unanswerable_question_is_dropped_even_in_hybrid_mode():
 
 def test_extractive_mode_never_asks_the_teacher():
     draft = teacher()
-    reviewed = review_reference(QUESTION, TEXTS, draft, ReferenceGate(mode="extractive", extractive_sentences=1))
+    reviewed = review_reference(QUESTION, TEXTS, draft, GateConfig(reference_mode="extractive", extractive_sentences=1))
     assert draft.asked == [] and reviewed.text == SUPPORTED
     assert reviewed.gate["decision"] == "extractive" and reviewed.gate["reason"] == "reference_mode is extractive"
 
@@ -164,7 +140,7 @@ def test_embedded_teacher_references_reaching_training_are_supported(embedded_en
     from kdflow.teacher import generate_questions, generate_references
 
     cfg = load_config(environ={}).teacher.model_copy(update={"max_tokens": 160})  # quick on 2 shared cores
-    gate = ReferenceGate.from_config(cfg)
+    gate = cfg.gate
     kb, store = load_knowledge_base(), ArtifactStore(str(tmp_path))
     client = make_client(embedded_endpoint, store, UsageLedger(), task="gate")
     questions = generate_questions(client, embedded_endpoint, cfg, kb, "storage", 2, existing=[], seed=11, cycle=1)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kdflow.kb import Passage
 from kdflow.config import GateConfig
+from kdflow.kb import Passage
 
 PASSAGES = [
     Passage(id="services/endpoints-0", topic="services", source="services.md", section="Services > Endpoints",

@@ -1,7 +1,9 @@
 """Knowledge distillation DAG: every box of the design diagram is a task.
 
-Wiring only: each task calls one step of ``kdflow.pipeline`` (see include/kdflow/pipeline/registry.py),
-cycles are task groups generated from the config, and tasks pass store pointers through XCom.
+Wiring only: each task runs one step of ``kdflow.pipeline`` (see include/kdflow/pipeline/registry.py),
+cycles are task groups generated from the config. A task's upstream edges are the diagram's order
+(one line through every box) and one edge per input its registry entry declares: from the step whose
+pointer it reads (carried by XCom) or from the step that publishes a checkpoint it reads.
 """
 
 from __future__ import annotations
@@ -13,41 +15,39 @@ from kdflow.config import load_config
 from kdflow.kb import list_topics
 from kdflow.pipeline.airflow_tasks import run_step_in_airflow, task_options
 from kdflow.pipeline.params import params_schema
-from kdflow.pipeline.registry import CYCLE_STEPS, FINAL_STEPS, SETUP_STEPS, StepSpec, box_names
+from kdflow.pipeline.registry import CYCLE_STEPS, FINAL_STEPS, SETUP_STEPS, declared_upstream, display_name
+from kdflow.pipeline.spec import DAG_ID, StepSpec
 
 CONFIG = load_config()
 PIPELINE = CONFIG.pipeline
 
 
-def _display(spec: StepSpec, cycle: int | None) -> str:
-    names = box_names(cycle or 1, questions=PIPELINE.questions_per_cycle, pairs=PIPELINE.questions_per_cycle * (cycle or 1),
-                      teacher=CONFIG.teacher.model, student=CONFIG.student.model)
-    return spec.display_name(cycle, **names)
-
-
 def _make_task(spec: StepSpec, cycle: int | None = None, **extra):
-    @task(task_id=spec.id, task_display_name=_display(spec, cycle), **task_options(spec, CONFIG.airflow), **extra)
+    @task(task_id=spec.id, task_display_name=display_name(spec, CONFIG, cycle), **task_options(spec, CONFIG.airflow),
+          **extra)
     def step(**inputs):
         return run_step_in_airflow(spec.id, cycle, inputs)
 
     return step
 
 
-def _chain_steps(steps: tuple[StepSpec, ...], cycle: int | None, upstream=None, first_trigger_rule=None):
-    """Call the steps in diagram order; each gets the XCom pointers of the steps it needs."""
+def _add_steps(steps: tuple[StepSpec, ...], cycle: int | None, tasks: dict, upstream=None, trigger_rule=None):
+    """Add the steps in diagram order: each gets the XCom pointers of the steps it reads and an edge
+    from the step before it and from every producer of a checkpoint it reads."""
     outputs = {}
     previous = upstream
-    for index, spec in enumerate(steps):
-        extra = {"trigger_rule": first_trigger_rule} if index == 0 and first_trigger_rule else {}
-        call = _make_task(spec, cycle, **extra)(**{name: outputs[name] for name in spec.needs})
-        if previous is not None:
-            previous >> call
-        outputs[spec.id] = previous = call
+    for spec in steps:
+        extra = {"trigger_rule": trigger_rule} if trigger_rule else {}
+        call = _make_task(spec, cycle, **extra)(**{name: outputs[name] for name in spec.step_inputs})
+        upstream_steps = [tasks[key] for key in declared_upstream(spec, cycle, PIPELINE.max_cycles) if key in tasks]
+        for producer in [*upstream_steps, *([previous] if previous is not None else [])]:
+            producer >> call
+        outputs[spec.id] = tasks[(cycle, spec.id)] = previous = call
     return previous
 
 
 @dag(
-    dag_id="knowledge_distillation",
+    dag_id=DAG_ID,
     dag_display_name="Knowledge distillation: teacher -> student",
     schedule=CONFIG.airflow.schedule,
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
@@ -59,16 +59,17 @@ def _chain_steps(steps: tuple[StepSpec, ...], cycle: int | None, upstream=None, 
     doc_md=__doc__,
 )
 def knowledge_distillation():
-    last = _chain_steps(SETUP_STEPS, None)
+    tasks = {}  # (cycle or None, step id) -> task
+    last = _add_steps(SETUP_STEPS, None, tasks)
     for cycle in range(1, PIPELINE.max_cycles + 1):
 
         @task_group(group_id=f"cycle_{cycle}", tooltip=f"Distillation cycle {cycle}")
         def cycle_group(cycle=cycle, upstream=last):
-            return _chain_steps(CYCLE_STEPS, cycle, upstream)
+            return _add_steps(CYCLE_STEPS, cycle, tasks, upstream)
 
         last = cycle_group()
-    # Later cycles are skipped when a run asks for fewer; the final steps still run.
-    _chain_steps(FINAL_STEPS, None, last, first_trigger_rule=TriggerRule.NONE_FAILED)
+    # Later cycles are skipped when a run asks for fewer; the final steps still run (and read the cycles that ran).
+    _add_steps(FINAL_STEPS, None, tasks, last, trigger_rule=TriggerRule.NONE_FAILED)
 
 
 knowledge_distillation()

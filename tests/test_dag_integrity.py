@@ -9,14 +9,18 @@ import pytest
 
 from kdflow.config import load_config
 from kdflow.pipeline.params import params_to_overrides
-from kdflow.pipeline.registry import CYCLE_STEPS, FINAL_STEPS, SETUP_STEPS
+from kdflow.pipeline.registry import CYCLE_STEPS, FINAL_STEPS, SETUP_STEPS, box_names, declared_upstream
+from kdflow.pipeline.spec import DAG_ID
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
 DIAGRAM = REPO / "docs" / "pipeline-diagram.md"
 CONFIG = load_config()
-# The diagram names the production models; the DAG's display names name the configured ones.
-MODEL_NAMES = {"GPT-4o-mini": CONFIG.teacher.model, "Phi-2": CONFIG.student.model}
+NAMES = box_names(CONFIG, 1)
+# The diagram names the production models, its knowledge base and topics and one metric; the DAG's
+# display names name the configured ones.
+MODEL_NAMES = {"GPT-4o-mini": NAMES["teacher"], "Phi-2": NAMES["student"], "Kubernetes v1.28": NAMES["kb"],
+               "Pods, Services, Storage": NAMES["topics"], "Relevancy": NAMES["metric"]}
 EDGE = re.compile(r"^\s*(\w+)(?:\[([^\]]*)\])?\s*-->\s*(\w+)(?:\[([^\]]*)\])?\s*$")
 
 
@@ -74,12 +78,12 @@ def dagbag():
 
 @pytest.fixture(scope="module")
 def dag(dagbag):
-    return dagbag.dags["knowledge_distillation"]
+    return dagbag.dags[DAG_ID]
 
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert list(dagbag.dag_ids) == ["knowledge_distillation"]
+    assert list(dagbag.dag_ids) == [DAG_ID]
 
 
 def test_parse_time_well_under_a_second(dagbag):
@@ -108,7 +112,7 @@ def test_parsing_imports_nothing_heavy():
 def test_every_box_of_the_diagram_is_a_task_in_the_diagram_order(dag):
     boxes = [as_display_name(box) for box in diagram_boxes(DIAGRAM.read_text())]
     assert boxes[0] == "User Clicks Start Pipeline" and boxes[-1] == "Show Sample Q&A Pairs from Both Cycles"
-    assert "CYCLE 2 START" in boxes and f"Load Fine-tuned {CONFIG.student.model} from Cycle 1" in boxes
+    assert "CYCLE 2 START" in boxes and f"Load Fine-tuned {NAMES['student']} from Cycle 1" in boxes
     names = [normalise(t.task_display_name) for t in in_flow_order(dag)]
     assert missing_boxes(boxes, names) == []
 
@@ -120,7 +124,7 @@ def test_a_step_removed_from_the_registry_is_a_missing_box(monkeypatch):
     from kdflow.pipeline import registry
 
     monkeypatch.setattr(registry, "FINAL_STEPS", tuple(s for s in FINAL_STEPS if s.id != "show_performance_comparison"))
-    dag = DagBag(dag_folder=str(DAGS)).dags["knowledge_distillation"]
+    dag = DagBag(dag_folder=str(DAGS)).dags[DAG_ID]
     boxes = [as_display_name(box) for box in diagram_boxes(DIAGRAM.read_text())]
     assert missing_boxes(boxes, [normalise(t.task_display_name) for t in in_flow_order(dag)]) == ["Show Performance Comparison"]
 
@@ -138,11 +142,56 @@ def test_every_registry_step_is_a_task_on_a_single_line(dag):
 
 def test_display_names_are_the_box_texts(dag):
     names = {t.task_id: t.task_display_name for t in dag.tasks}
-    assert names["cycle_1.generate_questions"] == "Generate 3 Questions using gpt-4o-mini"
-    assert names["cycle_2.generate_questions"] == "Generate 3 NEW Questions using gpt-4o-mini"
+    # the embedded teacher and student run: the boxes name the packaged model, not teacher.model's label
+    assert names["cycle_1.generate_questions"] == "Generate 3 Questions using SmolLM2-135M-Instruct.Q4_1"
+    assert names["cycle_2.generate_questions"] == "Generate 3 NEW Questions using SmolLM2-135M-Instruct.Q4_1"
+    assert names["load_knowledge_base"] == "Load Kubernetes v1.28 Knowledge Base"
+    assert names["select_topics"] == "Select Topics: Pods, Services, Storage"
+    assert names["cycle_1.calculate_baseline_score"] == "Calculate Baseline Key Fact Recall Score"
     assert names["cycle_2.prepare_training_dataset"] == "Prepare Training Dataset 6 Q&A Pairs Total"
     assert names["cycle_1.cycle_start"] == "CYCLE 1 START"
     assert names["show_sample_qa_pairs"] == "Show Sample Q&A Pairs from Both Cycles"
+
+
+def test_box_texts_follow_the_configuration():
+    """Another knowledge base, topics, models and promotion metric show in the boxes, not the demo's."""
+    from kdflow.pipeline.registry import ALL_STEPS, display_name
+
+    config = load_config({"knowledge_base": {"name": "Acme Handbook"}, "pipeline": {"topics": ["billing", "pods"]},
+                          "teacher": {"provider": "openai", "model": "qwen2.5-7b"}, "student": {"model": "acme/tiny"},
+                          "promotion": {"metric": "rouge_l"}})
+    texts = {step: display_name(ALL_STEPS[step], config, 1) for step in
+             ("load_knowledge_base", "select_topics", "generate_questions", "finetune_student",
+              "calculate_baseline_score")}
+    assert texts == {"load_knowledge_base": "Load Acme Handbook Knowledge Base",
+                     "select_topics": "Select Topics: Billing, Pods",
+                     "generate_questions": "Generate 3 Questions using qwen2.5-7b",
+                     "finetune_student": "Fine-tune acme/tiny with QLoRA",
+                     "calculate_baseline_score": "Calculate Baseline Rouge L Score"}
+
+
+def test_dag_edges_are_the_diagram_order_and_the_declared_inputs(dag):
+    """Every edge is either the next box of the diagram or a declared input (a pointer read through XCom,
+    or the publisher of a checkpoint read), and every declared input has its edge."""
+    order = [(None, s) for s in SETUP_STEPS]
+    order += [(n, s) for n in range(1, CONFIG.pipeline.max_cycles + 1) for s in CYCLE_STEPS]
+    order += [(None, s) for s in FINAL_STEPS]
+
+    def task_id(cycle, step_id):
+        return f"cycle_{cycle}.{step_id}" if cycle else step_id
+
+    expected = {(task_id(c, s.id), task_id(d, t.id)) for (c, s), (d, t) in zip(order, order[1:], strict=False)}
+    for cycle, spec in order:
+        expected |= {(task_id(*up), task_id(cycle, spec.id))
+                     for up in declared_upstream(spec, cycle, CONFIG.pipeline.max_cycles)}
+    actual = {(up, t.task_id) for t in dag.tasks for up in t.upstream_task_ids}
+    assert actual == expected
+    # what the diagram's line alone does not say: the previous adapter, the cycles a report reads
+    assert dag.get_task("cycle_2.cycle_start").upstream_task_ids == {"cycle_1.save_cycle_results",
+                                                                     "cycle_1.save_adapter"}
+    assert {"cycle_1.finetuning_complete", "cycle_1.save_finetuned_evaluation"} <= dag.get_task(
+        "cycle_1.compare_performance").upstream_task_ids
+    assert "cycle_3.save_cycle_results" in dag.get_task("compare_all_cycles").upstream_task_ids
 
 
 def test_student_tasks_use_the_gpu_pool_and_queue(dag):

@@ -117,7 +117,7 @@ def test_training_uses_only_gated_pairs_of_every_cycle_and_says_what_it_dropped(
 
 def test_a_dropped_reference_is_no_ground_truth_for_evaluation(run):
     from kdflow.evaluation.aggregate import aggregate
-    from kdflow.pipeline.eval_steps import cycle_scores
+    from kdflow.pipeline.artifacts import cycle_scores
 
     ctx, _, references = run
     rows = {r.question_id: r for r in cycle_scores(ctx, 1, "baseline")}

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 
+from kdflow.pipeline.artifacts import champion_dir, champion_key, start_adapter, start_record
 from kdflow.pipeline.context import RunContext
 from kdflow.pipeline.final_steps import _promotion
-from kdflow.pipeline.setup_steps import champion_dir, champion_key, cycle_start, start_adapter, start_record
+from kdflow.pipeline.setup_steps import cycle_start
 from kdflow.records import ScoreRow
 
 METRIC = "semantic_similarity"
@@ -30,7 +31,7 @@ def _finish_run(store_url: str, run_id: str, baseline: tuple[float, ...], finetu
     ctx = RunContext.create(run_id, {"store": {"url": store_url}, "pipeline": {"cycles": 1}, "student": {"model": student},
                                      "evaluation": {"metrics": [METRIC], "gold_path": None},
                                      "promotion": {"metric": METRIC, "margin": 0.02}})
-    cycle_start(ctx, 1, {})
+    cycle_start(ctx, 1)
     for stage, values in (("baseline", baseline), ("finetuned", finetuned)):
         ctx.publish(1, f"{stage}_scores.jsonl", ctx.stage_rows(1, f"{stage}_scores.jsonl", _scores(stage, values)))
     adapter_dir = tmp_path / f"adapter-{run_id}"
@@ -81,7 +82,7 @@ def test_champion_is_promoted_then_started_from_then_defended(tmp_path):
     assert [third.store.read_json(k)["run_id"] for k in history] == ["nightly_1"], history
 
     # Rerunning the promoted run's first cycle starts from the champion it found, not from itself.
-    cycle_start(third, 1, {})
+    cycle_start(third, 1)
     assert start_record(third, 1)["origin"] == "champion from run nightly_1"
 
 
@@ -100,7 +101,7 @@ def test_with_a_gold_set_promotion_reads_the_gold_scores_and_fails_closed_withou
 
     items = load_gold(BUILTIN_GOLD).items[:6]
     ctx = RunContext.create("gold_run", {"store": {"url": str(tmp_path / "store")}, "pipeline": {"cycles": 1}})
-    cycle_start(ctx, 1, {})
+    cycle_start(ctx, 1)
     ctx.publish(None, "gold.jsonl", ctx.stage_rows(None, "gold.jsonl", items))
 
     def gold_rows(stage: str, lift: float) -> list[ScoreRow]:
@@ -149,14 +150,14 @@ def test_a_run_with_another_student_never_touches_the_champion_of_a_model(tmp_pa
 
     # the tiny model's next run still starts from its own champion
     again = RunContext.create("phi_2", {"store": {"url": store}, "pipeline": {"cycles": 1}, "student": {"model": tiny}})
-    cycle_start(again, 1, {})
+    cycle_start(again, 1)
     assert start_record(again, 1)["origin"] == "champion from run phi_1"
 
 
 def test_a_champion_stored_before_champions_were_kept_per_model_is_still_found(tmp_path):
     """``champion/current.json`` of an older store counts for the model it names, and is kept in that
     model's history when a run beats it."""
-    from kdflow.pipeline.setup_steps import LEGACY_CHAMPION_KEY
+    from kdflow.pipeline.artifacts import LEGACY_CHAMPION_KEY
 
     store = str(tmp_path / "store")
     first, _ = _finish_run(store, "old_1", baseline=(0.50, 0.50, 0.50), finetuned=(0.60, 0.58, 0.55), tmp_path=tmp_path)

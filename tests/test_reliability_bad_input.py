@@ -135,7 +135,7 @@ def test_a_dataset_with_zero_pairs_fails_before_training(tmp_path):
 def test_a_champion_adapter_from_another_base_model_is_refused(tmp_path, tiny_phi_dir, student_cfg, tiny_pairs):
     """The champion says it was trained from the configured student, but its adapter belongs to
     another base model (the folder was replaced): the load step refuses it."""
-    from kdflow.pipeline.setup_steps import champion_key
+    from kdflow.pipeline.artifacts import champion_key
     from kdflow.student.device import DevicePlan
     from kdflow.student.models import StudentModelError
     from kdflow.student.train import train_adapter

@@ -238,12 +238,13 @@ def test_the_run_secrets_are_masked_in_airflow_task_logs(monkeypatch):
     each task hands the run's secret values to Airflow's own masker, so the log shows ``***``."""
     from airflow.sdk._shared.secrets_masker import redact
 
+    from kdflow.config import load_config
     from kdflow.pipeline.airflow_tasks import mask_in_task_logs
 
     store_secret, api_key = f"set-SECRET{uuid.uuid4().hex}", f"sk-{uuid.uuid4().hex}"
     monkeypatch.setenv("OPENAI_API_KEY", api_key)
     line = f"connecting with {store_secret} and key {api_key}"
     assert redact(line) == line  # nobody told Airflow yet
-    masked = mask_in_task_logs({"store": {"storage_options": {"secret": store_secret}}})
+    masked = mask_in_task_logs(load_config({"store": {"storage_options": {"secret": store_secret}}}))
     assert masked == {store_secret, api_key}
     assert store_secret not in redact(line) and api_key not in redact(line) and "***" in redact(line)

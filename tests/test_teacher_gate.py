@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from kdflow.config import GateConfig
 from kdflow.kb import Passage
-from kdflow.teacher.gate import DuplicateIndex, QuestionGate, form_problem, normalise
+from kdflow.teacher.gate import DuplicateIndex, check_question, form_problem, normalise
 
 PASSAGE = Passage(
     id="pods/pods#restart-0", topic="pods", source="pods.md", section="Pods > Restart policy",
@@ -42,12 +43,12 @@ def seen():
     ],
 )  # fmt: skip
 def test_bad_questions_are_rejected_with_a_reason(seen, text, reason):
-    verdict = QuestionGate(passage_floor=0.3).check(text, PASSAGE, seen)
+    verdict = check_question(GateConfig(passage_floor=0.3), text, PASSAGE, seen)
     assert not verdict.ok and reason in verdict.reason
 
 
 def test_a_good_question_is_kept_with_its_scores(seen):
-    verdict = QuestionGate(passage_floor=0.3).check("How does the kubelet delay restarts of failed containers?", PASSAGE, seen)
+    verdict = check_question(GateConfig(passage_floor=0.3), "How does the kubelet delay restarts of failed containers?", PASSAGE, seen)
     assert verdict.ok, verdict.reason
     assert verdict.scores["passage_similarity"] >= 0.3 and verdict.scores["duplicate_similarity"] < 0.92
 

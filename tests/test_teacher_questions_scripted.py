@@ -12,13 +12,13 @@ import json
 import pytest
 
 from fixtures_llm import ScriptedServer
-from kdflow.config import load_config
+from kdflow.config import GateConfig, load_config
 from kdflow.kb import load_knowledge_base
 from kdflow.llm import Endpoint, UsageLedger, make_client
 from kdflow.records import Question
 from kdflow.store import ArtifactStore
 from kdflow.teacher import TeacherError, generate_questions
-from kdflow.teacher.gate import DuplicateIndex, QuestionGate
+from kdflow.teacher.gate import DuplicateIndex, check_question
 
 PASSAGE = (
     "The restartPolicy field of a Pod applies to all its containers. Possible values are Always, OnFailure "
@@ -72,7 +72,7 @@ def test_the_attempt_bound_ends_in_a_clear_error(kb_path, tmp_path):
 
 def test_the_judge_rejects_a_question_its_passage_does_not_answer(kb_path, tmp_path):
     kb = load_knowledge_base(str(kb_path))
-    assert QuestionGate().check(UNANSWERABLE, kb.passages[0], DuplicateIndex([], threshold=0.92)).ok  # floor alone keeps it
+    assert check_question(GateConfig(), UNANSWERABLE, kb.passages[0], DuplicateIndex([], threshold=0.92)).ok  # floor alone keeps it
     no = {"answerable": False, "reason": "The passage does not say how long the delay is."}
     yes = {"answerable": True, "reason": "The passage says the delay is an exponential back-off."}
     with ScriptedServer(draft(UNANSWERABLE), json.dumps(no), draft(GOOD), json.dumps(yes)) as server:
@@ -84,7 +84,7 @@ def test_the_judge_rejects_a_question_its_passage_does_not_answer(kb_path, tmp_p
     assert PASSAGE in judge_request["messages"][-1]["content"] and UNANSWERABLE in judge_request["messages"][-1]["content"]
     [rejected] = question.gate["rejected"]
     assert rejected["reason"] == f"not answerable from its passage (judge: {no['reason']})"
-    assert rejected["judge"] == no and rejected["scores"]["passage_similarity"] >= QuestionGate().passage_floor
+    assert rejected["judge"] == no and rejected["scores"]["passage_similarity"] >= GateConfig().passage_floor
     assert question.gate["judge"] == yes and question.gate["attempts"] == 2
 
 
@@ -113,10 +113,9 @@ def _config(server: ScriptedServer, kb_path, tmp_path, monkeypatch):
 def test_a_question_of_an_earlier_run_is_a_duplicate_in_a_new_run(kb_path, tmp_path, monkeypatch):
     """Two runs in one store through the pipeline steps. Run B's first draw is the same request as run
     A's, so the cache replays run A's question; the bank from run A's checkpoint rejects it."""
-    from kdflow.pipeline.checkpoint_steps import save_questions
+    from kdflow.pipeline import execute
+    from kdflow.pipeline.artifacts import start_record
     from kdflow.pipeline.context import RunContext
-    from kdflow.pipeline.setup_steps import cycle_start, start_record
-    from kdflow.pipeline.teacher_steps import generate_questions as generate_step
 
     with ScriptedServer(draft(OLD), draft(GOOD)) as server:
         config = _config(server, kb_path, tmp_path, monkeypatch)
@@ -124,9 +123,9 @@ def test_a_question_of_an_earlier_run_is_a_duplicate_in_a_new_run(kb_path, tmp_p
         runs = {}
         for run_id in ("run-a", "run-b"):
             ctx = RunContext(config=config, store=store, run_id=run_id)
-            cycle_start(ctx, 1, {})
-            staged = generate_step(ctx, 1, {})
-            save_questions(ctx, 1, {"generate_questions": staged})
+            execute("cycle_start", run_id=run_id, config=config, cycle=1)
+            staged = execute("generate_questions", run_id=run_id, config=config, cycle=1)
+            execute("save_questions", run_id=run_id, config=config, cycle=1, inputs={"generate_questions": staged})
             runs[run_id] = [Question.model_validate(r) for r in ctx.rows(ctx.checkpoint(1, "questions.jsonl"))]
     assert [q.question for q in runs["run-a"]] == [OLD]
     assert start_record(RunContext(config=config, store=store, run_id="run-b"), 1)["question_bank"] == [OLD]
@@ -156,9 +155,10 @@ def test_the_held_out_set_is_made_once_per_store_and_reused_by_later_runs(kb_pat
     """Run A asks the teacher for the held-out question; run B (another run id, same store and
     knowledge base) publishes the same set without a single request, so every run is measured on
     the same held-out questions, and cycle questions never repeat them."""
+    from kdflow.bank import held_out_key, question_bank
+    from kdflow.pipeline.artifacts import kb_hash
     from kdflow.pipeline.context import RunContext
-    from kdflow.pipeline.setup_steps import question_bank
-    from kdflow.pipeline.teacher_steps import held_out_key, prepare_held_out_questions
+    from kdflow.pipeline.teacher_steps import prepare_held_out_questions
 
     with ScriptedServer(draft(OLD)) as server:
         config = _config(server, kb_path, tmp_path, monkeypatch).model_copy(deep=True)
@@ -168,12 +168,12 @@ def test_the_held_out_set_is_made_once_per_store_and_reused_by_later_runs(kb_pat
         published = {}
         for run_id in ("nightly-a", "nightly-b"):
             ctx = RunContext(config=config, store=store, run_id=run_id)
-            published[run_id] = [Question.model_validate(r) for r in ctx.rows(prepare_held_out_questions(ctx, None, {}))]
+            published[run_id] = [Question.model_validate(r) for r in ctx.rows(prepare_held_out_questions(ctx, None))]
             if run_id == "nightly-a":
                 assert len(server.bodies) == 1
     assert len(server.bodies) == 1  # run B sent the teacher nothing
     assert published["nightly-a"] == published["nightly-b"]
     [held_out] = published["nightly-b"]
     assert held_out.question == OLD and held_out.split == "held_out"
-    assert len(store.read_jsonl(held_out_key(ctx))) == 1  # one store-wide set, not one per run
-    assert OLD in question_bank(ctx, before_cycle=1)
+    assert len(store.read_jsonl(held_out_key(kb_hash(ctx)))) == 1  # one store-wide set, not one per run
+    assert OLD in question_bank(store, kb_hash(ctx), run_id=ctx.run_id, before_cycle=1)

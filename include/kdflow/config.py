@@ -131,6 +131,16 @@ class TeacherConfig(_Section):
         return url
 
     @property
+    def served_model(self) -> str:
+        """The model that answers: the GGUF's name when the embedded server runs (``model`` is then
+        only a label), else ``model``. Box texts and the report's roles name this one."""
+        if self.provider == "openai":
+            return self.model
+        from kdflow.integrity import SMOLLM2_GGUF
+
+        return Path(self.gguf_path or SMOLLM2_GGUF.relpath).stem
+
+    @property
     def is_local(self) -> bool:
         """The embedded server or an endpoint on this machine: no provider bills it."""
         if self.provider == "embedded":
@@ -202,6 +212,15 @@ class StudentConfig(_Section):
     # Add each knowledge-base passage the training questions cite as a pair of its own (its words as
     # the answer to "what does the documentation say about <section>?").
     passage_pairs: bool = False
+
+    @property
+    def served_model(self) -> str:
+        """The student's name as box texts and the report show it: the packaged SmolLM2's for ``embedded``."""
+        if self.model != "embedded":
+            return self.model
+        from kdflow.integrity import SMOLLM2_GGUF
+
+        return Path(SMOLLM2_GGUF.relpath).stem
 
     @property
     def training_profile(self) -> str | None:

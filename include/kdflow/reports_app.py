@@ -20,11 +20,11 @@ from airflow.api_fastapi.core_api.security import requires_access_dag
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from kdflow.pipeline.spec import DAG_ID  # the only DAG whose runs write reports
 from kdflow.store import DIR_MARKER, StoreError, run_key
 
 log = logging.getLogger(__name__)
 
-DAG_ID = "knowledge_distillation"  # the only DAG whose runs write reports (dags/knowledge_distillation.py)
 # Airflow's own run id alphabet ([scheduler] allowed_run_id_pattern); dots only inside, never "..".
 _RUN_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9_~:+-][A-Za-z0-9_.~:+-]{0,249}$")
 # A file of the report folder: "report.md", "plots/loss.png"; no hidden files, no "..", no markers.

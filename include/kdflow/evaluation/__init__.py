@@ -5,4 +5,3 @@ functions, so importing this package from a DAG file costs nothing."""
 from __future__ import annotations
 
 JUDGE_METRICS = frozenset({"answer_relevancy", "answer_correctness", "factual_correctness"})
-HEADLINE_METRIC = "answer_relevancy"

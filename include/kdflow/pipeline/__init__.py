@@ -1,21 +1,25 @@
 """Pipeline steps: one function per box of the design diagram, runnable with or without Airflow.
 
-Each step has the signature ``step(ctx: RunContext, cycle: int | None, inputs: dict) -> dict``:
-``inputs`` maps the ids of the steps it ``needs`` to their returned pointers, and it returns a
-small pointer/summary dict (what XCom carries). ``execute`` is the one entry point the DAG's
-tasks and the CLI runner call.
+Each step is ``step(ctx: RunContext, cycle: int | None) -> dict``: ``ctx`` is bound to the step and
+hands out exactly the inputs its registry entry declares (other steps' pointers, published
+checkpoints); it returns a small pointer/summary dict (what XCom carries). :func:`execute` is the
+one entry point of an Airflow task, :func:`run_step` the one the CLI runner calls for each step.
+
+This package module imports none of its submodules at import time (they import it as their
+package): the registry is imported when a step runs.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kdflow.pipeline.registry import ALL_STEPS
+if TYPE_CHECKING:
+    from kdflow.config import KdflowConfig
+    from kdflow.pipeline.context import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -35,33 +39,31 @@ def execute(
     overrides: Mapping[str, Any] | None = None,
     cycle: int | None = None,
     inputs: Mapping[str, Any] | None = None,
+    config: KdflowConfig | None = None,
 ) -> dict[str, Any]:
-    """Run one step of one run; returns its pointer/summary dict (``{"skipped": reason}`` to skip)."""
+    """Run one step of one run; ``inputs`` are the pointers its ``step(...)`` inputs returned, ``config``
+    the run's validated configuration (validated here from ``overrides`` when not given). Returns the
+    step's pointer/summary dict (``{"skipped": reason}`` to skip)."""
     from kdflow.pipeline.context import RunContext
+    from kdflow.pipeline.registry import ALL_STEPS
 
-    spec = ALL_STEPS[step_id]
-    module_name, func_name = spec.target.split(":")
-    func = getattr(importlib.import_module(f"kdflow.pipeline.{module_name}"), func_name)
-    ctx = RunContext.create(run_id, overrides)
+    ctx = RunContext.create(run_id, overrides, config=config)
+    return run_step(ctx.for_step(ALL_STEPS[step_id], cycle, inputs))
+
+
+def run_step(ctx: RunContext) -> dict[str, Any]:
+    """Run the step ``ctx`` is bound to (:meth:`RunContext.for_step`), logging its box text and time."""
+    from kdflow.pipeline.registry import display_name
+
+    assert ctx.access is not None, "run_step needs a context bound to a step"
+    spec, cycle = ctx.access.spec, ctx.access.cycle
     started = time.perf_counter()
     where = f"cycle {cycle}" if cycle else "run"
-    log.info("step %s (%s) of %s %s: starting", step_id, ctx.mask(spec.display_name(cycle, **_names(ctx, cycle))), where, run_id)
-    qualified = f"cycle_{cycle}.{step_id}" if cycle else step_id
+    box = ctx.mask(display_name(spec, ctx.config, cycle))
+    log.info("step %s (%s) of %s %s: starting", spec.id, box, where, ctx.run_id)
+    qualified = f"cycle_{cycle}.{spec.id}" if cycle else spec.id
     if os.environ.get(FAIL_STEP_ENV) == qualified:
         raise InjectedFailure(f"{qualified} failed on purpose ({FAIL_STEP_ENV} is set)")
-    result = func(ctx, cycle, dict(inputs or {}))
-    log.info("step %s: done in %.1fs", step_id, time.perf_counter() - started)
+    result = spec.func(ctx, cycle)
+    log.info("step %s: done in %.1fs", spec.id, time.perf_counter() - started)
     return result
-
-
-def _names(ctx: Any, cycle: int | None) -> dict[str, object]:
-    from kdflow.pipeline.registry import box_names
-
-    pipeline = ctx.config.pipeline
-    return box_names(
-        cycle or 1,
-        questions=pipeline.questions_per_cycle,
-        pairs=pipeline.questions_per_cycle * (cycle or 1),
-        teacher=ctx.config.teacher.model,
-        student=ctx.config.student.model,
-    )

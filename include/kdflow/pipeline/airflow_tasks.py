@@ -8,12 +8,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from kdflow.pipeline.registry import StepSpec
+from kdflow.config import AirflowConfig, KdflowConfig
+from kdflow.pipeline.spec import StepSpec
 
 TEACHER_RETRIES = 3
 
 
-def task_options(spec: StepSpec, airflow_cfg: Any) -> dict[str, Any]:
+def task_options(spec: StepSpec, airflow_cfg: AirflowConfig) -> dict[str, Any]:
     """Pool, queue and retry policy by kind of step: the student on the GPU pool and queue and
     retried at most once; the teacher/judge with exponential backoff; the rest retried once."""
     if spec.uses_student:
@@ -29,11 +30,12 @@ def task_options(spec: StepSpec, airflow_cfg: Any) -> dict[str, Any]:
 
 
 def run_step_in_airflow(step_id: str, cycle: int | None, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Run a step for the current task instance: run id and params from the Airflow context."""
+    """Run a step for the current task instance: run id and params from the Airflow context, the
+    configuration validated once for the task."""
     from airflow.sdk import get_current_context
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    from kdflow.config import ConfigError
+    from kdflow.config import ConfigError, load_config
     from kdflow.integrity import IntegrityError
     from kdflow.kb import KnowledgeBaseError
     from kdflow.pipeline import execute
@@ -42,8 +44,10 @@ def run_step_in_airflow(step_id: str, cycle: int | None, inputs: dict[str, Any])
     context = get_current_context()
     overrides = params_to_overrides(context["params"])
     try:
-        mask_in_task_logs(overrides)
-        result = execute(step_id, run_id=context["run_id"], overrides=overrides, cycle=cycle, inputs=inputs)
+        config = load_config(overrides)
+        mask_in_task_logs(config)
+        result = execute(step_id, run_id=context["run_id"], overrides=overrides, cycle=cycle, inputs=inputs,
+                         config=config)
     except (ConfigError, KnowledgeBaseError, IntegrityError) as exc:
         raise AirflowFailException(str(exc)) from None  # bad input: retrying cannot help
     if "skipped" in result:
@@ -51,16 +55,14 @@ def run_step_in_airflow(step_id: str, cycle: int | None, inputs: dict[str, Any])
     return result
 
 
-def mask_in_task_logs(overrides: dict[str, Any]) -> frozenset[str]:
+def mask_in_task_logs(config: KdflowConfig) -> frozenset[str]:
     """Hand the run's secret values (store credentials, the teacher's API key) to Airflow's own log
     masker, in the task process and its supervisor: whatever prints them, kdflow or a library, the
     task log shows ``***``. kdflow masks what it writes itself (:func:`kdflow.config.mask_secrets`);
     this covers the lines it does not write."""
     from airflow.sdk.log import mask_secret
 
-    from kdflow.config import load_config
-
-    secrets = load_config(overrides).secret_values()
+    secrets = config.secret_values()
     for value in secrets:
         mask_secret(value)
     return secrets

@@ -6,28 +6,28 @@ import logging
 from contextlib import nullcontext
 from typing import Any
 
+from kdflow.evaluation import JUDGE_METRICS
+from kdflow.pipeline.artifacts import cycle_scores, endpoint_session, run_gold, run_questions, statistics_of
 from kdflow.pipeline.context import RunContext
-from kdflow.records import ScoreRow
+from kdflow.records import ScoreRow, gate_drop_reason
 
 log = logging.getLogger(__name__)
 
 
 def _evaluate(ctx: RunContext, cycle: int, stage: str) -> dict[str, Any]:
-    from kdflow.evaluation import JUDGE_METRICS
     from kdflow.evaluation.metrics import score_answers, score_gold_answers
     from kdflow.llm.cache import UsageLedger
-    from kdflow.pipeline.teacher_steps import endpoint_session, run_gold, run_questions
-    from kdflow.records import gate_drop_reason
 
     gold = run_gold(ctx)
-    topics = {q.id: q.topic for q in run_questions(ctx, cycle)} | {q.id: q.topic for q in (i.as_question() for i in gold)}
+    topics = {q.id: q.topic for q in [*run_questions(ctx, cycle), *(item.as_question() for item in gold)]}
     references = {r["question_id"]: r for r in ctx.rows(ctx.checkpoint(cycle, "references.jsonl"))}
     answers = ctx.rows(ctx.checkpoint(cycle, f"{stage}_answers.jsonl"))
     gold_rows = [{"question_id": a["question_id"], "topic": topics[a["question_id"]], "split": a["split"],
                   "question": a["question"], "answer": a["answer"]} for a in answers if a["split"] == "gold"]
     # A reference the gate dropped is no ground truth: its metrics are recorded as failures (see score_answers).
     rows = [
-        {"question_id": a["question_id"], "topic": topics[a["question_id"]], "split": a["split"], "question": a["question"],
+        {"question_id": a["question_id"], "topic": topics[a["question_id"]], "split": a["split"],
+         "question": a["question"],
          "answer": a["answer"], "reference": references[a["question_id"]]["reference"],
          "reference_dropped": gate_drop_reason(references[a["question_id"]])}
         for a in answers if a["split"] != "gold"
@@ -35,28 +35,30 @@ def _evaluate(ctx: RunContext, cycle: int, stage: str) -> dict[str, Any]:
     needs_judge = any(m in JUDGE_METRICS for m in ctx.config.evaluation.metrics)
     session = endpoint_session(ctx, cycle, f"judge_{stage}") if needs_judge else nullcontext((None, UsageLedger()))
     with session as (judge, ledger):
-        scores = score_answers(ctx.config.evaluation, rows, judge=judge, store=ctx.store, ledger=ledger, cycle=cycle, stage=stage)
+        scores = score_answers(ctx.config.evaluation, rows, judge=judge, store=ctx.store, ledger=ledger, cycle=cycle,
+                               stage=stage)
     # The gold set is scored without the judge, against its gold answers and key facts.
-    scores += score_gold_answers(ctx.config.evaluation, gold_rows, gold, store=ctx.store, ledger=UsageLedger(), cycle=cycle, stage=stage)
+    scores += score_gold_answers(ctx.config.evaluation, gold_rows, gold, store=ctx.store, ledger=UsageLedger(),
+                                 cycle=cycle, stage=stage)
     failures = sum(len(s.failures) for s in scores)
     if failures:
         log.warning("cycle %d %s: %d metric values failed and are excluded from the means", cycle, stage, failures)
     return ctx.stage_rows(cycle, f"{stage}_scores.jsonl", scores, summary={"failures": failures}).to_xcom()
 
 
-def evaluate_baseline(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
+def evaluate_baseline(ctx: RunContext, cycle: int) -> dict[str, Any]:
     return _evaluate(ctx, cycle, "baseline")
 
 
-def evaluate_finetuned(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
+def evaluate_finetuned(ctx: RunContext, cycle: int) -> dict[str, Any]:
     return _evaluate(ctx, cycle, "finetuned")
 
 
-def _calculate(ctx: RunContext, cycle: int, inputs: dict[str, Any], stage: str) -> dict[str, Any]:
+def _calculate(ctx: RunContext, cycle: int, stage: str) -> dict[str, Any]:
     """Aggregate the staged per-question scores (mean, median, count, failures per metric)."""
     from kdflow.evaluation.aggregate import aggregate
 
-    rows = [ScoreRow.model_validate(r) for r in ctx.rows(inputs[f"evaluate_{stage}"])]
+    rows = [ScoreRow.model_validate(r) for r in ctx.rows(ctx.pointer(f"evaluate_{stage}"))]
     result = aggregate(rows)
     headline = _headline(ctx, result)
     log.info("cycle %d %s scores: %s", cycle, stage, headline)
@@ -70,27 +72,15 @@ def _headline(ctx: RunContext, aggregate: dict[str, Any]) -> dict[str, Any]:
     return {m: (stage.get(m) or {}).get("mean") for m in ctx.config.evaluation.metrics}
 
 
-def calculate_baseline_score(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
-    return _calculate(ctx, cycle, inputs, "baseline")
+def calculate_baseline_score(ctx: RunContext, cycle: int) -> dict[str, Any]:
+    return _calculate(ctx, cycle, "baseline")
 
 
-def calculate_finetuned_score(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
-    return _calculate(ctx, cycle, inputs, "finetuned")
+def calculate_finetuned_score(ctx: RunContext, cycle: int) -> dict[str, Any]:
+    return _calculate(ctx, cycle, "finetuned")
 
 
-def cycle_scores(ctx: RunContext, cycle: int, stage: str) -> list[ScoreRow]:
-    return [ScoreRow.model_validate(r) for r in ctx.rows(ctx.checkpoint(cycle, f"{stage}_scores.jsonl"))]
-
-
-def statistics_of(ctx: RunContext) -> dict[str, Any]:
-    """The paired-statistics options of this run's config (bootstrap resamples, confidence, seed)."""
-    from kdflow.evaluation.aggregate import statistics_options
-
-    cfg = ctx.config.evaluation
-    return statistics_options(resamples=cfg.bootstrap_resamples, confidence=cfg.confidence, seed=ctx.config.seed)
-
-
-def compare_performance(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
+def compare_performance(ctx: RunContext, cycle: int) -> dict[str, Any]:
     from kdflow.evaluation.aggregate import compare_cycle
 
     training = ctx.store.read_json(ctx.checkpoint(cycle, "training.json"))
@@ -100,10 +90,10 @@ def compare_performance(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> 
     return ctx.stage_json(cycle, "comparison.json", comparison).to_xcom()
 
 
-def calculate_improvement_metrics(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
+def calculate_improvement_metrics(ctx: RunContext, cycle: int) -> dict[str, Any]:
     """Improvement per split and metric: baseline -> fine-tuned mean, the paired delta with its
     interval, p-value and verdict."""
-    comparison = ctx.store.read_json(inputs["compare_performance"])
+    comparison = ctx.store.read_json(ctx.pointer("compare_performance"))
     improvement: dict[str, Any] = {}
     for split, metrics in comparison.get("splits", {}).items():
         for metric, values in metrics.items():

@@ -10,8 +10,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kdflow.pipeline.artifacts import (
+    champion_dir,
+    champion_history_key,
+    champion_key,
+    current_champion,
+    cycle_scores,
+    run_gold,
+    run_questions,
+    start_model,
+    statistics_of,
+    stored_champion,
+)
 from kdflow.pipeline.context import CheckpointError, RunContext
-from kdflow.pipeline.setup_steps import champion_dir, champion_history_key, champion_key, current_champion, stored_champion
+from kdflow.records import ScoreRow, gate_drop_reason
 from kdflow.store import run_key
 
 log = logging.getLogger(__name__)
@@ -25,17 +37,14 @@ def completed_cycles(ctx: RunContext) -> list[int]:
     return [n for n in range(1, ctx.config.pipeline.cycles + 1) if ctx.has_checkpoint(n, "results.json")]
 
 
-def _all_scores(ctx: RunContext, cycles: list[int]) -> dict[int, list[Any]]:
-    from kdflow.pipeline.eval_steps import cycle_scores
-
+def _all_scores(ctx: RunContext, cycles: list[int]) -> dict[int, list[ScoreRow]]:
     return {n: cycle_scores(ctx, n, "baseline") + cycle_scores(ctx, n, "finetuned") for n in cycles}
 
 
-def compare_all_cycles(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> dict[str, Any]:
+def compare_all_cycles(ctx: RunContext, cycle: None) -> dict[str, Any]:
     """The per-cycle table, the held-out trend and overall change, and the verdict on the gold set."""
     from kdflow.evaluation.aggregate import compare_all
     from kdflow.evaluation.verdict import gold_verdict
-    from kdflow.pipeline.eval_steps import statistics_of
 
     cycles = completed_cycles(ctx)
     if not cycles:
@@ -44,16 +53,16 @@ def compare_all_cycles(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> 
     scores, stats = _all_scores(ctx, cycles), statistics_of(ctx)
     across = compare_all(comparisons, scores, **stats)
     across["gold"] = gold_verdict(scores, ctx.config.evaluation.gold_metrics, ceiling=_gold_ceiling(ctx) or None,
-                                  start_model=_start_model(ctx), **stats)
+                                  start_model=start_model(ctx), **stats)
     lead = across["gold"] and across["gold"]["overall"][across["gold"]["lead_metric"]]
     summary = {"cycles": cycles, "gold_verdict": lead and lead["verdict"], "gold_delta": lead and lead["mean_delta"]}
     return ctx.stage_json(None, "all_cycles.json", across, summary=summary).to_xcom()
 
 
-def calculate_overall_improvement(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> dict[str, Any]:
+def calculate_overall_improvement(ctx: RunContext, cycle: None) -> dict[str, Any]:
     """The model the run started from -> the last adapter, paired on the same questions: the gold
     set per metric (with the share of the gap to the open-book teacher closed) and the held-out set."""
-    across = ctx.store.read_json(inputs["compare_all_cycles"])
+    across = ctx.store.read_json(ctx.pointer("compare_all_cycles"))
     overall = dict(across["overall"])
     if across.get("gold"):
         overall["gold"] = across["gold"]["overall"]
@@ -65,14 +74,12 @@ def calculate_overall_improvement(ctx: RunContext, cycle: None, inputs: dict[str
 
 
 def _cycle_result(ctx: RunContext, n: int) -> dict[str, Any]:
-    from kdflow.pipeline.eval_steps import cycle_scores
-    from kdflow.pipeline.teacher_steps import run_gold, run_questions
-    from kdflow.records import gate_drop_reason
 
     gold = run_gold(ctx)
     questions = {q.id: q for q in [*run_questions(ctx, n), *(item.as_question() for item in gold)]}
     references = {r["question_id"]: r for r in ctx.rows(ctx.checkpoint(n, "references.jsonl"))}
-    references |= {item.as_question().id: {"question_id": item.as_question().id, "reference": item.answer} for item in gold}
+    references |= {q.id: {"question_id": q.id, "reference": item.answer}
+                   for item, q in ((item, item.as_question()) for item in gold)}
     answers: dict[str, dict[str, Any]] = {}
     for stage in ("baseline", "finetuned"):
         for a in ctx.rows(ctx.checkpoint(n, f"{stage}_answers.jsonl")):
@@ -90,7 +97,8 @@ def _cycle_result(ctx: RunContext, n: int) -> dict[str, Any]:
         "questions_kept": len(cycle_questions),
         "questions_regenerated": sum(1 for q in cycle_questions if q.gate.get("attempts", 1) > 1),
         "questions_rejected": sum(len(q.gate.get("rejected", [])) for q in cycle_questions),
-        **{f"references_{d}": decisions.count(d) for d in ("kept", "rewritten", "regenerated", "extractive", "dropped")},
+        **{f"references_{d}": decisions.count(d)
+           for d in ("kept", "rewritten", "regenerated", "extractive", "dropped")},
     }
     dropped = [
         {"question_id": qid, "split": questions[qid].split if qid in questions else "train", "question": r["question"],
@@ -128,17 +136,16 @@ def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
     model the run started from (held-out without a gold set) must have its interval's lower bound
     above the margin, with no topic regressing."""
     from kdflow.evaluation.promotion import decide_promotion
-    from kdflow.pipeline.eval_steps import cycle_scores, statistics_of
 
     cfg = ctx.config.promotion
-    split = "gold" if run_gold_exists(ctx) else "held_out"
+    split = "gold" if ctx.has_checkpoint(None, "gold.jsonl") else "held_out"
     candidate = [s for s in cycle_scores(ctx, last_cycle, "finetuned") if s.split == split]
     # The incumbent is the model cycle 1 started from (the champion, or the base model when there is
     # none), scored in this run on the same questions.
     incumbent = [s for s in cycle_scores(ctx, 1, "baseline") if s.split == split]
     champion = current_champion(ctx)
     decision = decide_promotion(candidate, incumbent, cfg, metric=cfg.metric, split=split, **statistics_of(ctx))
-    decision["incumbent"] = _start_model(ctx)
+    decision["incumbent"] = start_model(ctx)
     if decision["promote"]:
         model = ctx.config.student.model
         replaced = stored_champion(ctx)
@@ -150,21 +157,14 @@ def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
         ctx.store.write_json(champion_key(model), {
             "run_id": ctx.run_id, "cycle": last_cycle, "base_model": ctx.config.student.model,
             # the champion's own copy: never retired by a rerun of this run (copy_dir)
-            "adapter": ctx.store.copy_dir(ctx.checkpoint(last_cycle, "adapter"), f"{champion_dir(model)}/adapter").to_xcom(),
+            "adapter": ctx.store.copy_dir(ctx.checkpoint(last_cycle, "adapter"),
+                                          f"{champion_dir(model)}/adapter").to_xcom(),
             "held_out_scores": ctx.checkpoint(last_cycle, "finetuned_scores.jsonl").key, "metric": cfg.metric,
             "split": split, "mean": decision.get("candidate_mean"), "promoted_at": dt.datetime.now(dt.UTC).isoformat(),
             "previous": previous})
-    log.info("promotion: %s (%s)", "PROMOTED" if decision["promote"] else "kept the current champion", decision["reason"])
+    outcome = "PROMOTED" if decision["promote"] else "kept the current champion"
+    log.info("promotion: %s (%s)", outcome, decision["reason"])
     return decision
-
-
-def run_gold_exists(ctx: RunContext) -> bool:
-    return ctx.has_checkpoint(None, "gold.jsonl")
-
-
-def _start_model(ctx: RunContext) -> str:
-    champion = current_champion(ctx)
-    return f"champion of run {champion['run_id']}" if champion else "base model"
 
 
 def _gold_ceiling(ctx: RunContext) -> dict[str, dict[str, float | None]]:
@@ -177,18 +177,15 @@ def _gold_ceiling(ctx: RunContext) -> dict[str, dict[str, float | None]]:
 def _roles(ctx: RunContext) -> list[dict[str, str]]:
     """Teacher, judge and student: model, provider, local or remote, and a family name to tell when
     the judge is the student's own base model."""
-    from kdflow.integrity import SMOLLM2_GGUF
-
-    embedded = Path(SMOLLM2_GGUF.relpath).stem
     teacher = ctx.config.teacher
     if teacher.provider == "embedded":
-        name = Path(teacher.gguf_path).stem if teacher.gguf_path else embedded
-        teacher_row = {"model": name, "provider": "embedded llama.cpp", "where": "local (127.0.0.1)"}
+        teacher_row = {"model": teacher.served_model, "provider": "embedded llama.cpp", "where": "local (127.0.0.1)"}
     else:
-        teacher_row = {"model": teacher.model, "provider": "openai-compatible" + (f" at {teacher.base_url}" if teacher.base_url else ""),
+        provider = "openai-compatible" + (f" at {teacher.base_url}" if teacher.base_url else "")
+        teacher_row = {"model": teacher.served_model, "provider": provider,
                        "where": "local" if teacher.is_local else "remote"}
-    student_name = embedded if ctx.config.student.model == "embedded" else ctx.config.student.model
-    student_row = {"model": student_name, "provider": "transformers + peft", "where": "local (this worker)"}
+    student_row = {"model": ctx.config.student.served_model, "provider": "transformers + peft",
+                   "where": "local (this worker)"}
     rows = [{"role": "teacher", **teacher_row}, {"role": "judge", **teacher_row}, {"role": "student", **student_row}]
     return [{**row, "family": model_family(row["model"])} for row in rows]
 
@@ -201,12 +198,11 @@ def model_family(name: str) -> str:
     return re.sub(r"([-_.](instruct|chat|it|q\d\w*|f16|bf16|fp16|gguf))+$", "", stem)
 
 
-def save_pipeline_results(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> dict[str, Any]:
+def save_pipeline_results(ctx: RunContext, cycle: None) -> dict[str, Any]:
     from kdflow.evaluation.report import build_report
-    from kdflow.pipeline.eval_steps import statistics_of
 
-    all_cycles = ctx.publish(None, "all_cycles.json", inputs["compare_all_cycles"])
-    ctx.publish(None, "overall.json", inputs["calculate_overall_improvement"])
+    all_cycles = ctx.publish(None, "all_cycles.json", ctx.pointer("compare_all_cycles"))
+    ctx.publish(None, "overall.json", ctx.pointer("calculate_overall_improvement"))
     cycles = completed_cycles(ctx)
     results = {
         "run_id": ctx.run_id,
@@ -216,9 +212,9 @@ def save_pipeline_results(ctx: RunContext, cycle: None, inputs: dict[str, Any]) 
         "cycles": [_cycle_result(ctx, n) for n in cycles],
         "usage": _usage(ctx),
         "promotion": _promotion(ctx, cycles[-1]),
-        "gold_metrics": list(ctx.config.evaluation.gold_metrics) if run_gold_exists(ctx) else [],
+        "gold_metrics": list(ctx.config.evaluation.gold_metrics) if ctx.has_checkpoint(None, "gold.jsonl") else [],
         "gold_ceiling": _gold_ceiling(ctx),
-        "start_model": _start_model(ctx),
+        "start_model": start_model(ctx),
         "statistics": statistics_of(ctx),
         "roles": _roles(ctx),
     }
@@ -228,35 +224,42 @@ def save_pipeline_results(ctx: RunContext, cycle: None, inputs: dict[str, Any]) 
         files = build_report(results, Path(tmp))
         report = ctx.store.upload_dir(tmp, ctx.key(None, "report"))
     html_url = ctx.store.url_of(ctx.store.folder_key(report, files["html"].relative_to(tmp).as_posix()))
-    ctx.store.record_checkpoint(ctx.run_id, "report", report)
+    ctx.record(None, "report", report)
     summary = {"report_html": html_url, "cycles": cycles, "promoted": results["promotion"]["promote"],
                "all_cycles": all_cycles.url}
     log.info("report: %s", html_url)
     return report.model_copy(update={"summary": summary}).to_xcom()
 
 
-def pipeline_complete(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> dict[str, Any]:
+def pipeline_complete(ctx: RunContext, cycle: None) -> dict[str, Any]:
     """Record the run as complete (beside run.json, which stays as start_pipeline wrote it)."""
     started = ctx.store.read_json(ctx.checkpoint(None, "run.json"))
     record = {**started, "finished_at": dt.datetime.now(dt.UTC).isoformat(), "status": "complete",
-              "report": inputs["save_pipeline_results"]["summary"]["report_html"]}
+              "report": ctx.pointer("save_pipeline_results")["summary"]["report_html"]}
     return ctx.publish_json(None, "completion.json", record, summary={"report": record["report"]}).to_xcom()
 
 
-def _show(table: str):
-    def step(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> dict[str, Any]:
-        from kdflow.evaluation.report import render_tables
+def _show(ctx: RunContext, table: str) -> dict[str, Any]:
+    """Log one table of the report, readable in the task log."""
+    from kdflow.evaluation.report import render_tables
 
-        text = render_tables(ctx.store.read_json(ctx.checkpoint(None, "results.json")))[table]
-        log.info("%s\n%s", table.replace("_", " ").title(), text)
-        return {"table": table, "report": inputs["save_pipeline_results"]["summary"]["report_html"], "lines": text.count("\n") + 1}
-
-    step.__name__ = f"show_{table}"
-    step.__doc__ = f"Log the report's {table.replace('_', ' ')} table, readable in the task log."
-    return step
+    text = render_tables(ctx.store.read_json(ctx.checkpoint(None, "results.json")))[table]
+    log.info("%s\n%s", table.replace("_", " ").title(), text)
+    report = ctx.pointer("save_pipeline_results")["summary"]["report_html"]
+    return {"table": table, "report": report, "lines": text.count("\n") + 1}
 
 
-display_final_results = _show("final_results")
-show_performance_comparison = _show("performance_comparison")
-display_improvement_statistics = _show("improvement_statistics")
-show_sample_qa_pairs = _show("sample_qa")
+def display_final_results(ctx: RunContext, cycle: None) -> dict[str, Any]:
+    return _show(ctx, "final_results")
+
+
+def show_performance_comparison(ctx: RunContext, cycle: None) -> dict[str, Any]:
+    return _show(ctx, "performance_comparison")
+
+
+def display_improvement_statistics(ctx: RunContext, cycle: None) -> dict[str, Any]:
+    return _show(ctx, "improvement_statistics")
+
+
+def show_sample_qa_pairs(ctx: RunContext, cycle: None) -> dict[str, Any]:
+    return _show(ctx, "sample_qa")

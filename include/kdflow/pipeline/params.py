@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from kdflow.config import KdflowConfig
+
 # param name -> (config section, config key)
 PARAM_FIELDS: dict[str, tuple[str, str]] = {
     "topics": ("pipeline", "topics"),
@@ -36,7 +38,7 @@ def params_to_overrides(params: Mapping[str, Any] | None) -> dict[str, Any]:
     return overrides
 
 
-def params_schema(config: Any, topics: list[str]) -> dict[str, dict[str, Any]]:
+def params_schema(config: KdflowConfig, topics: list[str]) -> dict[str, dict[str, Any]]:
     """JSON-schema keyword arguments for each ``airflow.sdk.Param`` (kept Airflow-free for tests)."""
     p, t, s = config.pipeline, config.teacher, config.student
     return {
@@ -48,7 +50,8 @@ def params_schema(config: Any, topics: list[str]) -> dict[str, dict[str, Any]]:
                                     title="Questions per cycle"),
         "held_out_per_topic": dict(default=p.held_out_per_topic, type="integer", minimum=0, maximum=20,
                                    title="Held-out questions per topic", description="0 disables the held-out set"),
-        "teacher_provider": dict(default=t.provider, type="string", enum=["embedded", "openai"], title="Teacher provider"),
+        "teacher_provider": dict(default=t.provider, type="string", enum=["embedded", "openai"],
+                                 title="Teacher provider"),
         "teacher_model": dict(default=t.model, type="string", minLength=1, title="Teacher model"),
         "teacher_base_url": dict(default=t.base_url, type=["null", "string"], title="Teacher base URL",
                                  description="OpenAI-compatible endpoint; empty for OpenAI itself"),

@@ -1,7 +1,8 @@
 """Run the whole pipeline in one process, in diagram order, without Airflow (the CLI's `run`).
 
-It calls exactly the steps the DAG's tasks call, so a CLI run and a DAG run write the same
-checkpoints; progress is logged per step with its duration."""
+It runs exactly the steps the DAG's tasks run, handing each the pointers of the steps it declares
+(in memory, where Airflow uses XCom), so a CLI run and a DAG run write the same checkpoints. The
+configuration is validated once for the run; progress is logged per step with its duration."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kdflow.pipeline import execute
-from kdflow.pipeline.registry import CYCLE_STEPS, FINAL_STEPS, SETUP_STEPS, StepSpec
+from kdflow.config import load_config
+from kdflow.pipeline import run_step
+from kdflow.pipeline.context import RunContext, StepAccess
+from kdflow.pipeline.registry import CYCLE_STEPS, FINAL_STEPS, SETUP_STEPS
+from kdflow.pipeline.spec import StepSpec
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +30,13 @@ def run_pipeline(
     *,
     run_id: str | None = None,
     progress: Callable[[str], None] = log.info,
+    audit: list[StepAccess] | None = None,
 ) -> dict[str, Any]:
-    """Run setup, every requested cycle and the final steps; returns the outputs by task id."""
-    from kdflow.config import load_config
-
+    """Run setup, every requested cycle and the final steps; returns the outputs by task id.
+    ``audit``, when given, receives each step's record of what it read and published."""
     config = load_config(overrides or {})  # fail before any work on a bad config
     run_id = run_id or default_run_id()
+    base = RunContext.create(run_id, overrides, config=config)
     outputs: dict[str, Any] = {}
     total = len(SETUP_STEPS) + config.pipeline.cycles * len(CYCLE_STEPS) + len(FINAL_STEPS)
     done = 0
@@ -39,8 +44,10 @@ def run_pipeline(
     def run(spec: StepSpec, cycle: int | None, scope: dict[str, Any]) -> dict[str, Any]:
         nonlocal done
         started = time.perf_counter()
-        result = execute(spec.id, run_id=run_id, overrides=overrides, cycle=cycle,
-                         inputs={name: scope[name] for name in spec.needs})
+        ctx = base.for_step(spec, cycle, {name: scope[name] for name in spec.step_inputs})
+        result = run_step(ctx)
+        if audit is not None:
+            audit.append(ctx.access)
         done += 1
         where = f"cycle {cycle} " if cycle else ""
         progress(f"[{done}/{total}] {where}{spec.id}: {time.perf_counter() - started:.1f}s")

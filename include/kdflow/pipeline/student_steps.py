@@ -11,6 +11,8 @@ from collections.abc import Container, Iterable
 from pathlib import Path
 from typing import Any
 
+from kdflow.kb import load_from_config
+from kdflow.pipeline.artifacts import gold_answered_at, run_gold, run_questions, start_adapter
 from kdflow.pipeline.context import CheckpointError, RunContext
 from kdflow.records import Answer, Reference, TrainingPair, gate_drop_reason
 from kdflow.store import Pointer
@@ -18,13 +20,13 @@ from kdflow.store import Pointer
 log = logging.getLogger(__name__)
 
 
-def _adapter_dir(ctx: RunContext, adapter: Pointer | dict | None, workdir: str) -> Path | None:
+def _adapter_dir(ctx: RunContext, adapter: Pointer | dict[str, Any] | None, workdir: str) -> Path | None:
     if adapter is None:
         return None
     return ctx.store.download_dir(adapter, Path(workdir) / "adapter")
 
 
-def _check_load(ctx: RunContext, cycle: int, adapter: Pointer | dict | None, name: str) -> dict[str, Any]:
+def _check_load(ctx: RunContext, cycle: int, adapter: Pointer | None, name: str) -> dict[str, Any]:
     """Make the device plan, check the model (plus adapter) loads, free it, record both."""
     from kdflow.student.device import plan_device, release_memory
     from kdflow.student.models import load_student, resolve_student
@@ -42,20 +44,18 @@ def _check_load(ctx: RunContext, cycle: int, adapter: Pointer | dict | None, nam
     return ctx.publish_json(cycle, name, record, summary=summary).to_xcom()
 
 
-def load_student_model(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
-    from kdflow.pipeline.setup_steps import start_adapter
-
+def load_student_model(ctx: RunContext, cycle: int) -> dict[str, Any]:
     return _check_load(ctx, cycle, start_adapter(ctx, cycle), "baseline_model.json")
 
 
-def load_finetuned_model(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
+def load_finetuned_model(ctx: RunContext, cycle: int) -> dict[str, Any]:
     return _check_load(ctx, cycle, ctx.checkpoint(cycle, "adapter"), "finetuned_model.json")
 
 
-def _answer(ctx: RunContext, cycle: int, adapter: Pointer | dict | None, stage: str) -> dict[str, Any]:
+def _answer(ctx: RunContext, cycle: int, adapter: Pointer | None, stage: str) -> dict[str, Any]:
     """Answer the cycle's questions, the held-out set and (where :func:`gold_answered_at`) the gold
-    set in one batched pass; the staged answers' summary records the device plan, tokens/s, wall time and memory before/after."""
-    from kdflow.pipeline.teacher_steps import gold_answered_at, run_gold, run_questions
+    set in one batched pass; the staged answers' summary records the device plan, tokens/s, wall time and
+    memory before/after."""
     from kdflow.student.device import plan_device
     from kdflow.student.generate import answer_questions
     from kdflow.student.models import resolve_student
@@ -69,7 +69,8 @@ def _answer(ctx: RunContext, cycle: int, adapter: Pointer | dict | None, stage: 
     plan = plan_device(ctx.config.student, "answer")
     with tempfile.TemporaryDirectory(prefix="kdflow-answer-") as tmp:
         answers = answer_questions(ctx.config.student, resolve_student(ctx.config.student.model),
-                                   [q.question for q in questions], adapter_dir=_adapter_dir(ctx, adapter, tmp), plan=plan,
+                                   [q.question for q in questions], adapter_dir=_adapter_dir(ctx, adapter, tmp),
+                                   plan=plan,
                                    max_new_tokens=budgets)
     adapter_url = ctx.store.folder_url(adapter) if adapter else None  # no version: a rerun's rows stay identical
     rows = [
@@ -78,17 +79,16 @@ def _answer(ctx: RunContext, cycle: int, adapter: Pointer | dict | None, stage: 
         for q, a in zip(questions, answers, strict=True)
     ]
     # The device plan and the generation stats travel with the answers (#4), as training's do with the adapter.
-    summary = {**answers.stats.model_dump(mode="json", exclude={"adapter"}), "device": plan.device, "adapter": adapter_url}
+    stats = answers.stats.model_dump(mode="json", exclude={"adapter"})
+    summary = {**stats, "device": plan.device, "adapter": adapter_url}
     return ctx.stage_rows(cycle, f"{stage}_answers.jsonl", rows, summary=summary).to_xcom()
 
 
-def generate_baseline_answers(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
-    from kdflow.pipeline.setup_steps import start_adapter
-
+def generate_baseline_answers(ctx: RunContext, cycle: int) -> dict[str, Any]:
     return _answer(ctx, cycle, start_adapter(ctx, cycle), "baseline")
 
 
-def generate_finetuned_answers(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
+def generate_finetuned_answers(ctx: RunContext, cycle: int) -> dict[str, Any]:
     return _answer(ctx, cycle, ctx.checkpoint(cycle, "adapter"), "finetuned")
 
 
@@ -113,8 +113,6 @@ def trainable_references(
 
 def evaluation_questions(ctx: RunContext) -> list[str]:
     """The questions the student is evaluated on and must never train on: gold and held-out."""
-    from kdflow.pipeline.teacher_steps import run_gold
-
     texts = [item.question for item in run_gold(ctx)]
     if ctx.has_checkpoint(None, "held_out.jsonl"):
         texts += [row["question"] for row in ctx.rows(ctx.checkpoint(None, "held_out.jsonl"))]
@@ -146,8 +144,6 @@ def decontaminate(
 def passage_pairs(ctx: RunContext, pairs: list[TrainingPair], cited: dict[str, list[str]]) -> list[TrainingPair]:
     """One pair per knowledge-base passage the training questions cite, in first-cited order: the
     passage's own words as the answer to "what does the documentation say about <section>?"."""
-    from kdflow.kb import load_from_config
-
     kb = load_from_config(ctx.config)
     first_cycle: dict[str, int] = {}
     for pair in pairs:
@@ -157,21 +153,20 @@ def passage_pairs(ctx: RunContext, pairs: list[TrainingPair], cited: dict[str, l
     for pid, cycle in first_cycle.items():
         passage = kb.by_id(pid)
         prompt, completion = passage.as_training_pair(kb.name)
-        extra.append(TrainingPair(question_id=f"passage:{pid}", cycle=cycle, topic=passage.topic, prompt=prompt, completion=completion))
+        extra.append(TrainingPair(question_id=f"passage:{pid}", cycle=cycle, topic=passage.topic, prompt=prompt,
+                                  completion=completion))
     return extra
 
 
 def kb_coverage(ctx: RunContext, cited_passages: list[str]) -> dict[str, Any]:
     """Passages of the selected topics that at least one training pair cites, over all of them."""
-    from kdflow.kb import load_from_config
-
     kb = load_from_config(ctx.config)
     selected = {p.id for t in ctx.config.pipeline.topics for p in kb.passages_for(t)}
     covered = selected & set(cited_passages)
     return {"passages_covered": len(covered), "passages": len(selected), "share": len(covered) / len(selected)}
 
 
-def prepare_training_dataset(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
+def prepare_training_dataset(ctx: RunContext, cycle: int) -> dict[str, Any]:
     """Every gated training pair of cycles 1..n of this run, less those too close to a gold or
     held-out question (decontamination); evaluation questions never enter. Records the KB coverage."""
     pairs: list[TrainingPair] = []
@@ -187,30 +182,32 @@ def prepare_training_dataset(ctx: RunContext, cycle: int, inputs: dict[str, Any]
         cited.update({ref.question_id: questions[ref.question_id]["passage_ids"] for ref in kept})
     if ctx.config.student.passage_pairs:
         pairs += passage_pairs(ctx, pairs, cited)
-    pairs, decontaminated = decontaminate(pairs, evaluation_questions(ctx), ctx.config.evaluation.decontamination_similarity)
+    threshold = ctx.config.evaluation.decontamination_similarity
+    pairs, decontaminated = decontaminate(pairs, evaluation_questions(ctx), threshold)
     if not pairs:
-        raise CheckpointError(f"cycle {cycle}: the training dataset has zero pairs ({len(dropped)} dropped by the gate, "
+        raise CheckpointError(f"cycle {cycle}: the training dataset has zero pairs "
+                              f"({len(dropped)} dropped by the gate, "
                               f"{len(decontaminated)} too close to an evaluation question)")
     reasons = dict(Counter(d["reason"] for d in dropped))
     coverage = kb_coverage(ctx, [pid for p in pairs for pid in cited.get(p.question_id, [])])
     log.info("cycle %d training dataset: %d pairs, %d dropped by the gate %s, %d decontaminated; KB coverage %d/%d",
-             cycle, len(pairs), len(dropped), reasons, len(decontaminated), coverage["passages_covered"], coverage["passages"])
+             cycle, len(pairs), len(dropped), reasons, len(decontaminated), coverage["passages_covered"],
+             coverage["passages"])
     summary = {"pairs": len(pairs), "dropped": len(dropped), "dropped_reasons": reasons, "dropped_items": dropped[:20],
                "decontaminated": decontaminated, "coverage": coverage}
     pointer = ctx.store.write_jsonl(ctx.key(cycle, "dataset.jsonl"), pairs, summary=summary)
-    ctx.store.record_checkpoint(ctx.run_id, ctx.checkpoint_name(cycle, "dataset.jsonl"), pointer)
+    ctx.record(cycle, "dataset.jsonl", pointer)
     return pointer.to_xcom()
 
 
-def finetune_student(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
+def finetune_student(ctx: RunContext, cycle: int) -> dict[str, Any]:
     """LoRA/QLoRA on the accumulated pairs, continuing from the adapter the cycle started from
     (one retry with a smaller batch or on the CPU after a CUDA out-of-memory error, recorded)."""
-    from kdflow.pipeline.setup_steps import start_adapter
     from kdflow.student.device import plan_device
     from kdflow.student.models import resolve_student
     from kdflow.student.train import train_with_oom_fallback
 
-    rows = [TrainingPair.model_validate(r) for r in ctx.rows(inputs["prepare_training_dataset"])]
+    rows = [TrainingPair.model_validate(r) for r in ctx.rows(ctx.pointer("prepare_training_dataset"))]
     plan = plan_device(ctx.config.student, "train")
     with tempfile.TemporaryDirectory(prefix="kdflow-train-") as tmp:
         result = train_with_oom_fallback(ctx.config.student, resolve_student(ctx.config.student.model),

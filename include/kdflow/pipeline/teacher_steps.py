@@ -5,68 +5,43 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from kdflow.bank import held_out_key, question_bank
+from kdflow.kb import load_from_config
+from kdflow.pipeline.artifacts import (
+    allocate_questions,
+    kb_hash,
+    run_questions,
+    start_record,
+    teacher_session,
+    usage_key,
+)
 from kdflow.pipeline.context import RunContext
 from kdflow.records import Question
-from kdflow.store import run_key
+
+if TYPE_CHECKING:
+    from kdflow.gold import GoldItem
+    from kdflow.llm.server import Endpoint
+    from kdflow.teacher.faithfulness import SentenceJudge
 
 log = logging.getLogger(__name__)
 
 
-def held_out_key(ctx: RunContext) -> str:
-    """The store-wide held-out set: fixed per knowledge-base version, never trained on."""
-    from kdflow.kb import load_from_config
-
-    return f"held_out/{load_from_config(ctx.config).content_hash}/questions.jsonl"
-
-
-def usage_key(ctx: RunContext, cycle: int | None, task: str) -> str:
-    return run_key(ctx.run_id, "usage", f"{'run' if cycle is None else f'cycle_{cycle}'}__{task}.json")
-
-
-@contextmanager
-def endpoint_session(ctx: RunContext, cycle: int | None, task: str) -> Iterator[tuple[Any, Any]]:
-    """A live teacher/judge endpoint and a usage ledger, saved even when the task fails."""
-    from kdflow.llm.cache import UsageLedger
-    from kdflow.llm.server import teacher_endpoint
-
-    ledger = UsageLedger.from_config(ctx.config.teacher)
-    try:
-        with teacher_endpoint(ctx.config.teacher) as endpoint:
-            yield endpoint, ledger
-    finally:
-        pointer = ledger.save(ctx.store, usage_key(ctx, cycle, task))
-        log.info("%s: LLM usage %s", task, pointer.summary)
-
-
-@contextmanager
-def teacher_session(ctx: RunContext, cycle: int | None, task: str) -> Iterator[tuple[Any, Any]]:
-    """A live endpoint and a caching client whose calls are counted under ``task``."""
-    from kdflow.llm.client import make_client
-
-    cfg = ctx.config.teacher
-    with endpoint_session(ctx, cycle, task) as (endpoint, ledger):
-        yield endpoint, make_client(endpoint, ctx.store, ledger, task=task, timeout_s=cfg.timeout_s,
-                                    max_retries=cfg.max_retries)
-
-
-def prepare_held_out_questions(ctx: RunContext, cycle: None, inputs: dict[str, Any]) -> dict[str, Any]:
+def prepare_held_out_questions(ctx: RunContext, cycle: None) -> dict[str, Any]:
     """Make sure the store's held-out set has enough questions for every selected topic, then
     publish this run's slice of it."""
-    from kdflow.kb import load_from_config
     from kdflow.teacher.questions import generate_questions
 
     size = ctx.config.pipeline.held_out_per_topic
-    key = held_out_key(ctx)
+    key = held_out_key(kb_hash(ctx))
     bank = [Question.model_validate(r) for r in ctx.store.read_jsonl(key)] if ctx.store.exists(key) else []
     missing = {t: size - sum(q.topic == t for q in bank) for t in ctx.config.pipeline.topics}
     missing = {t: n for t, n in missing.items() if n > 0}
     if missing:
-        from kdflow.pipeline.setup_steps import question_bank
-
         kb = load_from_config(ctx.config)
-        existing = question_bank(ctx, before_cycle=1) + [q.question for q in bank]
+        existing = question_bank(ctx.store, kb.content_hash, run_id=ctx.run_id, before_cycle=1)
+        existing += [q.question for q in bank]
         with teacher_session(ctx, None, "held_out_questions") as (endpoint, client):
             for topic, count in missing.items():
                 new = generate_questions(client, endpoint, ctx.config.teacher, kb, topic, count, existing=existing,
@@ -98,7 +73,6 @@ def _prepare_gold(ctx: RunContext) -> None:
     log.info("gold set %s: %d items for topics %s", gold.path, len(items), ", ".join(ctx.config.pipeline.topics))
     if not ctx.config.evaluation.teacher_ceiling:
         return
-    from kdflow.kb import load_from_config
     from kdflow.llm.cache import UsageLedger
     from kdflow.retrieval import Retriever
     from kdflow.teacher.references import generate_references
@@ -109,15 +83,17 @@ def _prepare_gold(ctx: RunContext) -> None:
     with teacher_session(ctx, None, "gold_ceiling") as (endpoint, client):
         references = generate_references(client, endpoint, ctx.config.teacher, retriever, questions,
                                           top_k=ctx.config.knowledge_base.retrieval_top_k)
-    rows = [{"question_id": r.question_id, "topic": q.topic, "split": "gold", "question": q.question, "answer": r.reference}
+    rows = [{"question_id": r.question_id, "topic": q.topic, "split": "gold", "question": q.question,
+             "answer": r.reference}
             for q, r in zip(questions, references, strict=True)]
-    scores = score_gold_answers(ctx.config.evaluation, rows, items, store=ctx.store, ledger=UsageLedger(), cycle=0, stage="finetuned")
+    scores = score_gold_answers(ctx.config.evaluation, rows, items, store=ctx.store, ledger=UsageLedger(), cycle=0,
+                                stage="finetuned")
     ceiling = [{**row, "mode": ref.mode, "scores": score.scores}
                for row, ref, score in zip(rows, references, scores, strict=True)]
     ctx.publish(None, "gold_ceiling.jsonl", ctx.stage_rows(None, "gold_ceiling.jsonl", ceiling))
 
 
-def ceiling_sample(items: list[Any], per_topic: int | None, *, seed: int) -> list[Any]:
+def ceiling_sample(items: list[GoldItem], per_topic: int | None, *, seed: int) -> list[GoldItem]:
     """A seeded stratified sample of ``per_topic`` gold items per topic, in file order (all when None)."""
     if per_topic is None:
         return items
@@ -132,25 +108,8 @@ def ceiling_sample(items: list[Any], per_topic: int | None, *, seed: int) -> lis
     return [item for item in items if item.id in chosen]
 
 
-def run_gold(ctx: RunContext) -> list[Any]:
-    """This run's gold items (:class:`kdflow.gold.GoldItem`), [] when the run has no gold set."""
-    from kdflow.gold import GoldItem
-
-    if not ctx.has_checkpoint(None, "gold.jsonl"):
-        return []
-    return [GoldItem.model_validate(row) for row in ctx.rows(ctx.checkpoint(None, "gold.jsonl"))]
-
-
-def gold_answered_at(cycle: int, stage: str) -> bool:
-    """The gold set is answered by the model the run starts from (cycle 1's baseline) and after
-    every cycle; cycle k's baseline model is cycle k-1's adapter, already answered (greedy decoding)."""
-    return stage == "finetuned" or cycle == 1
-
-
-def generate_questions(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
+def generate_questions(ctx: RunContext, cycle: int) -> dict[str, Any]:
     """New questions for this cycle, spread over the topics, never repeating the bank."""
-    from kdflow.kb import load_from_config
-    from kdflow.pipeline.setup_steps import allocate_questions, start_record
     from kdflow.teacher.questions import generate_questions as teacher_questions
 
     kb = load_from_config(ctx.config)
@@ -179,23 +138,15 @@ def passage_citations(ctx: RunContext, before_cycle: int) -> dict[str, int]:
     return counts
 
 
-def run_questions(ctx: RunContext, cycle: int) -> list[Question]:
-    """This cycle's published questions followed by the run's held-out questions."""
-    rows = ctx.rows(ctx.checkpoint(cycle, "questions.jsonl"))
-    if ctx.has_checkpoint(None, "held_out.jsonl"):
-        rows += ctx.rows(ctx.checkpoint(None, "held_out.jsonl"))
-    return [Question.model_validate(r) for r in rows]
-
-
-def generate_reference_answers(ctx: RunContext, cycle: int, inputs: dict[str, Any]) -> dict[str, Any]:
+def generate_reference_answers(ctx: RunContext, cycle: int) -> dict[str, Any]:
     """Grounded references for the cycle's questions and the held-out set (cached across cycles)."""
-    from kdflow.kb import load_from_config
     from kdflow.retrieval import Retriever
     from kdflow.teacher.references import generate_references
 
     questions = run_questions(ctx, cycle)
     retriever = Retriever(load_from_config(ctx.config), ctx.store)
-    with teacher_session(ctx, cycle, "references") as (endpoint, client), reference_judge(ctx, cycle, endpoint) as judge:
+    session = teacher_session(ctx, cycle, "references")
+    with session as (endpoint, client), reference_judge(ctx, cycle, endpoint) as judge:
         references = generate_references(client, endpoint, ctx.config.teacher, retriever, questions,
                                          top_k=ctx.config.knowledge_base.retrieval_top_k, judge=judge)
     modes = {m: sum(r.mode == m for r in references) for m in ("abstractive", "extractive")}
@@ -206,7 +157,7 @@ def generate_reference_answers(ctx: RunContext, cycle: int, inputs: dict[str, An
 
 
 @contextmanager
-def reference_judge(ctx: RunContext, cycle: int, endpoint: Any) -> Iterator[Any]:
+def reference_judge(ctx: RunContext, cycle: int, endpoint: Endpoint) -> Iterator[SentenceJudge | None]:
     """The LLM faithfulness check of the reference gate (``teacher.gate.llm_check``), or None;
     its calls are counted as judge usage."""
     if not ctx.config.teacher.gate.llm_check:

@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kdflow.config import KdflowConfig
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -32,7 +35,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return teacher
 
 
-def _session(config: Any):  # noqa: ANN202 - yields (endpoint, client, ledger, store, kb)
+def _session(config: KdflowConfig):  # noqa: ANN202 - yields (endpoint, client, ledger, store, kb)
     from contextlib import contextmanager
 
     from kdflow.kb import load_from_config
@@ -53,23 +56,15 @@ def _session(config: Any):  # noqa: ANN202 - yields (endpoint, client, ledger, s
     return session()
 
 
-def store_questions(config: Any, store: Any) -> list[str]:
-    """Every question the configured store already holds (all runs' cycles and the held-out set):
-    what the pipeline would reject as not new, so the CLI shows questions a run could use."""
-    from kdflow.pipeline.context import RunContext
-    from kdflow.pipeline.setup_steps import question_bank
-
-    # before_cycle=maxsize: no cycle of any run is "this run's own later cycle", all of them count
-    return question_bank(RunContext(config=config, store=store, run_id="teacher-cli"), before_cycle=sys.maxsize)
-
-
-def run_questions(args: argparse.Namespace, config: Any) -> int:
+def run_questions(args: argparse.Namespace, config: KdflowConfig) -> int:
+    """New questions for one topic, none already in the configured store (what a run could use)."""
+    from kdflow.bank import question_bank
     from kdflow.teacher.questions import generate_questions
 
     with _session(config) as (endpoint, client, _ledger, store, kb):
         kb.require_topics([args.topic])
         seed = config.seed if args.seed is None else args.seed
-        existing = store_questions(config, store)
+        existing = question_bank(store, kb.content_hash)  # every run's questions count: the CLI belongs to no run
         found = generate_questions(
             client, endpoint, config.teacher, kb, args.topic, args.n, existing=existing, seed=seed, cycle=args.cycle
         )
@@ -78,7 +73,7 @@ def run_questions(args: argparse.Namespace, config: Any) -> int:
     return 0
 
 
-def run_answer(args: argparse.Namespace, config: Any) -> int:
+def run_answer(args: argparse.Namespace, config: KdflowConfig) -> int:
     from kdflow.records import Question, question_id
     from kdflow.retrieval import Retriever
     from kdflow.teacher.references import generate_reference
@@ -90,25 +85,3 @@ def run_answer(args: argparse.Namespace, config: Any) -> int:
         reference = generate_reference(client, endpoint, config.teacher, retriever, question, top_k=config.knowledge_base.retrieval_top_k)
         print(reference.model_dump_json())
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry until ``python -m kdflow`` wires :func:`register`; errors are one line."""
-    from kdflow.config import ConfigError, load_config
-    from kdflow.kb import KnowledgeBaseError
-    from kdflow.llm.client import LLMError
-    from kdflow.llm.server import EndpointError
-    from kdflow.teacher.gate import TeacherError
-
-    parser = argparse.ArgumentParser(prog="kdflow")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args, load_config())
-    except (ConfigError, KnowledgeBaseError, LLMError, EndpointError, TeacherError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -66,9 +66,6 @@ class DuplicateIndex:
         self.matrix = np.vstack([self.matrix, vector[None, :]])
 
 
-GATE_DEFAULTS = GateConfig()  # the dataclass defaults below are the config's, written once there
-
-
 @dataclass(frozen=True)
 class Verdict:
     ok: bool
@@ -126,44 +123,35 @@ def form_problem(text: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class QuestionGate:
-    """Bounds for a question; ``passage_floor`` is the least MiniLM cosine between question and
-    source passage for the question to count as answerable from it; ``llm_check`` also asks the
-    judge (see :func:`llm_answerability`)."""
-
-    min_words: int = GATE_DEFAULTS.min_words
-    max_words: int = GATE_DEFAULTS.max_words
-    passage_floor: float = GATE_DEFAULTS.passage_floor
-    llm_check: bool = GATE_DEFAULTS.llm_check
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> QuestionGate:
-        gate_cfg = getattr(cfg, "gate", None)
-        return cls(**gate_cfg.model_dump(include={"min_words", "max_words", "passage_floor", "llm_check"})) if gate_cfg else cls()
-
-    def check(self, text: str, passage: Passage, seen: DuplicateIndex, judge: AnswerabilityJudge | None = None) -> Verdict:
-        """Cheap checks first; ``judge`` (one LLM call) only for a question every other check kept."""
-        words = len(text.split())
-        problem = form_problem(text)
-        if problem:
-            return Verdict(False, problem)
-        if not self.min_words <= words <= self.max_words:
-            return Verdict(False, f"{words} words, outside {self.min_words}-{self.max_words}")
-        question_vec, passage_vec = embed([text, f"{passage.section}: {passage.text}"])
-        reason, dup_score = seen.duplicate_of(text, question_vec)
-        scores = {"duplicate_similarity": round(dup_score, 4), "passage_similarity": round(float(question_vec @ passage_vec), 4)}
-        if reason:
-            return Verdict(False, reason, scores)
-        if scores["passage_similarity"] < self.passage_floor:
-            return Verdict(False, f"not answerable from its passage (cosine {scores['passage_similarity']:.2f} < {self.passage_floor})", scores)
-        if judge is None:
-            return Verdict(True, "", scores)
-        answer = judge(text, passage)
-        if answer is None:
-            return Verdict(True, "", scores, {"abstained": True})
-        record = answer.model_dump()
-        if not answer.answerable:
-            why = answer.reason.strip() or "no reason given"
-            return Verdict(False, f"not answerable from its passage (judge: {why})", scores, record)
-        return Verdict(True, "", scores, record)
+def check_question(
+    gate: GateConfig, text: str, passage: Passage, seen: DuplicateIndex, judge: AnswerabilityJudge | None = None
+) -> Verdict:
+    """The question half of ``teacher.gate``: well formed, within ``gate.min_words``-``gate.max_words``,
+    not a duplicate of ``seen``, at least ``gate.passage_floor`` MiniLM cosine to its source passage
+    (answerable from it) and, with ``judge``, answerable in the judge's view (see :func:`llm_answerability`).
+    Cheap checks first; ``judge`` (one LLM call) only for a question every other check kept."""
+    words = len(text.split())
+    problem = form_problem(text)
+    if problem:
+        return Verdict(False, problem)
+    if not gate.min_words <= words <= gate.max_words:
+        return Verdict(False, f"{words} words, outside {gate.min_words}-{gate.max_words}")
+    question_vec, passage_vec = embed([text, f"{passage.section}: {passage.text}"])
+    reason, dup_score = seen.duplicate_of(text, question_vec)
+    scores = {"duplicate_similarity": round(dup_score, 4),
+              "passage_similarity": round(float(question_vec @ passage_vec), 4)}
+    if reason:
+        return Verdict(False, reason, scores)
+    if scores["passage_similarity"] < gate.passage_floor:
+        why = f"not answerable from its passage (cosine {scores['passage_similarity']:.2f} < {gate.passage_floor})"
+        return Verdict(False, why, scores)
+    if judge is None:
+        return Verdict(True, "", scores)
+    answer = judge(text, passage)
+    if answer is None:
+        return Verdict(True, "", scores, {"abstained": True})
+    record = answer.model_dump()
+    if not answer.answerable:
+        why = answer.reason.strip() or "no reason given"
+        return Verdict(False, f"not answerable from its passage (judge: {why})", scores, record)
+    return Verdict(True, "", scores, record)

@@ -19,9 +19,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from kdflow.config import GateConfig, TeacherConfig
 from kdflow.kb import KnowledgeBase, Passage
 from kdflow.records import Question, question_id
-from kdflow.teacher.gate import AnswerabilityJudge, DuplicateIndex, QuestionGate, TeacherError, llm_answerability
+from kdflow.teacher.gate import AnswerabilityJudge, DuplicateIndex, TeacherError, check_question, llm_answerability
 from kdflow.teacher.structured import complete_json
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def question_messages(kb_name: str, passage: Passage) -> list[dict[str, str]]:
 def generate_questions(
     client: Any,
     endpoint: Any,
-    cfg: Any,
+    cfg: TeacherConfig,
     kb: KnowledgeBase,
     topic: str,
     n: int,
@@ -66,7 +67,7 @@ def generate_questions(
     seed: int,
     cycle: int | None,
     split: str = "train",
-    gate: QuestionGate | None = None,
+    gate: GateConfig | None = None,
     judge: AnswerabilityJudge | None = None,
     citations: Mapping[str, int] | None = None,
 ) -> list[Question]:
@@ -82,7 +83,7 @@ def generate_questions(
     random.Random(stable_int(seed, cycle, topic, split)).shuffle(order)
     if citations:
         order.sort(key=lambda i: citations.get(passages[i].id, 0))  # stable: the shuffle breaks ties
-    gate = gate or QuestionGate.from_config(cfg)
+    gate = gate or cfg.gate
     judge = judge or (llm_answerability(client, endpoint) if gate.llm_check else None)
     seen = DuplicateIndex(existing, threshold=cfg.dedup_similarity)
     accepted: list[Question] = []
@@ -98,7 +99,7 @@ def generate_questions(
                 seed=stable_int(seed, cycle, topic, split, slot, attempt),
             )  # fmt: skip
             text = " ".join(draft.question.split())
-            verdict = gate.check(text, passage, seen, judge)
+            verdict = check_question(gate, text, passage, seen, judge)
             record = {"scores": verdict.scores, **({} if verdict.judge is None else {"judge": verdict.judge})}
             if verdict.ok:
                 seen.add(text)

@@ -22,11 +22,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from kdflow.config import GateConfig, TeacherConfig
 from kdflow.kb import Passage
 from kdflow.records import Question, Reference
 from kdflow.retrieval import Retriever
 from kdflow.teacher.faithfulness import PassageSentences, SentenceJudge, split_sentences
-from kdflow.teacher.gate import GATE_DEFAULTS
 from kdflow.teacher.structured import UnusableReplyError, complete_json
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,6 @@ RETRY_PROMPT = (
     "Passages:\n{passages}\n\nQuestion: {question}\n"
     "Answer in one or two sentences that repeat what the passages say, with their words. Add nothing else."
 )
-ReferenceMode = Literal["abstractive", "extractive", "hybrid"]
 
 
 class ReferenceDraft(BaseModel):
@@ -70,36 +69,15 @@ def reference_messages(kb_name: str, question: str, passages: list[Passage], *, 
 
 
 @dataclass(frozen=True)
-class ReferenceGate:
-    """The reference half of ``teacher.gate`` (see :class:`kdflow.config.GateConfig`)."""
-
-    mode: ReferenceMode = GATE_DEFAULTS.reference_mode
-    support_floor: float = GATE_DEFAULTS.support_floor
-    min_kept_share: float = GATE_DEFAULTS.min_kept_share
-    attempts: int = GATE_DEFAULTS.reference_attempts
-    extractive_sentences: int = GATE_DEFAULTS.extractive_sentences
-    extractive_floor: float = GATE_DEFAULTS.extractive_floor
-    llm_floor: float = GATE_DEFAULTS.llm_floor
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> ReferenceGate:
-        """From a teacher config's ``gate`` section; defaults when it has none."""
-        g = getattr(cfg, "gate", None)
-        if g is None:
-            return cls()
-        return cls(mode=g.reference_mode, support_floor=g.support_floor, min_kept_share=g.min_kept_share,
-                   attempts=g.reference_attempts, extractive_sentences=g.extractive_sentences,
-                   extractive_floor=g.extractive_floor, llm_floor=g.llm_floor)  # fmt: skip
-
-
-@dataclass(frozen=True)
 class ReviewedReference:
     text: str
     mode: Literal["abstractive", "extractive"]
     gate: dict[str, Any]
 
 
-def _review_draft(text: str, question: str, support: PassageSentences, gate: ReferenceGate, judge: SentenceJudge | None) -> dict[str, Any]:
+def _review_draft(
+    text: str, question: str, support: PassageSentences, gate: GateConfig, judge: SentenceJudge | None
+) -> dict[str, Any]:
     sentences = split_sentences(text)
     scored = support.score(sentences)
     if judge is not None and scored:
@@ -117,14 +95,14 @@ def review_reference(
     question: str,
     passages: Sequence[str],
     draft: Callable[[int], str],
-    gate: ReferenceGate,
+    gate: GateConfig,
     judge: SentenceJudge | None = None,
 ) -> ReviewedReference:
     """Gate the teacher's drafts (``draft(attempt)``) against ``passages``; the outcome records
     the decision (kept / rewritten / regenerated / extractive / dropped), its reason and scores."""
     support = PassageSentences(passages)
     reviews: list[dict[str, Any]] = []
-    for attempt in range(gate.attempts if gate.mode != "extractive" else 0):
+    for attempt in range(gate.reference_attempts if gate.reference_mode != "extractive" else 0):
         review = _review_draft(" ".join(draft(attempt).split()), question, support, gate, judge)
         reviews.append(review)
         if review["kept"] and review["kept_share"] >= gate.min_kept_share:
@@ -140,7 +118,7 @@ def review_reference(
     scores = {"question_similarity": round(best, 4)}
     why = (f"no draft kept {gate.min_kept_share:.0%} of its sentences at support >= {gate.support_floor} "
            f"after {len(reviews)} attempt(s)") if reviews else "reference_mode is extractive"  # fmt: skip
-    if gate.mode == "abstractive":
+    if gate.reference_mode == "abstractive":
         return ReviewedReference(last_draft or extractive, "abstractive", _record("dropped", why, gate, reviews, **scores))
     if not sentences or best < gate.extractive_floor:
         reason = f"{why}; no passage sentence answers the question (best cosine {best:.2f} < {gate.extractive_floor})"
@@ -149,11 +127,11 @@ def review_reference(
     return ReviewedReference(extractive, "extractive", _record("extractive", why, gate, reviews, **scores))
 
 
-def _record(decision: str, reason: str, gate: ReferenceGate, reviews: list[dict[str, Any]], **scores: float) -> dict[str, Any]:
+def _record(decision: str, reason: str, gate: GateConfig, reviews: list[dict[str, Any]], **scores: float) -> dict[str, Any]:
     return {
         "decision": decision,
         "reason": reason,
-        "reference_mode": gate.mode,
+        "reference_mode": gate.reference_mode,
         "attempts": len(reviews),
         "support_floor": gate.support_floor,
         "scores": scores,
@@ -164,7 +142,7 @@ def _record(decision: str, reason: str, gate: ReferenceGate, reviews: list[dict[
 def generate_reference(
     client: Any,
     endpoint: Any,
-    cfg: Any,
+    cfg: TeacherConfig,
     retriever: Retriever,
     question: Question,
     *,
@@ -187,7 +165,7 @@ def generate_reference(
             return ""  # e.g. SmolLM2 looping until max_tokens: a failed draft, not a failed task
         return reply.answer
 
-    reviewed = review_reference(question.question, [p.text for p in passages], draft, ReferenceGate.from_config(cfg), judge)
+    reviewed = review_reference(question.question, [p.text for p in passages], draft, cfg.gate, judge)
     return Reference(
         question_id=question.id,
         question=question.question,
@@ -201,7 +179,7 @@ def generate_reference(
 def generate_references(
     client: Any,
     endpoint: Any,
-    cfg: Any,
+    cfg: TeacherConfig,
     retriever: Retriever,
     questions: list[Question],
     *,

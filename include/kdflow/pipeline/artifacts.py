@@ -1,0 +1,182 @@
+"""What several steps read or write besides their own checkpoint: the cycle's start record, the run's
+questions and gold items, published scores, the champion records, the teacher sessions and their
+usage ledgers.
+
+Step modules import these from here and never from each other, so a step module is only ever
+imported by the registry. Every checkpoint read goes through :meth:`RunContext.checkpoint`, which
+checks it against the running step's declared inputs: a helper here reads what its caller declared.
+Heavy libraries (the KB loader, the LLM client, the gold set) are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from kdflow.gold import GoldItem
+from kdflow.kb import load_from_config
+from kdflow.pipeline.context import RunContext
+from kdflow.records import Question, ScoreRow
+from kdflow.store import Pointer, run_key, safe_part
+
+if TYPE_CHECKING:
+    import openai
+
+    from kdflow.llm.cache import UsageLedger
+    from kdflow.llm.server import Endpoint
+
+log = logging.getLogger(__name__)
+
+CHAMPION_PREFIX = "champion"
+LEGACY_CHAMPION_KEY = "champion/current.json"  # one champion for the whole store (before issue #15): read only
+
+
+# -- the cycle plan and the cycle's start ---------------------------------------------------------
+def allocate_questions(topics: list[str], per_cycle: int, cycle: int) -> dict[str, int]:
+    """Spread a cycle's questions round-robin over the topics, rotating the start each cycle."""
+    counts = dict.fromkeys(topics, 0)
+    for i in range(per_cycle):
+        counts[topics[(i + cycle - 1) % len(topics)]] += 1
+    return {t: c for t, c in counts.items() if c}
+
+
+def start_record(ctx: RunContext, cycle: int) -> dict[str, Any]:
+    """What cycle_start recorded: the adapter the cycle starts from and the question bank."""
+    return ctx.store.read_json(ctx.checkpoint(cycle, "start.json"))
+
+
+def start_adapter(ctx: RunContext, cycle: int) -> Pointer | None:
+    adapter = start_record(ctx, cycle)["start_adapter"]
+    return Pointer.of(adapter) if adapter else None
+
+
+# -- questions, held-out and gold ---------------------------------------------------------------
+def kb_hash(ctx: RunContext) -> str:
+    return load_from_config(ctx.config).content_hash
+
+
+def run_questions(ctx: RunContext, cycle: int) -> list[Question]:
+    """This cycle's published questions followed by the run's held-out questions."""
+    rows = ctx.rows(ctx.checkpoint(cycle, "questions.jsonl"))
+    if ctx.has_checkpoint(None, "held_out.jsonl"):
+        rows += ctx.rows(ctx.checkpoint(None, "held_out.jsonl"))
+    return [Question.model_validate(r) for r in rows]
+
+
+def run_gold(ctx: RunContext) -> list[GoldItem]:
+    """This run's gold items, [] when the run has no gold set."""
+    if not ctx.has_checkpoint(None, "gold.jsonl"):
+        return []
+    return [GoldItem.model_validate(row) for row in ctx.rows(ctx.checkpoint(None, "gold.jsonl"))]
+
+
+def gold_answered_at(cycle: int, stage: str) -> bool:
+    """The gold set is answered by the model the run starts from (cycle 1's baseline) and after
+    every cycle; cycle k's baseline model is cycle k-1's adapter, already answered (greedy decoding)."""
+    return stage == "finetuned" or cycle == 1
+
+
+# -- scores -------------------------------------------------------------------------------------
+def cycle_scores(ctx: RunContext, cycle: int, stage: str) -> list[ScoreRow]:
+    return [ScoreRow.model_validate(r) for r in ctx.rows(ctx.checkpoint(cycle, f"{stage}_scores.jsonl"))]
+
+
+def statistics_of(ctx: RunContext) -> dict[str, Any]:
+    """The paired-statistics options of this run's config (bootstrap resamples, confidence, seed)."""
+    from kdflow.evaluation.aggregate import statistics_options
+
+    cfg = ctx.config.evaluation
+    return statistics_options(resamples=cfg.bootstrap_resamples, confidence=cfg.confidence, seed=ctx.config.seed)
+
+
+# -- the champion of each student model ---------------------------------------------------------
+def champion_dir(model: str) -> str:
+    """``champion/<model>``: each student base model has its own champion, so a run with another
+    student never replaces it. The folder name is the model name made safe, with a short hash of the
+    name when that changed it (``HuggingFaceTB/SmolLM2-135M-Instruct``, a local folder), so two
+    names never share a folder."""
+    part = safe_part(model)
+    if part != model:
+        part = f"{part[:180]}-{hashlib.sha256(model.encode()).hexdigest()[:8]}"
+    return f"{CHAMPION_PREFIX}/{part}"
+
+
+def champion_key(model: str) -> str:
+    return f"{champion_dir(model)}/current.json"
+
+
+def champion_history_key(model: str, replaced: dict[str, Any]) -> str:
+    """Where a replaced champion is kept: ``champion/<model>/history/<promoted_at>__<run>.json``, in
+    promotion order when listed."""
+    stamp = safe_part(replaced.get("promoted_at") or "undated")
+    return f"{champion_dir(model)}/history/{stamp}__{safe_part(replaced.get('run_id') or 'unknown')}.json"
+
+
+def stored_champion(ctx: RunContext) -> dict[str, Any] | None:
+    """The champion record of this run's student model as stored (a store written before champions
+    were kept per model has one ``champion/current.json``: it counts for the model it names)."""
+    model = ctx.config.student.model
+    if ctx.store.exists(champion_key(model)):
+        return ctx.store.read_json(champion_key(model))
+    if ctx.store.exists(LEGACY_CHAMPION_KEY):
+        legacy = ctx.store.read_json(LEGACY_CHAMPION_KEY)
+        if legacy.get("base_model") == model:
+            return legacy
+    return None
+
+
+def current_champion(ctx: RunContext) -> dict[str, Any] | None:
+    """The champion of this run's student model as this run found it.
+
+    A rerun of the run that was promoted sees the champion from before that promotion, so a
+    rerun starts where the first try started and reproduces its checkpoints."""
+    champion = stored_champion(ctx)
+    while champion and champion.get("run_id") == ctx.run_id:
+        champion = champion.get("previous")
+    if not champion:
+        return None
+    if champion.get("base_model") != ctx.config.student.model:
+        log.info("champion %s was trained from %s, not %s: starting from the base model",
+                 champion.get("run_id"), champion.get("base_model"), ctx.config.student.model)
+        return None
+    return champion
+
+
+def start_model(ctx: RunContext) -> str:
+    """The model cycle 1 started from, in words."""
+    champion = current_champion(ctx)
+    return f"champion of run {champion['run_id']}" if champion else "base model"
+
+
+# -- teacher and judge sessions -----------------------------------------------------------------
+def usage_key(ctx: RunContext, cycle: int | None, task: str) -> str:
+    return run_key(ctx.run_id, "usage", f"{'run' if cycle is None else f'cycle_{cycle}'}__{task}.json")
+
+
+@contextmanager
+def endpoint_session(ctx: RunContext, cycle: int | None, task: str) -> Iterator[tuple[Endpoint, UsageLedger]]:
+    """A live teacher/judge endpoint and a usage ledger, saved even when the task fails."""
+    from kdflow.llm.cache import UsageLedger
+    from kdflow.llm.server import teacher_endpoint
+
+    ledger = UsageLedger.from_config(ctx.config.teacher)
+    try:
+        with teacher_endpoint(ctx.config.teacher) as endpoint:
+            yield endpoint, ledger
+    finally:
+        pointer = ledger.save(ctx.store, usage_key(ctx, cycle, task))
+        log.info("%s: LLM usage %s", task, pointer.summary)
+
+
+@contextmanager
+def teacher_session(ctx: RunContext, cycle: int | None, task: str) -> Iterator[tuple[Endpoint, openai.OpenAI]]:
+    """A live endpoint and a caching client whose calls are counted under ``task``."""
+    from kdflow.llm.client import make_client
+
+    cfg = ctx.config.teacher
+    with endpoint_session(ctx, cycle, task) as (endpoint, ledger):
+        yield endpoint, make_client(endpoint, ctx.store, ledger, task=task, timeout_s=cfg.timeout_s,
+                                    max_retries=cfg.max_retries)

@@ -54,6 +54,7 @@ def test_a_step_reading_an_undeclared_checkpoint_or_pointer_is_stopped(tmp_path)
         ctx.pointer("other")
     with pytest.raises(UndeclaredInputError, match="published answers"):
         ctx.publish_json(1, "answers.json", {})
+    assert not ctx.store.exists(ctx.key(1, "answers.json"))  # refused before anything was written
     assert ctx.access.reads == [(1, "questions")]
     later = _bound(tmp_path, StepSpec("probe", "Probe", "setup", spec.func, (run("held_out"),)), 2)
     assert later.has_checkpoint(None, "held_out.jsonl")

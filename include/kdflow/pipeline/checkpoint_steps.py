@@ -74,7 +74,8 @@ def finetuning_complete(ctx: RunContext, cycle: int) -> dict[str, Any]:
 
 
 def save_cycle_results(ctx: RunContext, cycle: int) -> dict[str, Any]:
-    """Publish the comparison and improvement metrics, and one index of the cycle's checkpoints."""
+    """Publish the comparison and improvement metrics, and one index of the cycle's checkpoints (the
+    names and URLs the manifest lists for the cycle: a listing, not an input whose content it reads)."""
     comparison = ctx.publish(cycle, "comparison.json", ctx.pointer("compare_performance"))
     improvement = ctx.publish(cycle, "improvement.json", ctx.pointer("calculate_improvement_metrics"))
     own = ctx.checkpoint_name(cycle, "results.json")  # a rerun must not index its own earlier copy

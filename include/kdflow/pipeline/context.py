@@ -61,10 +61,13 @@ class StepAccess:
                                        "which its registry entry does not declare")
         self.reads.append((cycle, name))
 
-    def publish(self, cycle: int | None, name: str) -> None:
+    def check_publish(self, name: str) -> None:
         if name not in self.spec.produces:
             raise UndeclaredInputError(f"step {self.spec.id} published {name}, "
                                        "which its registry entry does not declare")
+
+    def publish(self, cycle: int | None, name: str) -> None:
+        self.check_publish(name)
         self.published.append((cycle, name))
 
 
@@ -134,6 +137,7 @@ class RunContext:
         self, cycle: int | None, name: str, staged: Pointer | Mapping[str, Any], *, schema: str | None = None
     ) -> Pointer:
         """Validate a staged artifact and publish it under its final key, atomically."""
+        self._may_publish(name)
         staged = Pointer.of(staged)
         try:
             data = self.store.read_verified(staged)
@@ -158,9 +162,15 @@ class RunContext:
 
     def publish_json(self, cycle: int | None, name: str, obj: Any, **kw: Any) -> Pointer:
         """Write a small summary object directly under its final key and record it."""
+        self._may_publish(name)
         pointer = self.store.write_json(self.key(cycle, name), self.mask(obj), **self._masked_kw(kw))
         self.record(cycle, name, pointer)
         return pointer
+
+    def _may_publish(self, name: str) -> None:
+        """Refuse an undeclared checkpoint before anything is written under its final key."""
+        if self.access is not None:
+            self.access.check_publish(_stem(name))
 
     def record(self, cycle: int | None, name: str, pointer: Pointer) -> None:
         """Record ``pointer`` in the run manifest as checkpoint ``name`` (written under its final key)."""

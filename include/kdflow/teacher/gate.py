@@ -11,7 +11,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel
@@ -20,8 +20,12 @@ from kdflow.config import GateConfig
 from kdflow.embeddings import embed, max_similarity
 from kdflow.gold import normalise_words
 from kdflow.kb import Passage
+from kdflow.llm.server import Endpoint
 from kdflow.teacher.faithfulness import split_sentences
 from kdflow.teacher.structured import UnusableReplyError, complete_json
+
+if TYPE_CHECKING:
+    import openai
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +93,7 @@ JUDGE_USER = (
 )
 
 
-def llm_answerability(client: Any, endpoint: Any) -> AnswerabilityJudge:
+def llm_answerability(client: openai.OpenAI, endpoint: Endpoint) -> AnswerabilityJudge:
     """The judge check through ``client`` (cached and counted like any teacher call). Temperature 0:
     a yes/no verdict should not vary, and a rerun replays it from the cache."""
 

@@ -15,15 +15,19 @@ import hashlib
 import logging
 import random
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from kdflow.config import GateConfig, TeacherConfig
 from kdflow.kb import KnowledgeBase, Passage
+from kdflow.llm.server import Endpoint
 from kdflow.records import Question, question_id
 from kdflow.teacher.gate import AnswerabilityJudge, DuplicateIndex, TeacherError, check_question, llm_answerability
 from kdflow.teacher.structured import complete_json
+
+if TYPE_CHECKING:
+    import openai
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +60,8 @@ def question_messages(kb_name: str, passage: Passage) -> list[dict[str, str]]:
 
 
 def generate_questions(
-    client: Any,
-    endpoint: Any,
+    client: openai.OpenAI,
+    endpoint: Endpoint,
     cfg: TeacherConfig,
     kb: KnowledgeBase,
     topic: str,

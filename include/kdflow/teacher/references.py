@@ -18,16 +18,20 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from kdflow.config import GateConfig, TeacherConfig
 from kdflow.kb import Passage
+from kdflow.llm.server import Endpoint
 from kdflow.records import Question, Reference
 from kdflow.retrieval import Retriever
 from kdflow.teacher.faithfulness import PassageSentences, SentenceJudge, split_sentences
 from kdflow.teacher.structured import UnusableReplyError, complete_json
+
+if TYPE_CHECKING:
+    import openai
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +144,8 @@ def _record(decision: str, reason: str, gate: GateConfig, reviews: list[dict[str
 
 
 def generate_reference(
-    client: Any,
-    endpoint: Any,
+    client: openai.OpenAI,
+    endpoint: Endpoint,
     cfg: TeacherConfig,
     retriever: Retriever,
     question: Question,
@@ -177,8 +181,8 @@ def generate_reference(
 
 
 def generate_references(
-    client: Any,
-    endpoint: Any,
+    client: openai.OpenAI,
+    endpoint: Endpoint,
     cfg: TeacherConfig,
     retriever: Retriever,
     questions: list[Question],

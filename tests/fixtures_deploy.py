@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from kdflow.pipeline.spec import DAG_ID  # noqa: F401 - the deployment tests take it from here
+
 REPO = Path(__file__).resolve().parents[1]
-DAG_ID = "knowledge_distillation"
 WORKERS = {"default": "worker-default", "gpu": "worker-gpu"}  # queue -> hostname its tasks record
 PG = {"host": "127.0.0.1", "port": "5432", "user": "postgres"}
 REDIS_URL = "redis://127.0.0.1:6379"

@@ -6,13 +6,14 @@ import json
 import pytest
 
 from kdflow.bench import pipeline as bench
+from kdflow.pipeline.spec import DAG_ID
 
 QUESTIONS = ["What is a Pod?", "What does a Service do?", "What is a PersistentVolume?", "What is a Node?"]
 
 
 def test_cheap_sections_write_json_and_markdown(tiny_phi_dir, tmp_path):
     parse = bench.parse_time(repeats=2)
-    assert parse["dags"] == ["knowledge_distillation"]
+    assert parse["dags"] == [DAG_ID]
     assert 0 < parse["median_s"] < 5 and len(parse["runs_s"]) == 2 and len(parse["load_avg"]) == 2
 
     gen = bench.generation_comparison(tiny_phi_dir, batch_sizes=(2, 4), questions=QUESTIONS, max_new_tokens=8, repeats=1)

@@ -14,6 +14,7 @@ import pytest
 
 from fixtures_reliability import STABLE
 from kdflow.pipeline.registry import CYCLE_STEPS, FINAL_STEPS, SETUP_STEPS
+from kdflow.pipeline.spec import DAG_ID
 from kdflow.store import ArtifactStore, run_key
 
 pytestmark = pytest.mark.slow
@@ -48,7 +49,7 @@ def e2e_env(tmp_path_factory, tiny_phi_dir):
 def dag():
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(DAGS)).dags["knowledge_distillation"]
+    return DagBag(dag_folder=str(DAGS)).dags[DAG_ID]
 
 
 def _conf(e2e_env):

@@ -10,11 +10,11 @@ import pytest
 
 from fixtures_reliability import SMALL_GOLD, smallest_overrides
 from fixtures_teacher import GATE, PASSAGES, QUESTION, SUPPORTED, TEXTS, UNSUPPORTED, teacher
+from kdflow.config import GateConfig
 from kdflow.gold import load_gold
 from kdflow.pipeline import execute
 from kdflow.pipeline.context import RunContext
 from kdflow.records import Answer, Question, Reference, TrainingPair
-from kdflow.config import GateConfig
 from kdflow.teacher.references import review_reference
 
 RUN = "manual__gate"
@@ -176,4 +176,23 @@ def test_passage_pairs_add_each_cited_passage_once(run):
     assert (extra.question_id, extra.cycle, extra.completion) == (f"passage:{KB_PASSAGE}", 1, passage.text)
     assert extra.prompt == "What does the Kubernetes v1.28 documentation say about EndpointSlices?"
     assert len(pairs) == 4 and pointer["summary"]["coverage"]["passages_covered"] == 1
+    execute("prepare_training_dataset", run_id=RUN, overrides=overrides, cycle=2)  # leave the module's run as it was
+
+
+def test_passage_pairs_all_add_every_passage_of_the_selected_topics(run):
+    """student.passage_pairs: all - every passage of the run's topics joins the dataset once (the cited
+    one too, not twice), and coverage counts them; true still means cited."""
+    from kdflow.config import load_config
+    from kdflow.kb import load_knowledge_base
+
+    ctx, overrides, _ = run
+    everything = {**overrides, "student": {**overrides["student"], "passage_pairs": "all"}}
+    pointer = execute("prepare_training_dataset", run_id=RUN, overrides=everything, cycle=2)
+    pairs = [TrainingPair.model_validate(r) for r in ctx.rows(pointer)]
+    extra = [p.question_id.removeprefix("passage:") for p in pairs if p.question_id.startswith("passage:")]
+    kb = load_knowledge_base()
+    selected = [p.id for topic in ctx.config.pipeline.topics for p in kb.passages_for(topic)]
+    assert sorted(extra) == sorted(selected) and KB_PASSAGE in extra
+    assert pointer["summary"]["coverage"]["passages_covered"] == 1  # coverage counts what the teacher's pairs cite
+    assert load_config({"student": {"passage_pairs": True}}).student.passage_pairs == "cited"
     execute("prepare_training_dataset", run_id=RUN, overrides=overrides, cycle=2)  # leave the module's run as it was

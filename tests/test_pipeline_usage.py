@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from kdflow.llm.cache import UsageLedger
+from kdflow.pipeline.artifacts import usage_key
 from kdflow.pipeline.context import RunContext
 from kdflow.pipeline.final_steps import _usage
-from kdflow.pipeline.artifacts import usage_key
 
 
 def test_usage_sums_every_column_of_the_task_ledgers(tmp_path):

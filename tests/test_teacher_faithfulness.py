@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from fixtures_teacher import GATE, PASSAGES, QUESTION, SUPPORTED, TEXTS, UNSUPPORTED, teacher
-from kdflow.teacher.faithfulness import PassageSentences, split_sentences
 from kdflow.config import GateConfig
+from kdflow.teacher.faithfulness import PassageSentences, split_sentences
 from kdflow.teacher.gate import DuplicateIndex, check_question
 from kdflow.teacher.references import review_reference
 

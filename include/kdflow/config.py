@@ -209,9 +209,16 @@ class StudentConfig(_Section):
     load_in_4bit: bool = True
     gpu_min_free_gib: float = Field(10.0, ge=0.0, le=1024)
     torch_threads: int = Field(1, ge=1, le=256)
-    # Add each knowledge-base passage the training questions cite as a pair of its own (its words as
-    # the answer to "what does the documentation say about <section>?").
-    passage_pairs: bool = False
+    # Knowledge-base passages as training pairs of their own (their words as the answer to "what does
+    # the documentation say about <section>?"): "cited" adds each passage the training questions cite,
+    # "all" every passage of the selected topics (docs/benchmarks/evaluation.md: more gold facts, worse
+    # answer form, ~50 min of CPU training per cycle for the shipped KB). true/false mean cited/off.
+    passage_pairs: Literal["off", "cited", "all"] = "off"
+
+    @field_validator("passage_pairs", mode="before")
+    @classmethod
+    def _passage_pairs_flag(cls, value: Any) -> Any:
+        return {True: "cited", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @property
     def served_model(self) -> str:

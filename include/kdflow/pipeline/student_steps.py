@@ -142,10 +142,15 @@ def decontaminate(
 
 
 def passage_pairs(ctx: RunContext, pairs: list[TrainingPair], cited: dict[str, list[str]]) -> list[TrainingPair]:
-    """One pair per knowledge-base passage the training questions cite, in first-cited order: the
-    passage's own words as the answer to "what does the documentation say about <section>?"."""
+    """One pair per knowledge-base passage, the passage's own words as the answer to "what does the
+    documentation say about <section>?": with ``student.passage_pairs: cited`` each passage the
+    training questions cite, in first-cited order; with ``all`` every passage of the selected topics
+    (counted as cycle 1's, as they are the same in every cycle), so the student reads facts the
+    teacher's references do not state."""
     kb = load_from_config(ctx.config)
     first_cycle: dict[str, int] = {}
+    if ctx.config.student.passage_pairs == "all":
+        first_cycle = {p.id: 1 for topic in ctx.config.pipeline.topics for p in kb.passages_for(topic)}
     for pair in pairs:
         for pid in cited.get(pair.question_id, []):
             first_cycle.setdefault(pid, pair.cycle)
@@ -180,7 +185,7 @@ def prepare_training_dataset(ctx: RunContext, cycle: int) -> dict[str, Any]:
         pairs += [TrainingPair(question_id=ref.question_id, cycle=n, topic=questions[ref.question_id]["topic"],
                                prompt=ref.question, completion=ref.reference) for ref in kept]  # fmt: skip
         cited.update({ref.question_id: questions[ref.question_id]["passage_ids"] for ref in kept})
-    if ctx.config.student.passage_pairs:
+    if ctx.config.student.passage_pairs != "off":
         pairs += passage_pairs(ctx, pairs, cited)
     threshold = ctx.config.evaluation.decontamination_similarity
     pairs, decontaminated = decontaminate(pairs, evaluation_questions(ctx), threshold)

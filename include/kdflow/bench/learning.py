@@ -39,14 +39,17 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
-def _run_dataset(store_url: str, run_id: str, cycle: int | None) -> tuple[Any, int, list[dict[str, Any]], dict[str, list[str]]]:
+def _run_dataset(store_url: str, run_id: str,
+                 cycle: int | None) -> tuple[Any, int, list[dict[str, Any]], dict[str, list[str]]]:
     """A run's context, the cycle whose training dataset is read (default: the last), its rows, and
     question id -> cited passage ids for every question of cycles 1..that one."""
     from kdflow.pipeline.context import RunContext
 
     ctx = RunContext.create(run_id, {"store": {"url": store_url}})
-    last = cycle or max(int(n.split(".")[0].removeprefix("cycle_")) for n in ctx.store.manifest(run_id) if n.endswith(".dataset"))
-    cites = {q["id"]: q["passage_ids"] for n in range(1, last + 1) for q in ctx.rows(ctx.checkpoint(n, "questions.jsonl"))}
+    last = cycle or max(int(n.split(".")[0].removeprefix("cycle_")) for n in ctx.store.manifest(run_id)
+                        if n.endswith(".dataset"))
+    cites = {q["id"]: q["passage_ids"] for n in range(1, last + 1)
+             for q in ctx.rows(ctx.checkpoint(n, "questions.jsonl"))}
     return ctx, last, ctx.rows(ctx.checkpoint(last, "dataset.jsonl")), cites
 
 
@@ -64,18 +67,23 @@ def passage_pairs(config: Any, passage_ids: list[str] | None = None) -> list[tup
     from kdflow.kb import load_from_config
 
     kb = load_from_config(config)
-    passages = [kb.by_id(pid) for pid in passage_ids] if passage_ids is not None else [p for t in config.pipeline.topics for p in kb.passages_for(t)]
+    if passage_ids is not None:
+        passages = [kb.by_id(pid) for pid in passage_ids]
+    else:
+        passages = [p for t in config.pipeline.topics for p in kb.passages_for(t)]
     return [p.as_training_pair(kb.name) for p in passages]
 
 
-def answer_gold(cfg: Any, model_path: Any, items: list[Any], adapter_dir: Path | None, budget: int) -> list[dict[str, Any]]:
+def answer_gold(cfg: Any, model_path: Any, items: list[Any], adapter_dir: Path | None,
+                budget: int) -> list[dict[str, Any]]:
     """The student's answers to the gold questions, with the pipeline's gold token budget."""
     from kdflow.student.device import plan_device
     from kdflow.student.generate import answer_questions
 
-    answers = answer_questions(cfg, model_path, [i.question for i in items], adapter_dir=adapter_dir, plan=plan_device(cfg, "answer"),
-                               max_new_tokens=[budget] * len(items))
-    return [{"question_id": i.as_question().id, "topic": i.topic, "split": "gold", "question": i.question, "answer": a.text}
+    answers = answer_questions(cfg, model_path, [i.question for i in items], adapter_dir=adapter_dir,
+                               plan=plan_device(cfg, "answer"), max_new_tokens=[budget] * len(items))
+    return [{"question_id": i.as_question().id, "topic": i.topic, "split": "gold",
+             "question": i.question, "answer": a.text}
             for i, a in zip(items, answers, strict=True)]
 
 
@@ -83,14 +91,16 @@ def score(cfg: Any, rows: list[dict[str, Any]], items: list[Any]) -> dict[str, d
     from kdflow.evaluation.metrics import score_gold_answers
     from kdflow.llm.cache import UsageLedger
 
-    scored = score_gold_answers(cfg.evaluation, rows, items, store=None, ledger=UsageLedger(), cycle=0, stage="finetuned")
+    scored = score_gold_answers(cfg.evaluation, rows, items, store=None, ledger=UsageLedger(),
+                                cycle=0, stage="finetuned")
     return {s.question_id: s.scores for s in scored}
 
 
 def compare(base: dict[str, dict], after: dict[str, dict], metrics: list[str], seed: int) -> dict[str, Any]:
     from kdflow.evaluation.stats import paired_comparison
 
-    return {m: paired_comparison({q: s.get(m) for q, s in base.items()}, {q: s.get(m) for q, s in after.items()}, seed=seed)
+    return {m: paired_comparison({q: s.get(m) for q, s in base.items()},
+                                 {q: s.get(m) for q, s in after.items()}, seed=seed)
             for m in metrics}
 
 
@@ -98,7 +108,8 @@ def compare(base: dict[str, dict], after: dict[str, dict], metrics: list[str], s
 REWORDINGS = {
     "pods-01": "What interface lets the kubelet tell the container runtime to create a Pod's sandbox and containers?",
     "pods-10": "What HTTP status codes count as success for an httpGet probe?",
-    "pods-19": "What value of unhealthyPodEvictionPolicy allows unhealthy running Pods to be evicted even if the PDB is not met?",
+    "pods-19": "What value of unhealthyPodEvictionPolicy allows unhealthy running Pods to be evicted even if the PDB "
+               "is not met?",
     "services-04": "What flag of the API server defines the range of virtual IPs assigned to ClusterIP Services?",
     "services-13": "In IPVS mode, which scheduling algorithm does kube-proxy use by default?",
     "services-22": "What Gateway API version matched Kubernetes 1.28 and how mature were its core resources?",
@@ -118,7 +129,8 @@ def contamination(store_url: str, run_id: str, top: int = 12) -> dict[str, Any]:
     from kdflow.pipeline.context import RunContext
 
     ctx = RunContext.create(run_id, {"store": {"url": store_url}})
-    cycles = sorted(int(n.split(".")[0].removeprefix("cycle_")) for n in ctx.store.manifest(run_id) if n.endswith(".questions"))
+    cycles = sorted(int(n.split(".")[0].removeprefix("cycle_")) for n in ctx.store.manifest(run_id)
+                    if n.endswith(".questions"))
     questions = [row["question"] for n in cycles for row in ctx.rows(ctx.checkpoint(n, "questions.jsonl"))]
     items = {item.id: item.question for item in load_gold(BUILTIN_GOLD).items}
     gold = list(items.values())
@@ -147,7 +159,8 @@ def teachable(store_url: str, run_id: str, cycle: int | None = None) -> dict[str
     covered = [g for g in gold if any(pid in references for pid in g.passage_ids)]
 
     def stated(item: Any, fact: list[str]) -> bool:
-        return any(f" {normalise_words(form)} " in ref for pid in item.passage_ids for ref in references.get(pid, []) for form in fact)
+        return any(f" {normalise_words(form)} " in ref for pid in item.passage_ids
+                   for ref in references.get(pid, []) for form in fact)
 
     taught = [g.id for g in covered if all(stated(g, fact) for fact in g.key_facts)]
     return {"cycle": last, "passages_cited": len(references), "gold_items": len(gold),
@@ -164,16 +177,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kdflow.bench.learning", description=__doc__.splitlines()[0])
     parser.add_argument("--store", help="the finished run's store (not needed for kb- recipes)")
     parser.add_argument("--run-id")
-    parser.add_argument("--cycle", type=int, default=None, help="the training dataset of this cycle (default: the last)")
+    parser.add_argument("--cycle", type=int, default=None,
+                        help="the training dataset of this cycle (default: the last)")
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--contamination", action="store_true", help="only measure how close the run's questions come to gold")
-    parser.add_argument("--teachable", action="store_true", help="only count the gold items the run's training data could teach")
+    parser.add_argument("--contamination", action="store_true",
+                        help="only measure how close the run's questions come to gold")
+    parser.add_argument("--teachable", action="store_true",
+                        help="only count the gold items the run's training data could teach")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.contamination or args.teachable:
-        report = contamination(args.store, args.run_id) if args.contamination else teachable(args.store, args.run_id, args.cycle)
+        report = (contamination(args.store, args.run_id) if args.contamination
+                  else teachable(args.store, args.run_id, args.cycle))
         args.out.write_text(json.dumps(report, indent=2))
         print(json.dumps(report, indent=2))
         return 0
@@ -189,17 +206,20 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     budget = config.evaluation.gold_max_new_tokens
     base = score(config, answer_gold(config.student, model_path, items, None, budget), items)
-    doc: dict[str, Any] = {"run": args.run_id, "cycle": args.cycle, "threads": args.threads, "pairs": len(pairs), "cited_passages": len(cited), "gold_items": len(items),
+    doc: dict[str, Any] = {"run": args.run_id, "cycle": args.cycle, "threads": args.threads, "pairs": len(pairs),
+                           "cited_passages": len(cited), "gold_items": len(items),
                            "base_means": {m: sum(s[m] for s in base.values()) / len(base) for m in metrics},
                            "base_answer_s": round(time.monotonic() - started, 1), "recipes": {}}
     print(f"base model: {doc['base_means']} ({len(pairs)} teacher pairs, {len(cited)} cited passages)", flush=True)
     for name in recipes:
         overrides, source = RECIPES[name]
         cfg = config.student.model_copy(update=overrides)
-        data = {"teacher": pairs, "teacher+cited": pairs + passage_pairs(config, cited), "kb": passage_pairs(config)}[source]
+        data = {"teacher": pairs, "teacher+cited": pairs + passage_pairs(config, cited),
+                "kb": passage_pairs(config)}[source]
         t0 = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="kdflow-recipe-") as tmp:
-            result = train_adapter(cfg, model_path, data, Path(tmp) / "adapter", plan=plan_device(cfg, "train"), seed=config.seed)
+            result = train_adapter(cfg, model_path, data, Path(tmp) / "adapter",
+                                   plan=plan_device(cfg, "train"), seed=config.seed)
             train_s = time.monotonic() - t0
             after = score(config, answer_gold(cfg, model_path, items, Path(tmp) / "adapter", budget), items)
         comparison = compare(base, after, metrics, config.seed)

@@ -73,9 +73,11 @@ def machine() -> dict[str, Any]:
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal"))
     return {
-        "nproc": os.cpu_count(), "cpu_model": cpu, "memory_gib": round(mem_kb / 2**20, 1), "python": platform.python_version(),
+        "nproc": os.cpu_count(), "cpu_model": cpu, "memory_gib": round(mem_kb / 2**20, 1),
+        "python": platform.python_version(),
         "torch": torch.__version__, "transformers": transformers.__version__, "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "load_avg": load_average(),
     }
@@ -91,7 +93,8 @@ def parse_time(repeats: int = 5, dags: Path = DAGS) -> dict[str, Any]:
     return {"dags": list(first.dag_ids), **timed_median(lambda: DagBag(dag_folder=str(dags)), repeats)}
 
 
-def generation_comparison(model_path: Path | str, *, batch_sizes: Sequence[int] = (1, 4, 8), questions: Sequence[str] = BENCH_QUESTIONS,
+def generation_comparison(model_path: Path | str, *, batch_sizes: Sequence[int] = (1, 4, 8),
+                          questions: Sequence[str] = BENCH_QUESTIONS,
                           max_new_tokens: int = 64, repeats: int = 3, threads: int = 1) -> dict[str, Any]:
     """Tokens/s answering ``questions`` one by one vs in batches of each size, one model load,
     every round measuring each mode back to back; speedup = median batched / median one-by-one."""
@@ -107,7 +110,8 @@ def generation_comparison(model_path: Path | str, *, batch_sizes: Sequence[int] 
     def rate(size: int) -> tuple[float, float]:
         load, started = load_average(), time.perf_counter()
         tokens = sum(count for start in range(0, len(prompts), size)
-                     for _text, count in generate_batch(model, tokenizer, prompts[start : start + size], max_new_tokens))
+                     for _text, count in generate_batch(model, tokenizer,
+                                                        prompts[start : start + size], max_new_tokens))
         return tokens / (time.perf_counter() - started), load
 
     sizes = sorted({1, *batch_sizes})
@@ -150,13 +154,14 @@ def _run_cli(store: Path, run_id: str, cycles: int, questions: int) -> dict[str,
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
-        raise RuntimeError(f"pipeline run {run_id} failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"pipeline run {run_id} failed (exit {proc.returncode}): "
+                           f"{proc.stderr.strip().splitlines()[-1:]}")
     steps = [{"step": m[4], "cycle": int(m[3]) if m[3] else None, "seconds": float(m[5])}
              for m in (_STEP_LINE.match(line.strip()) for line in proc.stdout.splitlines()) if m]
     step_sum = sum(s["seconds"] for s in steps)
     return {"command": " ".join(["python", *cmd[1:]]), "wall_s": round(wall, 1), "steps_sum_s": round(step_sum, 1),
-            "outside_steps_share": round(1 - step_sum / wall, 3), "load_avg_before": load, "load_avg_after": load_average(),
-            "steps": steps}
+            "outside_steps_share": round(1 - step_sum / wall, 3), "load_avg_before": load,
+            "load_avg_after": load_average(), "steps": steps}
 
 
 def _usage(store: Path, run_id: str, since: float = 0.0) -> dict[str, dict[str, Any]]:
@@ -194,11 +199,13 @@ def _stage_table(run: dict[str, Any], usage: dict[str, dict[str, Any]], store: P
     known = {label for labels in LEDGERS.values() for label in labels}
     other = [row for label, row in usage.items() if label.split("__", 1)[-1] not in known]
     if other:  # a new LLM task nobody mapped: counted, not lost
-        stages["other_llm_tasks"] = {"calls": sum(r["calls"] for r in other), "cache_hits": sum(r["cache_hits"] for r in other)}
+        stages["other_llm_tasks"] = {"calls": sum(r["calls"] for r in other),
+                                     "cache_hits": sum(r["cache_hits"] for r in other)}
     return stages
 
 
-def end_to_end(store: Path | None = None, *, cycles: int = 2, questions: int = 3, run_id: str = "bench") -> dict[str, Any]:
+def end_to_end(store: Path | None = None, *, cycles: int = 2, questions: int = 3,
+               run_id: str = "bench") -> dict[str, Any]:
     """The embedded default end to end (one run: it takes minutes), then the same run id again,
     which must be served from the store and the response cache: 0 teacher and 0 judge calls."""
     store = Path(store or tempfile.mkdtemp(prefix="kdflow-bench-store-"))
@@ -209,7 +216,8 @@ def end_to_end(store: Path | None = None, *, cycles: int = 2, questions: int = 3
     rerun = _run_cli(store, run_id, cycles, questions)
     rerun_usage = _usage(store, run_id, since=rerun_started)
     return {
-        "store": str(store), "run_id": run_id, "cycles": cycles, "questions": questions, "runs": 1, "first": first, "stages": stages,
+        "store": str(store), "run_id": run_id, "cycles": cycles, "questions": questions, "runs": 1,
+        "first": first, "stages": stages,
         "rerun": {**{k: rerun[k] for k in ("wall_s", "steps_sum_s", "load_avg_before")},
                   "teacher_and_judge_calls": sum(r["calls"] for r in rerun_usage.values()),
                   "calls_by_task": {label: r["calls"] for label, r in rerun_usage.items() if r["calls"]},
@@ -221,7 +229,8 @@ def end_to_end(store: Path | None = None, *, cycles: int = 2, questions: int = 3
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     fmt = lambda v: "–" if v is None else str(v)  # noqa: E731
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(fmt(v) for v in r) + " |" for r in rows), ""]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(fmt(v) for v in r) + " |" for r in rows), ""]
 
 
 STANDING_NOTES = [
@@ -244,7 +253,8 @@ def goals(results: dict[str, Any]) -> list[list[Any]]:
                  ["rerun makes 0 teacher and 0 judge calls", e2e["rerun"]["teacher_and_judge_calls"],
                   e2e["rerun"]["teacher_and_judge_calls"] == 0]]
     if air := results.get("airflow"):
-        rows += [["end to end under 6 min, under Airflow (`airflow dags test`)", f"{air['run_wall_s'] / 60:.1f} min", air["run_wall_s"] < 360],
+        rows += [["end to end under 6 min, under Airflow (`airflow dags test`)", f"{air['run_wall_s'] / 60:.1f} min",
+                  air["run_wall_s"] < 360],
                  ["orchestration under 10 % of wall time (Airflow: run wall outside task instances)",
                   f"{air['outside_tasks_share']:.1%}", air["outside_tasks_share"] < 0.10]]
     if gen := results.get("generation"):
@@ -259,10 +269,10 @@ def render_markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
         "# kdflow benchmark results", "",
-        f"Measured {results['measured_at']} on {m['nproc']} CPU cores ({m['cpu_model']}), {m['memory_gib']} GiB memory, "
-        f"Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, GPU: {m['gpu'] or 'none'}. "
-        "The machine is shared with other engineers: load averages (1 min) are noted beside each number; "
-        "compare ratios measured side by side rather than absolute seconds.", "",
+        f"Measured {results['measured_at']} on {m['nproc']} CPU cores ({m['cpu_model']}), {m['memory_gib']} GiB "
+        f"memory, Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, GPU: "
+        f"{m['gpu'] or 'none'}. The machine is shared with other engineers: load averages (1 min) are noted beside "
+        "each number; compare ratios measured side by side rather than absolute seconds.", "",
         "Commands: " + "; ".join(f"`{c}`" for c in results["commands"]), "",
     ]
     if verdicts := goals(results):
@@ -275,14 +285,17 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += _table(["measure", "value", "load avg"], [
             ["wall time (fresh process, empty store)", f"{first['wall_s']} s", first["load_avg_before"]],
             ["sum of step times", f"{first['steps_sum_s']} s", None],
-            ["share outside step compute (imports, process start, report)", f"{first['outside_steps_share']:.1%}", None],
-            ["rerun of the same run id: wall time", f"{rerun['wall_s']} s ({rerun['wall_ratio_vs_first']:.0%} of first)", rerun["load_avg_before"]],
-            ["rerun: teacher + judge calls (first run)", f"{rerun['teacher_and_judge_calls']} ({rerun['first_run_calls']})", None],
+            ["share outside step compute (imports, process start, report)",
+             f"{first['outside_steps_share']:.1%}", None],
+            ["rerun of the same run id: wall time",
+             f"{rerun['wall_s']} s ({rerun['wall_ratio_vs_first']:.0%} of first)", rerun["load_avg_before"]],
+            ["rerun: teacher + judge calls (first run)",
+             f"{rerun['teacher_and_judge_calls']} ({rerun['first_run_calls']})", None],
             ["rerun: cache hits", rerun["cache_hits"], None],
             ["rerun: tasks that still called the teacher/judge", rerun.get("calls_by_task") or None, None],
         ])
-        lines += ["## Per stage", "", "Seconds summed over the cycles (student stages include their model-load check step); "
-                  "tokens/s is teacher completion tokens per second of LLM time, student new tokens per second, "
+        lines += ["## Per stage", "", "Seconds summed over the cycles (student stages include their model-load check "
+                  "step); tokens/s is teacher completion tokens per second of LLM time, student new tokens per second, "
                   "or training tokens per second.", ""]
         lines += _table(["stage", "seconds", "tokens/s", "calls", "cache hits", "extra"], [
             [name, row.get("seconds"), row.get("tokens_per_s"), row.get("calls"), row.get("cache_hits"),
@@ -299,16 +312,18 @@ def render_markdown(results: dict[str, Any]) -> str:
             ["slowest tasks (s)", air["slowest_tasks"], None]])
     if gen := results.get("generation"):
         lines += ["## Student generation: batched vs one by one", "",
-                  f"{gen['questions']} questions, {gen['max_new_tokens']} new tokens max, greedy, {gen['threads']} torch thread, "
-                  f"median of {gen['repeats']} rounds, each round measuring every batch size back to back. Model: `{Path(gen['model']).name}`.", ""]
+                  f"{gen['questions']} questions, {gen['max_new_tokens']} new tokens max, greedy, {gen['threads']} "
+                  f"torch thread, median of {gen['repeats']} rounds, each round measuring every batch size back to "
+                  f"back. Model: `{Path(gen['model']).name}`.", ""]
         lines += _table(["batch size", "tokens/s (median)", "speedup vs one by one", "runs", "load avg"], [
-            [size, row["tokens_per_s_median"], f"{row['speedup_vs_one_by_one']}x", row["tokens_per_s_runs"], row["load_avg"]]
+            [size, row["tokens_per_s_median"], f"{row['speedup_vs_one_by_one']}x",
+             row["tokens_per_s_runs"], row["load_avg"]]
             for size, row in gen["by_batch_size"].items()])
     if pool := results.get("teacher_pool"):
         lines += ["## Embedded teacher: one llama.cpp server vs a pool", "",
                   f"{pool['calls_per_round']} reference calls ({pool['max_tokens']} tokens max, greedy) at concurrency "
-                  f"{pool['concurrency']} through the real client with an empty cache, median of {pool['repeats']} rounds, "
-                  f"each round measuring both pools back to back (`teacher.embedded_servers`).", ""]
+                  f"{pool['concurrency']} through the real client with an empty cache, median of {pool['repeats']} "
+                  "rounds, each round measuring both pools back to back (`teacher.embedded_servers`).", ""]
         lines += _table(["servers", "seconds (median)", "runs", "load avg"], [
             [size, row["median_s"], [r["seconds"] for r in row["runs"]], [r["load_avg"] for r in row["runs"]]]
             for size, row in pool["by_servers"].items()])
@@ -317,11 +332,13 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += ["## Student model load", ""]
         lines += _table(["load", "seconds", "runs", "load avg"], [
             ["cold (GGUF conversion + load)", load["cold"]["seconds"], 1, load["cold"]["load_avg"]],
-            ["warm (cached safetensors folder)", load["warm"]["median_s"], load["warm"]["runs_s"], load["warm"]["load_avg"]],
+            ["warm (cached safetensors folder)", load["warm"]["median_s"], load["warm"]["runs_s"],
+             load["warm"]["load_avg"]],
             ["cold / warm", f"{load['cold_over_warm']}x", None, None]])
     if parse := results.get("parse"):
         lines += ["## DAG parse time", ""]
-        lines += _table(["measure", "median s", "runs", "load avg"], [["DagBag fill of dags/", parse["median_s"], parse["runs_s"], parse["load_avg"]]])
+        lines += _table(["measure", "median s", "runs", "load avg"],
+                        [["DagBag fill of dags/", parse["median_s"], parse["runs_s"], parse["load_avg"]]])
     lines += ["## Notes", "", *(f"- {n}" for n in [*STANDING_NOTES, *results.get("notes", [])]), ""]
     return "\n".join(lines)
 
@@ -350,13 +367,15 @@ def run_benchmark(sections: Sequence[str] = SECTIONS, *, out_dir: Path | str = D
         raise ValueError(f"unknown benchmark section(s) {unknown}; choose from {list(SECTIONS)}")
     os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    results: dict[str, Any] = {"machine": machine(), "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    results: dict[str, Any] = {"machine": machine(),
+                               "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                                "commands": ["make bench", "python -m kdflow.bench --sections " + ",".join(sections)],
                                "notes": []}  # hand-written findings belong to the measurement they describe
     measure: dict[str, Callable[[], Any]] = {
         "parse": lambda: parse_time(repeats=max(repeats, 5)),
         "load": lambda: model_load(repeats),
-        "generation": lambda: generation_comparison(resolve_student("embedded"), repeats=repeats, max_new_tokens=max_new_tokens),
+        "generation": lambda: generation_comparison(resolve_student("embedded"), repeats=repeats,
+                                                    max_new_tokens=max_new_tokens),
         "teacher_pool": lambda: teacher_pool(repeats),
         "e2e": lambda: end_to_end(store),
         "airflow": airflow_run,
@@ -370,11 +389,14 @@ def run_benchmark(sections: Sequence[str] = SECTIONS, *, out_dir: Path | str = D
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kdflow.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="folder for results.json and results.md")
-    parser.add_argument("--store", default=None, help="store folder for the end-to-end runs (default: a fresh temporary one)")
+    parser.add_argument("--store", default=None,
+                        help="store folder for the end-to-end runs (default: a fresh temporary one)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cheap measurement (medians)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per answer in the generation comparison")
+    parser.add_argument("--max-new-tokens", type=int, default=64,
+                        help="new tokens per answer in the generation comparison")
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     run_benchmark(sections, out_dir=args.out, store=Path(args.store) if args.store else None,

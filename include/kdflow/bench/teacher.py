@@ -20,7 +20,7 @@ POOL_QUESTIONS = [
     "What does a Service of type ClusterIP do?", "What does a NodePort Service expose?",
     "When is a LoadBalancer Service used?", "What is an ExternalName Service?",
     "What is a headless Service?", "How does a Service select its Pods?",
-]  # fmt: skip
+]
 
 
 def _timed_round(client: Any, model: str, prompts: list[Any], concurrency: int, max_tokens: int) -> dict[str, float]:
@@ -50,14 +50,16 @@ def teacher_pool(repeats: int = 3, servers: int = 2, concurrency: int = 2, max_t
     with embedded_servers(gguf, servers, n_ctx=4096) as urls:
         for round_ in range(repeats):
             for size in runs:
-                endpoint = Endpoint(urls[0], gguf.stem, "sk-no-key-required", EMBEDDED_STRUCTURED_OUTPUT, tuple(urls[1:size]))
+                endpoint = Endpoint(urls[0], gguf.stem, "sk-no-key-required",
+                                    EMBEDDED_STRUCTURED_OUTPUT, tuple(urls[1:size]))
                 with tempfile.TemporaryDirectory(prefix="kdflow-bench-pool-") as cache:
                     client = make_client(endpoint, ArtifactStore(cache), UsageLedger(), task="bench")
-                    prompts = [reference_messages(kb.name, f"{q} (round {round_})", passages) for q in POOL_QUESTIONS[:CALLS_PER_ROUND]]
+                    prompts = [reference_messages(kb.name, f"{q} (round {round_})", passages)
+                               for q in POOL_QUESTIONS[:CALLS_PER_ROUND]]
                     runs[size].append(_timed_round(client, endpoint.model, prompts, concurrency, max_tokens))
     medians = {size: statistics.median(r["seconds"] for r in rows) for size, rows in runs.items()}
     return {
         "calls_per_round": CALLS_PER_ROUND, "concurrency": concurrency, "max_tokens": max_tokens, "repeats": repeats,
         "by_servers": {str(size): {"median_s": round(medians[size], 2), "runs": rows} for size, rows in runs.items()},
         "speedup": round(medians[1] / medians[servers], 2),
-    }  # fmt: skip
+    }

@@ -66,7 +66,8 @@ def aggregate(rows: Sequence[ScoreRow]) -> dict[str, Any]:
         metrics = metric_names(r for r in rows if r.split == split)  # the gold set has metrics of its own
         by_split_stage.setdefault(split, {})[stage] = {m: summarize(group, m) for m in metrics}
         topics = _group(group, lambda r: r.topic)
-        by_topic.setdefault(split, {})[stage] = {t: {m: summarize(topics[t], m) for m in metrics} for t in sorted(topics)}
+        by_topic.setdefault(split, {})[stage] = {t: {m: summarize(topics[t], m) for m in metrics}
+                                                 for t in sorted(topics)}
     return {"by_split_stage": by_split_stage, "by_topic": by_topic}
 
 
@@ -150,14 +151,16 @@ def compare_cycle(
     cycles = {r.cycle for r in rows}
     if len(cycles) > 1:
         raise ValueError(f"compare_cycle got score rows of several cycles {sorted(cycles)}; pass one cycle's rows")
-    bad = [r.question_id for r in baseline if r.stage != "baseline"] + [r.question_id for r in finetuned if r.stage != "finetuned"]
+    bad = ([r.question_id for r in baseline if r.stage != "baseline"]
+           + [r.question_id for r in finetuned if r.stage != "finetuned"])
     if bad:
         raise ValueError(f"compare_cycle got rows with the wrong stage for questions {bad[:5]}")
     splits = {}
     for split in SPLITS:
         base, fine = select(baseline, split=split), select(finetuned, split=split)
         if base or fine:  # each split's own metrics: the gold set's are not the teacher-written sets'
-            splits[split] = {m: compare_metric(base, fine, m, success_threshold, **stats) for m in metric_names([*base, *fine])}
+            splits[split] = {m: compare_metric(base, fine, m, success_threshold, **stats)
+                             for m in metric_names([*base, *fine])}
     return {
         "cycle": cycles.pop() if cycles else None,
         "success_threshold": success_threshold,
@@ -166,7 +169,8 @@ def compare_cycle(
     }
 
 
-def statistics_options(resamples: int = DEFAULT_RESAMPLES, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> dict[str, Any]:
+def statistics_options(resamples: int = DEFAULT_RESAMPLES, confidence: float = DEFAULT_CONFIDENCE,
+                       seed: int = 0) -> dict[str, Any]:
     """The keyword arguments of :func:`paired_comparison` the pipeline and the report share."""
     return {"resamples": resamples, "confidence": confidence, "seed": seed}
 
@@ -205,6 +209,7 @@ def compare_all(
     for comp in ordered:
         for metric, numbers in comp["splits"].get("held_out", {}).items():
             trend.setdefault(metric, []).append(
-                {"cycle": comp["cycle"], "baseline_mean": numbers["baseline_mean"], "finetuned_mean": numbers["finetuned_mean"]}
+                {"cycle": comp["cycle"], "baseline_mean": numbers["baseline_mean"],
+                 "finetuned_mean": numbers["finetuned_mean"]}
             )
     return {"table": table, "overall": overall, "held_out_trend": trend}

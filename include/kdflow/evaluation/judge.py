@@ -79,7 +79,8 @@ def make_judge_llm(cfg: EvaluationConfig, judge: Any, *, store: Any, ledger: Any
     from kdflow.llm.client import make_client
 
     raw = make_client(judge, store, ledger, task="judge", async_client=True)
-    patched = instructor.from_openai(_endpoint_dialect_client(raw, judge.structured_output), mode=instructor.Mode.JSON_SCHEMA)
+    patched = instructor.from_openai(_endpoint_dialect_client(raw, judge.structured_output),
+                                     mode=instructor.Mode.JSON_SCHEMA)
 
     class SeededJudgeLLM(InstructorBaseRagasLLM):
         """ragas' InstructorLLM minus its analytics call, plus the per-draw seed."""

@@ -64,11 +64,14 @@ def build_scorers(cfg: EvaluationConfig, *, llm: Any, metrics: Sequence[str] | N
             rc.AnswerRelevancy(llm=llm, embeddings=embeddings(), strictness=cfg.relevancy_strictness),
             user_input="question", response="answer",
         ),
-        "semantic_similarity": lambda: _call(rc.SemanticSimilarity(embeddings=embeddings()), reference="reference", response="answer"),
-        "rouge_l": lambda: _call(rc.RougeScore(rouge_type="rougeL", mode="fmeasure"), reference="reference", response="answer"),
+        "semantic_similarity": lambda: _call(rc.SemanticSimilarity(embeddings=embeddings()),
+                                             reference="reference", response="answer"),
+        "rouge_l": lambda: _call(rc.RougeScore(rouge_type="rougeL", mode="fmeasure"),
+                                 reference="reference", response="answer"),
         "bleu": lambda: _call(rc.BleuScore(), reference="reference", response="answer"),
         "answer_correctness": lambda: _call(
-            rc.AnswerCorrectness(llm=llm, embeddings=embeddings()), user_input="question", response="answer", reference="reference"
+            rc.AnswerCorrectness(llm=llm, embeddings=embeddings()), user_input="question", response="answer",
+            reference="reference"
         ),
         "factual_correctness": lambda: _call(rc.FactualCorrectness(llm=llm), response="answer", reference="reference"),
     }
@@ -89,7 +92,8 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-async def _score_metric(name: str, scorer: Scorer, row: dict[str, Any], gate: asyncio.Semaphore) -> tuple[float | None, str | None]:
+async def _score_metric(name: str, scorer: Scorer, row: dict[str, Any],
+                        gate: asyncio.Semaphore) -> tuple[float | None, str | None]:
     if name in REFERENCE_METRICS and row.get(DROPPED_KEY):
         return None, f"reference dropped by the quality gate: {row[DROPPED_KEY]}"
     if name in REFERENCE_METRICS and not row["reference"].strip():
@@ -122,7 +126,8 @@ def _check_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if missing:
             raise ValueError(f"score_answers: row {i} ({row.get('question_id', '?')}) lacks {', '.join(missing)}")
         if row["split"] not in ("train", "held_out", "gold"):
-            raise ValueError(f"score_answers: row {i} ({row['question_id']}) has split {row['split']!r}; use 'train', 'held_out' or 'gold'")
+            raise ValueError(f"score_answers: row {i} ({row['question_id']}) has split {row['split']!r}; use 'train', "
+                             "'held_out' or 'gold'")
         checked.append({k: row[k] if k == "split" else str(row[k] or "") for k in ROW_KEYS})
         checked[-1][DROPPED_KEY] = row.get(DROPPED_KEY)
     return checked
@@ -174,28 +179,32 @@ def score_answers(
     metrics = list(cfg.metrics if metrics is None else metrics)
     needs_judge = [m for m in metrics if m in JUDGE_METRICS]
     if needs_judge and judge is None:
-        raise ValueError(f"score_answers: metrics {needs_judge} need a judge endpoint; pass judge= or drop them from evaluation.metrics")
+        raise ValueError(f"score_answers: metrics {needs_judge} need a judge endpoint; pass judge= or drop them from "
+                         "evaluation.metrics")
     checked = _check_rows(rows)
     if not checked:
         return []
     outcomes = asyncio.run(_score_all(cfg, metrics, checked, judge, store, ledger))
     return [
-        ScoreRow(question_id=row["question_id"], topic=row["topic"], split=row["split"], stage=stage, cycle=cycle, **outcome)
+        ScoreRow(question_id=row["question_id"], topic=row["topic"], split=row["split"], stage=stage,
+                 cycle=cycle, **outcome)
         for row, outcome in zip(checked, outcomes, strict=True)
     ]
 
 
-def score_gold_answers(cfg: EvaluationConfig, rows: Sequence[dict[str, Any]], items: Sequence[Any], *, store: Any, ledger: Any,
-               cycle: int, stage: str) -> list[ScoreRow]:
+def score_gold_answers(cfg: EvaluationConfig, rows: Sequence[dict[str, Any]], items: Sequence[Any], *,
+                       store: Any, ledger: Any, cycle: int, stage: str) -> list[ScoreRow]:
     """Score answers to gold questions (:class:`kdflow.gold.GoldItem` ``items``) with
     ``cfg.gold_metrics``, all judge-free: ``key_fact_recall`` against the item's key facts, the
-    others through :func:`score_answers` against the gold answer. ``rows`` are ``{"question_id", "topic", "split", "question", "answer"}``."""
+    others through :func:`score_answers` against the gold answer. ``rows`` are
+    ``{"question_id", "topic", "split", "question", "answer"}``."""
     from kdflow.gold import key_fact_recall
 
     by_id = {item.as_question().id: item for item in items}
     scored_rows = [{**row, "reference": by_id[row["question_id"]].answer} for row in rows]
     others = [m for m in cfg.gold_metrics if m != "key_fact_recall"]
-    scores = score_answers(cfg, scored_rows, judge=None, store=store, ledger=ledger, cycle=cycle, stage=stage, metrics=others)
+    scores = score_answers(cfg, scored_rows, judge=None, store=store, ledger=ledger, cycle=cycle,
+                           stage=stage, metrics=others)
     for row, score in zip(scored_rows, scores, strict=True):
         values = dict(score.scores)
         if "key_fact_recall" in cfg.gold_metrics:

@@ -42,8 +42,10 @@ def scores_per_cycle(table: Sequence[Mapping[str, Any]], metrics: Sequence[str],
         rows = [r for r in table if r["metric"] == metric and r["split"] == split]
         cycles = [r["cycle"] for r in rows]
         xs = range(len(rows))
-        ax.bar([x - 0.2 for x in xs], [_value(r["baseline_mean"]) for r in rows], 0.4, label="baseline", color=COLORS["baseline"])
-        ax.bar([x + 0.2 for x in xs], [_value(r["finetuned_mean"]) for r in rows], 0.4, label="fine-tuned", color=COLORS["finetuned"])
+        ax.bar([x - 0.2 for x in xs], [_value(r["baseline_mean"]) for r in rows], 0.4, label="baseline",
+               color=COLORS["baseline"])
+        ax.bar([x + 0.2 for x in xs], [_value(r["finetuned_mean"]) for r in rows], 0.4, label="fine-tuned",
+               color=COLORS["finetuned"])
         ax.set_xticks(list(xs), [f"cycle {c}" for c in cycles])
         ax.set_ylim(0, 1)
         ax.set_title(f"{metric} ({split})")

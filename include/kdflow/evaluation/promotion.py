@@ -20,8 +20,10 @@ from kdflow.evaluation.stats import MIN_PAIRS, paired_comparison
 from kdflow.records import ScoreRow
 
 
-def _topic_deltas(candidate: Sequence[ScoreRow], incumbent: Sequence[ScoreRow], metric: str, ids: set[str]) -> dict[str, float]:
-    before = {r.question_id: (r.topic, v) for r in incumbent if r.question_id in ids and (v := r.scores.get(metric)) is not None}
+def _topic_deltas(candidate: Sequence[ScoreRow], incumbent: Sequence[ScoreRow], metric: str,
+                  ids: set[str]) -> dict[str, float]:
+    before = {r.question_id: (r.topic, v) for r in incumbent
+              if r.question_id in ids and (v := r.scores.get(metric)) is not None}
     after = {r.question_id: v for r in candidate if r.question_id in ids and (v := r.scores.get(metric)) is not None}
     by_topic: dict[str, list[float]] = {}
     for qid, (topic, value) in before.items():
@@ -50,16 +52,18 @@ def decide_promotion(
         "metric": metric, "split": split, "margin": cfg.margin, "topic_tolerance": cfg.topic_tolerance,
         "candidate_mean": None, "champion_mean": None, "delta": None, "ci_low": None, "ci_high": None,
         "p_value": None, "verdict": None, "topic_deltas": {}, "regressed_topics": [], "questions": 0,
-    }  # fmt: skip
+    }
     after = {k: v for k, v in by_question(candidate, metric).items() if v is not None}
     if not after:
-        return {**decision, "promote": False, "reason": f"candidate has no scored {split} questions for {metric!r}; nothing to judge it by"}
+        return {**decision, "promote": False,
+                "reason": f"candidate has no scored {split} questions for {metric!r}; nothing to judge it by"}
     before = {k: v for k, v in by_question(incumbent or [], metric).items() if v is not None}
     paired = paired_comparison(before, after, **stats)
     if paired["n"] < MIN_PAIRS:
         return {**decision, "promote": False, "questions": paired["n"],
-                "reason": (f"no comparable scores: the model the run started from and the candidate share {paired['n']} "
-                           f"scored {split} question(s) for {metric!r} (need {MIN_PAIRS}); kept the champion (fails closed)")}
+                "reason": ("no comparable scores: the model the run started from and the candidate share "
+                           f"{paired['n']} scored {split} question(s) for {metric!r} (need {MIN_PAIRS}); kept the "
+                           "champion (fails closed)")}
     topic_deltas = _topic_deltas(candidate, incumbent or [], metric, set(before) & set(after))
     regressed = [t for t, d in topic_deltas.items() if d < -cfg.topic_tolerance]
     decision.update(
@@ -68,14 +72,15 @@ def decide_promotion(
         topic_deltas=topic_deltas, regressed_topics=regressed, questions=paired["n"],
     )
     level = round(paired["confidence"] * 100)
-    summary = (f"{split} {metric} {paired['after_mean']:.3f} vs {paired['before_mean']:.3f} over {paired['n']} paired questions, "
-               f"delta {paired['mean_delta']:+.3f}, {level}% CI [{paired['ci_low']:+.3f}, {paired['ci_high']:+.3f}], "
-               f"margin {cfg.margin:.3f}")
+    summary = (f"{split} {metric} {paired['after_mean']:.3f} vs {paired['before_mean']:.3f} over {paired['n']} paired "
+               f"questions, delta {paired['mean_delta']:+.3f}, {level}% CI [{paired['ci_low']:+.3f}, "
+               f"{paired['ci_high']:+.3f}], margin {cfg.margin:.3f}")
     if regressed:
         worst = ", ".join(f"{t} {topic_deltas[t]:+.3f}" for t in regressed)
         return {**decision, "promote": False,
                 "reason": f"topic regression beyond tolerance {cfg.topic_tolerance:.3f}: {worst}; {summary}"}
     if paired["ci_low"] <= cfg.margin:
-        return {**decision, "promote": False, "reason": f"not better by more than the margin beyond noise (CI lower bound "
-                                                          f"{paired['ci_low']:+.3f} <= {cfg.margin:.3f}): {summary}"}
+        return {**decision, "promote": False,
+                "reason": f"not better by more than the margin beyond noise (CI lower bound "
+                          f"{paired['ci_low']:+.3f} <= {cfg.margin:.3f}): {summary}"}
     return {**decision, "promote": True, "reason": f"beats the model the run started from: {summary}"}

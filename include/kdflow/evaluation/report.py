@@ -27,11 +27,11 @@ SAMPLES_PER_CYCLE = 3
 GATE_DROPPED_SHOWN = 20  # dropped items listed in report.md and the logged tables
 DASH = "-"
 OVERALL_NOTE = ("held_out compares the same teacher-written held-out questions at the model the run started from and "
-                "at the last adapter, paired by question. The trained questions differ from cycle to cycle, so they get "
-                "no overall row; each cycle's own table compares its questions before and after.")
+                "at the last adapter, paired by question. The trained questions differ from cycle to cycle, so they "
+                "get no overall row; each cycle's own table compares its questions before and after.")
 VERDICT_NOTE = ("Paired by question: mean delta with a seeded bootstrap interval, Wilcoxon signed-rank p, and the "
-                "minimum detectable effect (MDE: the true delta found 80 % of the time at this n). 'improved' only when "
-                "the interval's lower bound is above 0, 'regressed' when its upper bound is below 0.")
+                "minimum detectable effect (MDE: the true delta found 80 % of the time at this n). 'improved' only "
+                "when the interval's lower bound is above 0, 'regressed' when its upper bound is below 0.")
 
 
 def fmt_score(x: float | None) -> str:
@@ -81,7 +81,7 @@ def fmt_share_interval(low: float | None, high: float | None) -> str:
 FORMATTERS = {
     "score": fmt_score, "signed": fmt_signed, "pct": fmt_pct, "share": fmt_share,
     "secs": fmt_seconds, "usd": fmt_usd, "rate": fmt_rate, "whole": fmt_count, "pvalue": fmt_p,
-}  # fmt: skip
+}
 
 
 def _usage_table(usage: dict[str, TaskUsage]) -> dict[str, dict[str, Any]]:
@@ -114,12 +114,14 @@ def _samples(parsed: RunResults, per_cycle: int) -> list[dict[str, Any]]:
 def _failures(parsed: RunResults) -> list[dict[str, Any]]:
     """Every recorded metric failure (judge output unusable, missing reference ...), with its reason."""
     return [
-        {"cycle": c.cycle, "split": r.split, "stage": r.stage, "question_id": r.question_id, "metric": metric, "reason": reason}
+        {"cycle": c.cycle, "split": r.split, "stage": r.stage, "question_id": r.question_id,
+         "metric": metric, "reason": reason}
         for c in parsed.cycles for r in c.scores for metric, reason in sorted(r.failures.items())
-    ]  # fmt: skip
+    ]
 
 
-def compute_report(results: dict[str, Any] | RunResults, *, samples_per_cycle: int = SAMPLES_PER_CYCLE) -> dict[str, Any]:
+def compute_report(results: dict[str, Any] | RunResults, *,
+                   samples_per_cycle: int = SAMPLES_PER_CYCLE) -> dict[str, Any]:
     """Everything the report shows, as JSON-ready data (this is ``report.json``)."""
     parsed = parse_results(results)
     stats = statistics_options(**parsed.statistics)
@@ -173,8 +175,10 @@ def _draw_plots(parsed: RunResults, report: dict[str, Any], plot_dir: Path) -> d
         "loss_curves": plots.loss_curves(losses, plot_dir / "loss_curves.png"),
     }
     if any(row["split"] == "held_out" for row in table):
-        out["held_out_scores_per_cycle"] = plots.scores_per_cycle(table, metrics, "held_out", plot_dir / "held_out_scores_per_cycle.png")
-        out["held_out_trend"] = plots.held_out_trend(report["across"]["held_out_trend"], plot_dir / "held_out_trend.png")
+        out["held_out_scores_per_cycle"] = plots.scores_per_cycle(table, metrics, "held_out",
+                                                                  plot_dir / "held_out_scores_per_cycle.png")
+        out["held_out_trend"] = plots.held_out_trend(report["across"]["held_out_trend"],
+                                                     plot_dir / "held_out_trend.png")
     return out
 
 
@@ -182,7 +186,8 @@ def _render_html(report: dict[str, Any], images: dict[str, str]) -> str:
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
     env = Environment(
-        loader=PackageLoader("kdflow", "templates"), autoescape=select_autoescape(default=True), undefined=StrictUndefined
+        loader=PackageLoader("kdflow", "templates"), autoescape=select_autoescape(default=True),
+        undefined=StrictUndefined
     )
     env.filters.update(FORMATTERS)
     tables = {"overall": _overall_rows(report), "coverage": coverage_rows(report), "roles": roles_rows(report)}
@@ -222,13 +227,14 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 
 
 def _metric_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["cycle", "split", "metric", "baseline", "fine-tuned", "delta", "95% CI", "p", "verdict", "improved", "n", "failed"]
+    header = ["cycle", "split", "metric", "baseline", "fine-tuned", "delta", "95% CI", "p", "verdict",
+              "improved", "n", "failed"]
     rows = [
         [str(r["cycle"]), r["split"], r["metric"], fmt_score(r["baseline_mean"]), fmt_score(r["finetuned_mean"]),
          fmt_signed(r["mean_delta"]), fmt_interval(r["ci_low"], r["ci_high"]), fmt_p(r["p_value"]), r["verdict"],
          fmt_share(r["improved_share"]), str(r["paired"]), str(r["failures"])]
         for r in report["across"]["table"]
-    ]  # fmt: skip
+    ]
     return header, rows
 
 
@@ -238,7 +244,7 @@ def _overall_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         [split, metric, str(o["n"]), fmt_score(o["first_baseline_mean"]), fmt_score(o["last_finetuned_mean"]),
          fmt_signed(o["mean_delta"]), fmt_interval(o["ci_low"], o["ci_high"]), fmt_p(o["p_value"]), o["verdict"]]
         for split, per_metric in report["across"]["overall"].items() for metric, o in per_metric.items()
-    ]  # fmt: skip
+    ]
     return header, rows
 
 
@@ -246,7 +252,8 @@ VERDICT_HEADER = ["comparison", "metric", "n", "before", "after", "delta", "95% 
 
 
 def _verdict_row(label: str, metric: str, c: dict[str, Any]) -> list[str]:
-    return [label, metric, str(c["n"]), fmt_score(c["before_mean"]), fmt_score(c["after_mean"]), fmt_signed(c["mean_delta"]),
+    return [label, metric, str(c["n"]), fmt_score(c["before_mean"]), fmt_score(c["after_mean"]),
+            fmt_signed(c["mean_delta"]),
             fmt_interval(c["ci_low"], c["ci_high"]), fmt_p(c["p_value"]), fmt_score(c["mde"]), c["verdict"]]
 
 
@@ -256,7 +263,8 @@ def verdict_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     last = f"{verdict['start_model']} -> after cycle {verdict['last_cycle']}"
     rows = [_verdict_row(last, m, c) for m, c in verdict["overall"].items()]
     for step in verdict["per_cycle"]:
-        rows += [_verdict_row(f"cycle {step['cycle']}: {step['from']} -> {step['to']}", m, c) for m, c in step["metrics"].items()]
+        rows += [_verdict_row(f"cycle {step['cycle']}: {step['from']} -> {step['to']}", m, c)
+                 for m, c in step["metrics"].items()]
     rows += [_verdict_row(f"topic {topic}: start -> after cycle {verdict['last_cycle']}", verdict["lead_metric"], c)
              for topic, c in verdict["by_topic"].items()]
     return VERDICT_HEADER, rows
@@ -280,8 +288,8 @@ def verdict_headline(report: dict[str, Any]) -> str:
         return "No gold set was scored in this run (evaluation.gold_path is null): no verdict on independent questions."
     lead = verdict["lead_metric"]
     c = verdict["overall"][lead]
-    text = (f"Gold set ({verdict['items']} questions), {lead}: {verdict['start_model']} {fmt_score(c['before_mean'])} -> "
-            f"{fmt_score(c['after_mean'])} after cycle {verdict['last_cycle']}, delta {fmt_signed(c['mean_delta'])} "
+    text = (f"Gold set ({verdict['items']} questions), {lead}: {verdict['start_model']} {fmt_score(c['before_mean'])} "
+            f"-> {fmt_score(c['after_mean'])} after cycle {verdict['last_cycle']}, delta {fmt_signed(c['mean_delta'])} "
             f"{fmt_interval(c['ci_low'], c['ci_high'])}, p {fmt_p(c['p_value'])}, MDE {fmt_score(c['mde'])}: "
             f"{c['verdict'].upper()}.")
     gap = c.get("gap_closed") or {}
@@ -295,7 +303,8 @@ def verdict_headline(report: dict[str, Any]) -> str:
 
 def roles_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["role", "model", "provider", "where"]
-    return header, [[r.get("role", ""), r.get("model", ""), r.get("provider", ""), r.get("where", "")] for r in report["roles"]]
+    return header, [[r.get("role", ""), r.get("model", ""), r.get("provider", ""), r.get("where", "")]
+                    for r in report["roles"]]
 
 
 def roles_warning(report: dict[str, Any]) -> str | None:
@@ -303,14 +312,15 @@ def roles_warning(report: dict[str, Any]) -> str | None:
     by_role = {r.get("role"): r for r in report["roles"]}
     judge, student = by_role.get("judge"), by_role.get("student")
     if judge and student and judge.get("family") and judge.get("family") == student.get("family"):
-        return (f"The judge ({judge['model']}) is the student's own base model: judge-scored metrics (answer_relevancy) "
-                "are weak evidence here; the gold verdict above needs no judge.")
+        return (f"The judge ({judge['model']}) is the student's own base model: judge-scored metrics "
+                "(answer_relevancy) are weak evidence here; the gold verdict above needs no judge.")
     return None
 
 
 def coverage_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["cycle", "passages covered", "passages", "coverage", "decontaminated"]
-    rows = [[str(c["cycle"]), fmt_count(c["coverage"].get("passages_covered")), fmt_count(c["coverage"].get("passages")),
+    rows = [[str(c["cycle"]), fmt_count(c["coverage"].get("passages_covered")),
+             fmt_count(c["coverage"].get("passages")),
              fmt_share(c["coverage"].get("share")), str(len(c["decontaminated"]))] for c in report["cycles"]]
     return header, rows
 
@@ -337,8 +347,9 @@ def gate_dropped_lines(report: dict[str, Any], limit: int = GATE_DROPPED_SHOWN, 
     then how many more (report.html and report.json list them all)."""
     clip = lambda s: " ".join(str(s).split())[:width]  # noqa: E731
     items = [(c["cycle"], d) for c in report["cycles"] for d in c["gate_dropped"]]
-    lines = [f"cycle {n} {d.get('split', 'train')}: {clip(d.get('question') or d.get('question_id'))} - {clip(d.get('reason'))}"
-             for n, d in items[:limit]]  # fmt: skip
+    lines = [f"cycle {n} {d.get('split', 'train')}: {clip(d.get('question') or d.get('question_id'))} - "
+             f"{clip(d.get('reason'))}"
+             for n, d in items[:limit]]
     if len(items) > limit:
         lines.append(f"... and {len(items) - limit} more (see report.html)")
     return lines
@@ -346,44 +357,50 @@ def gate_dropped_lines(report: dict[str, Any], limit: int = GATE_DROPPED_SHOWN, 
 
 def _usage_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["task", "calls", "cache hits", "errors", "prompt tokens", "completion tokens", "cost"]
-    rows = [[task, str(u["calls"]), str(u["cache_hits"]), str(u["errors"]), str(u["prompt_tokens"]), str(u["completion_tokens"]),
-             fmt_usd(u["cost_usd"])] for task, u in report["usage"].items()]  # fmt: skip
+    rows = [[task, str(u["calls"]), str(u["cache_hits"]), str(u["errors"]), str(u["prompt_tokens"]),
+             str(u["completion_tokens"]), fmt_usd(u["cost_usd"])] for task, u in report["usage"].items()]
     return header, rows
 
 
 def _sample_text(sample: dict[str, Any], width: int = 400) -> str:
     clip = lambda s: " ".join(str(s).split())[:width]  # noqa: E731
-    scores = lambda stage: ", ".join(f"{m}={fmt_score(v)}" for m, v in sample[f"{stage}_scores"].items()) or DASH  # noqa: E731
+    scores = lambda stage: ", ".join(  # noqa: E731
+        f"{m}={fmt_score(v)}" for m, v in sample[f"{stage}_scores"].items()) or DASH
     return "\n".join([
         f"[cycle {sample['cycle']} | {sample['split']} | {sample['topic']} | {sample['question_id']}]",
         f"Q: {clip(sample['question'])}",
         f"baseline ({scores('baseline')}): {clip(sample['baseline_answer'])}",
         f"fine-tuned ({scores('finetuned')}): {clip(sample['finetuned_answer'])}",
         f"reference: {clip(sample['reference'])}",
-    ])  # fmt: skip
+    ])
 
 
 def render_tables(results: dict[str, Any] | RunResults) -> dict[str, str]:
     """Plain-text tables for the DAG's "Display ..." tasks, computed like the report."""
     report = compute_report(results)
     promotion = report["promotion"]
-    decision = "" if not promotion else f"\n\npromotion: {'PROMOTED' if promotion.get('promote') else 'kept champion'} - {promotion.get('reason', '')}"
+    decision = ""
+    if promotion:
+        outcome = "PROMOTED" if promotion.get("promote") else "kept champion"
+        decision = f"\n\npromotion: {outcome} - {promotion.get('reason', '')}"
     success_header = ["cycle", "split", "metric", "improved", "above thr before", "above thr after", "paired"]
     success_rows = [
-        [str(r["cycle"]), r["split"], r["metric"], fmt_share(r["improved_share"]), fmt_share(r["baseline_above_threshold_share"]),
+        [str(r["cycle"]), r["split"], r["metric"], fmt_share(r["improved_share"]),
+         fmt_share(r["baseline_above_threshold_share"]),
          fmt_share(r["finetuned_above_threshold_share"]), str(r["paired"])]
         for r in report["across"]["table"]
-    ]  # fmt: skip
+    ]
     return {
         "final_results": "\n\n".join(verdict_text(report)) + "\n\n" + text_table(*_metric_rows(report)) + decision,
-        "performance_comparison": "held-out set: start -> last fine-tuned, paired\n" + text_table(*_overall_rows(report)),
+        "performance_comparison": ("held-out set: start -> last fine-tuned, paired\n"
+                                   + text_table(*_overall_rows(report))),
         "improvement_statistics": "\n\n".join([
             f"success threshold {report['success_threshold']}\n" + text_table(success_header, success_rows),
             text_table(*_training_rows(report)),
             "teacher data quality gate\n" + text_table(*gate_rows(report)),
             "dropped by the gate\n" + ("\n".join(gate_dropped_lines(report)) or "nothing"),
             text_table(*_usage_rows(report)) if report["usage"] else "no teacher/judge usage recorded",
-        ]),  # fmt: skip
+        ]),
         "sample_qa": "\n\n".join(_sample_text(s) for s in report["samples"]) or "no answers recorded",
     }
 
@@ -407,17 +424,21 @@ def _markdown(report: dict[str, Any]) -> str:
     parts = [
         f"# kdflow run {report['run_id']}",
         "## Verdict", *verdict_text(report, _markdown_table),
-        f"Headline metric of the teacher-written sets: **{report['headline_metric']}**; success threshold {report['success_threshold']}.",
-        "## Held-out set (teacher-written): start -> last fine-tuned, paired", _markdown_table(*_overall_rows(report)), OVERALL_NOTE,
+        f"Headline metric of the teacher-written sets: **{report['headline_metric']}**; success threshold "
+        f"{report['success_threshold']}.",
+        "## Held-out set (teacher-written): start -> last fine-tuned, paired",
+        _markdown_table(*_overall_rows(report)), OVERALL_NOTE,
         "## Knowledge-base coverage and decontamination", _markdown_table(*coverage_rows(report)),
         "## Per cycle", _markdown_table(*_metric_rows(report)),
         "## Training", _markdown_table(*_training_rows(report)),
         "## Teacher data quality gate", _markdown_table(*gate_rows(report)),
-        "Dropped by the gate:\n\n" + "\n".join(f"- {line}" for line in dropped) if dropped else "The gate dropped nothing.",
-    ]  # fmt: skip
+        ("Dropped by the gate:\n\n" + "\n".join(f"- {line}" for line in dropped)
+         if dropped else "The gate dropped nothing."),
+    ]
     if report["usage"]:
         parts += ["## Teacher and judge usage", _markdown_table(*_usage_rows(report))]
     if promotion:
-        parts += ["## Promotion", f"{'Promoted' if promotion.get('promote') else 'Not promoted'}: {promotion.get('reason', '')}"]
+        parts += ["## Promotion",
+                  f"{'Promoted' if promotion.get('promote') else 'Not promoted'}: {promotion.get('reason', '')}"]
     parts.append("Full report with plots and sample answers: report.html")
     return "\n\n".join(parts) + "\n"

@@ -42,13 +42,15 @@ def verdict_of(low: float | None, high: float | None) -> Verdict:
     return NO_CHANGE
 
 
-def paired_values(before: Mapping[str, float | None], after: Mapping[str, float | None]) -> list[tuple[str, float, float]]:
+def paired_values(before: Mapping[str, float | None],
+                  after: Mapping[str, float | None]) -> list[tuple[str, float, float]]:
     """``(id, before, after)`` for every id scored on both sides (a failed score, None, pairs with nothing)."""
     return [(k, float(b), float(a)) for k, b in before.items() if b is not None and (a := after.get(k)) is not None]
 
 
 def bootstrap_interval(
-    values: Sequence[float], *, resamples: int = DEFAULT_RESAMPLES, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0
+    values: Sequence[float], *, resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE, seed: int = 0
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (seeded: the same data give the
     same interval in every process). Identical values have a zero-width interval."""
@@ -78,7 +80,8 @@ def wilcoxon_p(deltas: Sequence[float]) -> float | None:
     return float(stats.wilcoxon(deltas, zero_method="zsplit", method="exact" if exact else "approx").pvalue)
 
 
-def minimum_detectable_effect(deltas: Sequence[float], *, confidence: float = DEFAULT_CONFIDENCE, power: float = POWER) -> float | None:
+def minimum_detectable_effect(deltas: Sequence[float], *, confidence: float = DEFAULT_CONFIDENCE,
+                              power: float = POWER) -> float | None:
     """Smallest true mean delta detectable at this n with the given two-sided confidence and power."""
     from scipy import stats
 
@@ -105,7 +108,8 @@ def paired_comparison(
     "resamples", "p_value", "mde", "verdict"}``; numbers are None when fewer than 2 pairs exist."""
     pairs = paired_values(before, after)
     n = len(pairs)
-    out: dict[str, Any] = {"n": n, "confidence": confidence, "resamples": resamples, "before_mean": None, "after_mean": None,
+    out: dict[str, Any] = {"n": n, "confidence": confidence, "resamples": resamples,
+                           "before_mean": None, "after_mean": None,
                            "mean_delta": None, "ci_low": None, "ci_high": None, "p_value": None, "mde": None}
     if n:
         out["before_mean"] = math.fsum(b for _, b, _ in pairs) / n
@@ -113,7 +117,8 @@ def paired_comparison(
         out["mean_delta"] = out["after_mean"] - out["before_mean"]
     if n >= MIN_PAIRS:
         deltas = [a - b for _, b, a in pairs]
-        out["ci_low"], out["ci_high"] = bootstrap_interval(deltas, resamples=resamples, confidence=confidence, seed=seed)
+        out["ci_low"], out["ci_high"] = bootstrap_interval(deltas, resamples=resamples,
+                                                           confidence=confidence, seed=seed)
         out["p_value"] = wilcoxon_p(deltas)
         out["mde"] = minimum_detectable_effect(deltas, confidence=confidence)
     out["verdict"] = verdict_of(out["ci_low"], out["ci_high"])

@@ -71,7 +71,7 @@ def gold_verdict(
             "cycle": point["cycle"], "from": prev["label"], "to": point["label"],
             "metrics": {m: paired_comparison(by_question(prev["rows"], m), by_question(point["rows"], m), **stats)
                         for m in metrics},
-        })  # fmt: skip
+        })
     lead = metrics[0]
     return {
         "lead_metric": lead,

@@ -172,7 +172,8 @@ LORA_DEFAULTS = {"lora_r": 16, "lora_alpha": 32}
 @functools.cache
 def _default_profiles() -> dict[str, TrainingProfile]:
     """The profiles of defaults.yaml, so the measured numbers live in one place only."""
-    return {name: TrainingProfile.model_validate(p) for name, p in _read_yaml(DEFAULTS_FILE)["student"]["profiles"].items()}
+    return {name: TrainingProfile.model_validate(p)
+            for name, p in _read_yaml(DEFAULTS_FILE)["student"]["profiles"].items()}
 
 
 def match_profile(model: str, patterns: Iterable[str]) -> str | None:
@@ -338,7 +339,8 @@ class KdflowConfig(_Section):
         if self.promotion.metric is None:
             self.promotion.metric = PROMOTION_METRIC if PROMOTION_METRIC in metrics else metrics[0]
         elif self.promotion.metric not in metrics:
-            raise field_conflict("promotion.metric", f"must be one of evaluation.metrics {list(metrics)}", self.promotion.metric)
+            raise field_conflict("promotion.metric", f"must be one of evaluation.metrics {list(metrics)}",
+                                 self.promotion.metric)
         return self
 
     def public_dict(self, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -397,7 +399,8 @@ def mask_secrets(data: Any, secrets: Iterable[str] = (), *, by_key: bool = False
 
     def mask(node: Any) -> Any:
         if isinstance(node, Mapping):
-            return {k: MASK if by_key and names_a_secret(k) and not isinstance(v, Mapping) else mask(v) for k, v in node.items()}
+            return {k: MASK if by_key and names_a_secret(k) and not isinstance(v, Mapping) else mask(v)
+                    for k, v in node.items()}
         if isinstance(node, list | tuple):
             return [mask(v) for v in node]
         if isinstance(node, bool) or not isinstance(node, str | int | float):

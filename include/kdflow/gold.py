@@ -85,8 +85,8 @@ class GoldItem(BaseModel):
 
     def as_question(self) -> Question:
         """The item as a pipeline question of split ``gold`` (answered by the student, never trained on)."""
-        return Question(id=f"gold-{self.id}", topic=self.topic, question=self.question, passage_ids=list(self.passage_ids),
-                        split=GOLD_SPLIT)
+        return Question(id=f"gold-{self.id}", topic=self.topic, question=self.question,
+                        passage_ids=list(self.passage_ids), split=GOLD_SPLIT)
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,8 @@ def check_against_kb(gold: GoldSet, kb: Any, topics: Sequence[str]) -> None:
                 raise GoldSetError(f"{where}: field key_facts: {fact!r} is not stated in the cited passages")
     empty = [t for t in topics if not any(item.topic == t for item in gold.items)]
     if empty:
-        raise GoldSetError(f"{gold.path}: no gold items for topic(s) {', '.join(empty)}; add some or set evaluation.gold_path: null")
+        raise GoldSetError(f"{gold.path}: no gold items for topic(s) {', '.join(empty)}; add some or set "
+                           "evaluation.gold_path: null")
 
 
 def validated_gold(config: Any) -> GoldSet | None:  # KdflowConfig, kept import-light
@@ -176,8 +177,9 @@ def validated_gold(config: Any) -> GoldSet | None:  # KdflowConfig, kept import-
     if path is None:
         return None
     if path == BUILTIN_GOLD and config.knowledge_base.path != "builtin":
-        raise GoldSetError(f"evaluation.gold_path: the built-in gold set is written for the built-in Kubernetes v1.28 knowledge "
-                           f"base, not {config.knowledge_base.path}; point it at your own gold JSONL (format in README) or set it to null")
+        raise GoldSetError("evaluation.gold_path: the built-in gold set is written for the built-in Kubernetes v1.28 "
+                           f"knowledge base, not {config.knowledge_base.path}; point it at your own gold JSONL (format "
+                           "in README) or set it to null")
     gold = load_gold(path)
     check_against_kb(gold, load_from_config(config), config.pipeline.topics)
     return gold

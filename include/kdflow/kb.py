@@ -133,7 +133,8 @@ class KnowledgeBase:
         found = [p for p in self.passages if p.topic == topic]
         if not found:
             raise KnowledgeBaseError(
-                f"topic {topic!r} has no passages in knowledge base {self.root}; topics that exist: {', '.join(self.topics)}"
+                f"topic {topic!r} has no passages in knowledge base {self.root}; topics that exist: "
+                f"{', '.join(self.topics)}"
             )
         return found
 
@@ -141,7 +142,8 @@ class KnowledgeBase:
         missing = [t for t in topics if t not in self.topics]
         if missing:
             raise KnowledgeBaseError(
-                f"unknown topic(s) {', '.join(missing)} in knowledge base {self.root}; topics that exist: {', '.join(self.topics)}"
+                f"unknown topic(s) {', '.join(missing)} in knowledge base {self.root}; topics that exist: "
+                f"{', '.join(self.topics)}"
             )
 
     def by_id(self, passage_id: str) -> Passage:
@@ -175,7 +177,8 @@ def resolve_kb_path(path: str) -> Path:
 
 
 def load_knowledge_base(
-    path: str = "builtin", *, name: str | None = None, topic_map: Mapping[str, list[str]] | None = None, passage_words: int = 120
+    path: str = "builtin", *, name: str | None = None, topic_map: Mapping[str, list[str]] | None = None,
+    passage_words: int = 120
 ) -> KnowledgeBase:
     root = resolve_kb_path(path)
     if not root.is_dir():
@@ -193,16 +196,19 @@ def load_knowledge_base(
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise KnowledgeBaseError(f"knowledge base file {file} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            raise KnowledgeBaseError(f"knowledge base file {file} is not UTF-8 text "
+                                     f"({exc.reason} at byte {exc.start})") from None
         passages.extend(split_passages(text, topic=topic, source=rel, passage_words=passage_words))
     if not passages:
-        raise KnowledgeBaseError(f"knowledge base {root} has no markdown passages (looked for {', '.join(MARKDOWN_SUFFIXES)} files)")
+        raise KnowledgeBaseError(f"knowledge base {root} has no markdown passages (looked for "
+                                 f"{', '.join(MARKDOWN_SUFFIXES)} files)")
     return KnowledgeBase(name=name or root.name, root=str(root), passages=passages)
 
 
 def load_from_config(config) -> KnowledgeBase:  # noqa: ANN001 - KdflowConfig, kept import-light
     kb_cfg = config.knowledge_base
-    return load_knowledge_base(kb_cfg.path, name=kb_cfg.name, topic_map=kb_cfg.topic_map, passage_words=kb_cfg.passage_words)
+    return load_knowledge_base(kb_cfg.path, name=kb_cfg.name, topic_map=kb_cfg.topic_map,
+                               passage_words=kb_cfg.passage_words)
 
 
 def list_topics(path: str = "builtin", topic_map: Mapping[str, list[str]] | None = None) -> list[str]:
@@ -213,6 +219,7 @@ def list_topics(path: str = "builtin", topic_map: Mapping[str, list[str]] | None
     if not root.is_dir():
         return []
     return sorted(
-        {_topic_of(p.relative_to(root).as_posix(), {}) for p in root.rglob("*") if p.suffix.lower() in MARKDOWN_SUFFIXES}
+        {_topic_of(p.relative_to(root).as_posix(), {}) for p in root.rglob("*")
+         if p.suffix.lower() in MARKDOWN_SUFFIXES}
         - {None}
     )

@@ -88,7 +88,8 @@ def _report(run_id: str, name: str) -> bytes:
     try:
         return store.read_bytes(f"{report_folder(store, checked_run_id(run_id))}/{name}")
     except StoreError:
-        raise HTTPException(status_code=404, detail=f"run {run_id} has no {name} yet (the run may still be going)") from None
+        raise HTTPException(status_code=404,
+                            detail=f"run {run_id} has no {name} yet (the run may still be going)") from None
 
 
 @app.get("/", response_class=HTMLResponse)

@@ -159,7 +159,8 @@ class ArtifactStore:
         return self.path(key).path
 
     # -- writes --------------------------------------------------------------------------------
-    def write_bytes(self, key: str, data: bytes, *, count: int | None = None, summary: Mapping[str, Any] | None = None) -> Pointer:
+    def write_bytes(self, key: str, data: bytes, *, count: int | None = None,
+                    summary: Mapping[str, Any] | None = None) -> Pointer:
         """Write ``data`` at ``key`` atomically and return its pointer (overwrites a rerun's copy)."""
         target = self._fs_path(key)
         if self.is_local:
@@ -182,7 +183,8 @@ class ArtifactStore:
             except Exception as exc:  # noqa: BLE001 - re-raised with the key named
                 raise StoreError(f"cannot write {self.url_of(key)}: {exc}") from exc
         return Pointer(
-            url=self.url_of(key), key=key, sha256=sha256_bytes(data), bytes=len(data), count=count, summary=dict(summary or {})
+            url=self.url_of(key), key=key, sha256=sha256_bytes(data), bytes=len(data), count=count,
+            summary=dict(summary or {})
         )
 
     def write_json(self, key: str, obj: Any, **kw: Any) -> Pointer:
@@ -214,8 +216,8 @@ class ArtifactStore:
         digest = sha256_bytes(data)
         if digest != pointer.sha256:
             raise StoreError(
-                f"artifact {pointer.url} changed since it was recorded (sha256 {digest[:12]} != {pointer.sha256[:12]}); "
-                "rerun the task that produced it and its downstream tasks"
+                f"artifact {pointer.url} changed since it was recorded (sha256 {digest[:12]} != "
+                f"{pointer.sha256[:12]}); rerun the task that produced it and its downstream tasks"
             )
         return data
 
@@ -250,7 +252,8 @@ class ArtifactStore:
     # upload is a new version under ``<key>/<version>/``, its marker written last; whoever points at it
     # (the run manifest, an XCom) switches to the new marker in one write, and only then are the
     # versions it replaced removed. A failure at any point leaves the old pointer and its files whole.
-    def upload_dir(self, local_dir: str | os.PathLike[str], key: str, *, summary: Mapping[str, Any] | None = None) -> Pointer:
+    def upload_dir(self, local_dir: str | os.PathLike[str], key: str, *,
+                   summary: Mapping[str, Any] | None = None) -> Pointer:
         """Upload a folder as a fresh version of ``key`` and return the pointer to its marker (every
         file's hash, written last after each file was checked in the store). Earlier versions stay
         until :meth:`record_checkpoint` (or :meth:`retire_versions`) has switched to this one."""

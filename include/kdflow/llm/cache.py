@@ -102,7 +102,8 @@ class UsageLedger:
         return self
 
     def save(self, store: ArtifactStore, key: str):  # noqa: ANN201 - Pointer
-        return store.write_json(key, self.as_dict(), summary={"calls": self.total().calls, "cache_hits": self.total().cache_hits})
+        return store.write_json(key, self.as_dict(),
+                                summary={"calls": self.total().calls, "cache_hits": self.total().cache_hits})
 
     @classmethod
     def load(cls, store: ArtifactStore, key: str) -> UsageLedger:
@@ -210,7 +211,8 @@ class CachingTransport(httpx2.BaseTransport):
 class AsyncCachingTransport(httpx2.AsyncBaseTransport):
     """Async twin of :class:`CachingTransport` for AsyncOpenAI (the RAGAS judge); store I/O runs in a thread."""
 
-    def __init__(self, store: ArtifactStore, ledger: UsageLedger, task: str, inner: httpx2.AsyncBaseTransport | None = None):
+    def __init__(self, store: ArtifactStore, ledger: UsageLedger, task: str,
+                 inner: httpx2.AsyncBaseTransport | None = None):
         self.logic = _CacheLogic(store, ledger, task)
         self.inner = inner or httpx2.AsyncHTTPTransport()
 
@@ -228,7 +230,8 @@ class AsyncCachingTransport(httpx2.AsyncBaseTransport):
         except Exception:
             self.logic.ledger.record(self.logic.task, error=True, seconds=time.perf_counter() - started)
             raise
-        return await asyncio.to_thread(self.logic.finish, digest, request, response, content, time.perf_counter() - started)
+        return await asyncio.to_thread(self.logic.finish, digest, request, response, content,
+                                       time.perf_counter() - started)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

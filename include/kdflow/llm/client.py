@@ -42,14 +42,16 @@ def make_client(
     over the endpoint's replicas when it has any."""
     import openai
 
-    common = {"base_url": endpoint.base_url, "api_key": endpoint.api_key, "timeout": timeout_s, "max_retries": max_retries}
+    common = {"base_url": endpoint.base_url, "api_key": endpoint.api_key, "timeout": timeout_s,
+              "max_retries": max_retries}
     urls = (endpoint.base_url, *endpoint.replicas) if endpoint.replicas and endpoint.base_url else ()
     if async_client:
         inner = AsyncReplicaTransport(urls) if urls else None
         http = openai.DefaultAsyncHttpxClient(transport=AsyncCachingTransport(store, ledger, task, inner))
         client = openai.AsyncOpenAI(http_client=http, **common)
     else:
-        http = openai.DefaultHttpxClient(transport=CachingTransport(store, ledger, task, ReplicaTransport(urls) if urls else None))
+        replicas = ReplicaTransport(urls) if urls else None
+        http = openai.DefaultHttpxClient(transport=CachingTransport(store, ledger, task, replicas))
         client = openai.OpenAI(http_client=http, **common)
     return client
 
@@ -78,7 +80,8 @@ def json_response_format(schema: type[BaseModel], mode: str) -> dict[str, Any]:
     ``json_schema`` (OpenAI structured outputs), ``json_object_schema`` (llama-cpp-python's
     grammar-constrained form) or plain ``json_object`` (shape then comes from the prompt)."""
     if mode == "json_schema":
-        return {"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": _strict(schema.model_json_schema()), "strict": True}}
+        return {"type": "json_schema",
+                "json_schema": {"name": schema.__name__, "schema": _strict(schema.model_json_schema()), "strict": True}}
     if mode == "json_object_schema":
         return {"type": "json_object", "schema": schema.model_json_schema()}
     if mode == "json_object":

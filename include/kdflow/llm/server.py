@@ -91,11 +91,13 @@ def _wait_until_ready(proc: subprocess.Popen, base_url: str, log_file: Path, tim
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log_file.read_text(errors="replace")[-2000:]
-            raise EndpointError(f"embedded llama.cpp server exited with code {proc.returncode} before answering:\n{tail}")
+            raise EndpointError(f"embedded llama.cpp server exited with code {proc.returncode} before "
+                                f"answering:\n{tail}")
         if _models_answer(base_url):
             return
         time.sleep(0.25)
-    raise EndpointError(f"embedded llama.cpp server did not answer {base_url}/models within {timeout_s:.0f}s (log: {log_file})")
+    raise EndpointError(f"embedded llama.cpp server did not answer {base_url}/models within {timeout_s:.0f}s (log: "
+                        f"{log_file})")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -157,7 +159,8 @@ def api_key_from_env(variable: str) -> str:
     conn_key = _airflow_connection_password(variable.lower())
     if conn_key:
         return conn_key
-    raise EndpointError(f"teacher.provider=openai needs an API key: set the environment variable {variable} (or an Airflow connection {variable.lower()!r} with the key as password)")
+    raise EndpointError(f"teacher.provider=openai needs an API key: set the environment variable {variable} (or an "
+                        f"Airflow connection {variable.lower()!r} with the key as password)")
 
 
 def _airflow_connection_password(conn_id: str) -> str | None:

@@ -104,7 +104,7 @@ def _cycle_result(ctx: RunContext, n: int) -> dict[str, Any]:
         {"question_id": qid, "split": questions[qid].split if qid in questions else "train", "question": r["question"],
          "reason": reason}
         for qid, r in references.items() if (reason := gate_drop_reason(r)) is not None
-    ]  # fmt: skip
+    ]
     return {
         "cycle": n,
         "scores": [s.model_dump() for s in cycle_scores(ctx, n, "baseline") + cycle_scores(ctx, n, "finetuned")],

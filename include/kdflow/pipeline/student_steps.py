@@ -183,7 +183,7 @@ def prepare_training_dataset(ctx: RunContext, cycle: int) -> dict[str, Any]:
         kept, cut = trainable_references(references, questions)
         dropped += [{"cycle": n, **d} for d in cut]
         pairs += [TrainingPair(question_id=ref.question_id, cycle=n, topic=questions[ref.question_id]["topic"],
-                               prompt=ref.question, completion=ref.reference) for ref in kept]  # fmt: skip
+                               prompt=ref.question, completion=ref.reference) for ref in kept]
         cited.update({ref.question_id: questions[ref.question_id]["passage_ids"] for ref in kept})
     if ctx.config.student.passage_pairs != "off":
         pairs += passage_pairs(ctx, pairs, cited)

@@ -116,8 +116,11 @@ def answer_questions(
         del model
     total = sum(a.new_tokens for a in answers)
     answers.stats = GenerationStats(
-        questions=len(answers), new_tokens=total, wall_s=round(wall, 3), tokens_per_s=round(total / wall, 2) if wall else 0.0,
-        batch_size=cfg.generation_batch_size, plan=plan, adapter=str(adapter_dir) if adapter_dir else None, memory=memory,
+        questions=len(answers), new_tokens=total, wall_s=round(wall, 3),
+        tokens_per_s=round(total / wall, 2) if wall else 0.0,
+        batch_size=cfg.generation_batch_size, plan=plan, adapter=str(adapter_dir) if adapter_dir else None,
+        memory=memory,
     )
-    log.info("student answered %d questions: %d tokens in %.1f s (%.1f tokens/s)", len(answers), total, wall, answers.stats.tokens_per_s)
+    log.info("student answered %d questions: %d tokens in %.1f s (%.1f tokens/s)", len(answers), total, wall,
+             answers.stats.tokens_per_s)
     return answers

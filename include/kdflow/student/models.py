@@ -25,7 +25,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # LoRA targets by architecture (the attention projections); student.target_modules overrides.
 TARGET_MODULES = {
     "phi": ["q_proj", "k_proj", "v_proj", "dense"],
-    **{arch: ["q_proj", "k_proj", "v_proj", "o_proj"] for arch in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text")},
+    **{arch: ["q_proj", "k_proj", "v_proj", "o_proj"]
+       for arch in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text")},
 }
 
 
@@ -62,7 +63,8 @@ def convert_gguf(gguf: Path, cache_dir: str | Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{gguf.stem}-", dir=cache))
     try:
         quant = GgufConfig(gguf_file=gguf.name, dequantize=True)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, quantization_config=quant, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                     quantization_config=quant, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -103,7 +105,8 @@ def resolve_student(model: str, cache_dir: str | Path | None = None) -> Path | s
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(model, "config.json"), str):
-            raise StudentModelError(f"student model {model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+            raise StudentModelError(f"student model {model!r} is not in the local Hugging Face cache and "
+                                    "HF_HUB_OFFLINE is set")
     return model
 
 
@@ -112,7 +115,8 @@ def target_modules_for(model_type: str, override: list[str] | None = None) -> li
     if override:
         return list(override)
     if model_type not in TARGET_MODULES:
-        raise StudentModelError(f"no default LoRA target modules for architecture {model_type!r}; set student.target_modules")
+        raise StudentModelError(f"no default LoRA target modules for architecture {model_type!r}; set "
+                                "student.target_modules")
     return TARGET_MODULES[model_type]
 
 
@@ -136,13 +140,15 @@ def check_adapter(adapter_dir: Path | str, model_path: Path | str, config: Any) 
     expected = base_info(model_path, config)
     adapter_base = json.loads(cfg_file.read_text()).get("base_model_name_or_path")
     if adapter_base and Path(adapter_base).name != expected["name"]:
-        raise StudentModelError(f"adapter {adapter_dir} was trained on {adapter_base!r}, not on the student {str(model_path)!r}")
+        raise StudentModelError(f"adapter {adapter_dir} was trained on {adapter_base!r}, not on the student "
+                                f"{str(model_path)!r}")
     info_file = adapter_dir / BASE_INFO_FILE
     if info_file.is_file():
         recorded = json.loads(info_file.read_text())
         diff = {k: (recorded.get(k), v) for k, v in expected.items() if k != "name" and recorded.get(k) != v}
         if diff:
-            raise StudentModelError(f"adapter {adapter_dir} does not fit the student architecture (adapter, student): {diff}")
+            raise StudentModelError(f"adapter {adapter_dir} does not fit the student architecture "
+                                    f"(adapter, student): {diff}")
 
 
 def _quantization_config(plan: DevicePlan) -> Any:
@@ -178,7 +184,8 @@ def load_tokenizer(model_path: Path | str) -> Any:
     return tokenizer
 
 
-def load_student(model_path: Path | str, plan: DevicePlan, adapter_dir: Path | str | None = None, *, trainable: bool = False) -> tuple[Any, Any]:
+def load_student(model_path: Path | str, plan: DevicePlan, adapter_dir: Path | str | None = None, *,
+                 trainable: bool = False) -> tuple[Any, Any]:
     """A freshly loaded student (and tokenizer) placed and typed as ``plan`` says.
 
     With ``adapter_dir`` the LoRA adapter is applied (trainable when ``trainable``, so cycle k+1

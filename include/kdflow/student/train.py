@@ -57,7 +57,8 @@ class TrainResult(BaseModel):
     oom_fallback: dict[str, Any] | None = None  # what the one retry after a CUDA out-of-memory changed
 
 
-def encode_pairs(tokenizer: Any, pairs: list[tuple[str, str]], max_length: int, system_prompt: str | None = None) -> list[dict[str, list[int]]]:
+def encode_pairs(tokenizer: Any, pairs: list[tuple[str, str]], max_length: int,
+                 system_prompt: str | None = None) -> list[dict[str, list[int]]]:
     """Token ids and labels per pair, the prompt masked with -100 so only the answer is learned.
     Too long examples lose the end of the answer; an example with no answer token left is dropped."""
     examples = []
@@ -81,7 +82,8 @@ def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]
     pad = [width - len(e["input_ids"]) for e in examples]
     return {
         "input_ids": torch.tensor([e["input_ids"] + [pad_id] * p for e, p in zip(examples, pad, strict=True)]),
-        "attention_mask": torch.tensor([[1] * len(e["input_ids"]) + [0] * p for e, p in zip(examples, pad, strict=True)]),
+        "attention_mask": torch.tensor([[1] * len(e["input_ids"]) + [0] * p
+                                        for e, p in zip(examples, pad, strict=True)]),
         "labels": torch.tensor([e["labels"] + [IGNORE_INDEX] * p for e, p in zip(examples, pad, strict=True)]),
     }
 
@@ -104,7 +106,8 @@ def _loss(model: Any, batch: dict[str, Any], plan: DevicePlan) -> Any:
         return model(**batch).loss
 
 
-def _mean_loss(model: Any, examples: list[dict[str, list[int]]], pad_id: int, batch_size: int, plan: DevicePlan) -> float:
+def _mean_loss(model: Any, examples: list[dict[str, list[int]]], pad_id: int, batch_size: int,
+               plan: DevicePlan) -> float:
     import torch
 
     model.eval()
@@ -189,7 +192,8 @@ def train_adapter(
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(str(out_dir))
-        (out_dir / BASE_INFO_FILE).write_text(json.dumps(base_info(model_path, model.get_base_model().config), indent=2))
+        (out_dir / BASE_INFO_FILE).write_text(json.dumps(base_info(model_path,
+                                                                   model.get_base_model().config), indent=2))
         peak = _peak_mb(plan, rss_peak)
         lora = model.peft_config["default"]
     finally:
@@ -197,11 +201,13 @@ def train_adapter(
         del model
     adapter_bytes = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())
     result = TrainResult(
-        losses=losses, initial_loss=round(initial_loss, 5), final_loss=round(final_loss, 5), steps=len(losses), epochs=cfg.epochs, pairs=len(examples),
+        losses=losses, initial_loss=round(initial_loss, 5), final_loss=round(final_loss, 5), steps=len(losses),
+        epochs=cfg.epochs, pairs=len(examples),
         train_tokens=sum(sum(1 for t in e["labels"] if t != IGNORE_INDEX) for e in examples),
         wall_s=round(wall, 3), s_per_step=round(wall / max(len(losses), 1), 3), tokens_per_s=round(tokens / wall, 1),
         peak_memory_mb=peak, plan=plan, init_adapter=str(init_adapter_dir) if init_adapter_dir else None,
-        target_modules=sorted(lora.target_modules), lora_r=lora.r, lora_alpha=lora.lora_alpha, seed=seed, adapter_bytes=adapter_bytes, memory=memory,
+        target_modules=sorted(lora.target_modules), lora_r=lora.r, lora_alpha=lora.lora_alpha, seed=seed,
+        adapter_bytes=adapter_bytes, memory=memory,
     )
     (out_dir / RESULT_FILE).write_text(result.model_dump_json(indent=2))
     log.info("student trained %d steps in %.1f s: loss %.3f -> %.3f", result.steps, wall, initial_loss, final_loss)
@@ -213,7 +219,8 @@ def _simulated_oom(batch_size: int) -> None:
     if limit and batch_size > int(limit):
         import torch
 
-        raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (simulated by {SIMULATE_OOM_ENV}={limit}, batch {batch_size})")
+        raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (simulated by {SIMULATE_OOM_ENV}={limit}, batch "
+                                          f"{batch_size})")
 
 
 def train_with_oom_fallback(cfg: Any, model_path: Path | str, pairs: list[tuple[str, str]], out_dir: Path | str, *,

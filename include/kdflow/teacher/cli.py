@@ -49,7 +49,7 @@ def _session(config: KdflowConfig):  # noqa: ANN202 - yields (endpoint, client, 
         kb = load_from_config(config)
         with teacher_endpoint(config.teacher) as endpoint:
             client = make_client(endpoint, store, ledger, task="cli", timeout_s=config.teacher.timeout_s,
-                                 max_retries=config.teacher.max_retries)  # fmt: skip
+                                 max_retries=config.teacher.max_retries)
             yield endpoint, client, ledger, store, kb
         print(json.dumps({"usage": ledger.as_dict()["total"]}), file=sys.stderr)
 
@@ -81,7 +81,9 @@ def run_answer(args: argparse.Namespace, config: KdflowConfig) -> int:
     with _session(config) as (endpoint, client, _ledger, store, kb):
         retriever = Retriever(kb, store)
         best = retriever.search(args.question, 1, topic=args.topic)[0][0]
-        question = Question(id=question_id(best.topic, args.question), topic=best.topic, question=args.question, passage_ids=[best.id])
-        reference = generate_reference(client, endpoint, config.teacher, retriever, question, top_k=config.knowledge_base.retrieval_top_k)
+        question = Question(id=question_id(best.topic, args.question), topic=best.topic, question=args.question,
+                            passage_ids=[best.id])
+        reference = generate_reference(client, endpoint, config.teacher, retriever, question,
+                                       top_k=config.knowledge_base.retrieval_top_k)
         print(reference.model_dump_json())
     return 0

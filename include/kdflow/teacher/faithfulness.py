@@ -32,10 +32,10 @@ _DOT = "\u2024"  # one-dot leader: stands in for a protected dot while splitting
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
 _WORD = re.compile(r"[a-z0-9]+")
 STOPWORDS = frozenset(
-    "a an the and or but if then than of to in on at by for with from into onto as is are was were be been being it its "
-    "this that these those there their they them he she we you i do does did can could may might will would shall should "
-    "not no so such also which who whom whose what when where why how all any each both either some more most other own "
-    "same only very just about over under up down out has have had having one two per via".split()
+    "a an the and or but if then than of to in on at by for with from into onto as is are was were be been being it "
+    "its this that these those there their they them he she we you i do does did can could may might will would shall "
+    "should not no so such also which who whom whose what when where why how all any each both either some more most "
+    "other own same only very just about over under up down out has have had having one two per via".split()
 )
 
 # An LLM check: (question, sentences, passage texts) -> one score in [0, 1] (or None) per sentence.
@@ -51,7 +51,8 @@ def split_sentences(text: str) -> list[str]:
 def content_words(text: str) -> list[str]:
     """Lowercased words minus stop words, with a plural "s" folded away ("Pods" == "pod")."""
     words = _WORD.findall(text.lower())
-    return [w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words if w not in STOPWORDS]
+    return [w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words
+            if w not in STOPWORDS]
 
 
 def lexical_support(sentence: str, vocabularies: Sequence[set[str]]) -> float:

@@ -88,8 +88,8 @@ AnswerabilityJudge = Callable[[str, Passage], Answerability | None]
 JUDGE_MAX_TOKENS = 128
 JUDGE_SYSTEM = "You check quiz questions. You say whether a passage contains the answer to a question."
 JUDGE_USER = (
-    "Passage ({section}):\n{text}\n\nQuestion: {question}\n\n"
-    "Can the question be answered from this passage alone? Set answerable to true or false and give a one-sentence reason."
+    "Passage ({section}):\n{text}\n\nQuestion: {question}\n\nCan the question be answered from this passage alone? Set "
+    "answerable to true or false and give a one-sentence reason."
 )
 
 
@@ -100,10 +100,12 @@ def llm_answerability(client: openai.OpenAI, endpoint: Endpoint) -> Answerabilit
     def judge(question: str, passage: Passage) -> Answerability | None:
         messages = [
             {"role": "system", "content": JUDGE_SYSTEM},
-            {"role": "user", "content": JUDGE_USER.format(section=passage.section, text=passage.text, question=question)},
+            {"role": "user",
+             "content": JUDGE_USER.format(section=passage.section, text=passage.text, question=question)},
         ]
         try:
-            return complete_json(client, endpoint, messages, Answerability, temperature=0.0, max_tokens=JUDGE_MAX_TOKENS)
+            return complete_json(client, endpoint, messages, Answerability, temperature=0.0,
+                                 max_tokens=JUDGE_MAX_TOKENS)
         except UnusableReplyError as exc:  # an endpoint down, a timeout or a refusal fails the task (Airflow retries)
             log.warning("answerability judge abstained on %r: %s", question, exc)
             return None
@@ -116,7 +118,8 @@ def form_problem(text: str) -> str | None:
     ("It removes itself. What does the kubelet do?"), after it ("...? (It removes itself.)") or as a
     labelled part ("Answer: ..."); each shows up as a second sentence, text after the "?" or a label."""
     if not text.endswith("?") or text.count("?") != 1:
-        trailing = " (text follows the '?': an appended answer or remark)" if "?" in text and not text.endswith("?") else ""
+        appended = "?" in text and not text.endswith("?")
+        trailing = " (text follows the '?': an appended answer or remark)" if appended else ""
         return f"not exactly one question ending with '?'{trailing}"
     if _APPENDED_ANSWER.search(text):
         return "question carries an appended answer or label"

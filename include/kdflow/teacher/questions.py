@@ -101,7 +101,7 @@ def generate_questions(
                 client, endpoint, question_messages(kb.name, passage), QuestionDraft,
                 temperature=cfg.temperature, max_tokens=QUESTION_MAX_TOKENS,
                 seed=stable_int(seed, cycle, topic, split, slot, attempt),
-            )  # fmt: skip
+            )
             text = " ".join(draft.question.split())
             verdict = check_question(gate, text, passage, seen, judge)
             record = {"scores": verdict.scores, **({} if verdict.judge is None else {"judge": verdict.judge})}
@@ -110,7 +110,7 @@ def generate_questions(
                 gate_record = {"decision": "kept", "attempts": attempt + 1, **record, "rejected": rejected}
                 accepted.append(
                     Question(id=question_id(topic, text), topic=topic, question=text, passage_ids=[passage.id],
-                             split=split, cycle=cycle, gate=gate_record)  # fmt: skip
+                             split=split, cycle=cycle, gate=gate_record)
                 )
                 break
             log.info("rejected question %r (%s)", text, verdict.reason)

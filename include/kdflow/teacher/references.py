@@ -42,7 +42,8 @@ SYSTEM_PROMPT = (
     "You answer questions about {kb_name} using ONLY the passages given. "
     "If the passages do not contain the answer, say that they do not."
 )
-USER_PROMPT = "Passages:\n{passages}\n\nQuestion: {question}\nAnswer in one to three sentences, using only the passages."
+USER_PROMPT = ("Passages:\n{passages}\n\nQuestion: {question}\n"
+               "Answer in one to three sentences, using only the passages.")
 # Sent instead on a regeneration: the first draft said things the passages do not.
 RETRY_PROMPT = (
     "Passages:\n{passages}\n\nQuestion: {question}\n"
@@ -64,11 +65,13 @@ def context_passages(retriever: Retriever, question: Question, top_k: int) -> li
     return list(chosen.values())[: max(top_k, len(question.passage_ids))]
 
 
-def reference_messages(kb_name: str, question: str, passages: list[Passage], *, retry: bool = False) -> list[dict[str, str]]:
+def reference_messages(kb_name: str, question: str, passages: list[Passage], *,
+                       retry: bool = False) -> list[dict[str, str]]:
     listed = "\n\n".join(f"[{i + 1}] {p.text}" for i, p in enumerate(passages))
     return [
         {"role": "system", "content": SYSTEM_PROMPT.format(kb_name=kb_name)},
-        {"role": "user", "content": (RETRY_PROMPT if retry else USER_PROMPT).format(passages=listed, question=question)},
+        {"role": "user",
+         "content": (RETRY_PROMPT if retry else USER_PROMPT).format(passages=listed, question=question)},
     ]
 
 
@@ -121,9 +124,10 @@ def review_reference(
     last_draft = next((r["draft"] for r in reversed(reviews) if r["draft"]), "")
     scores = {"question_similarity": round(best, 4)}
     why = (f"no draft kept {gate.min_kept_share:.0%} of its sentences at support >= {gate.support_floor} "
-           f"after {len(reviews)} attempt(s)") if reviews else "reference_mode is extractive"  # fmt: skip
+           f"after {len(reviews)} attempt(s)") if reviews else "reference_mode is extractive"
     if gate.reference_mode == "abstractive":
-        return ReviewedReference(last_draft or extractive, "abstractive", _record("dropped", why, gate, reviews, **scores))
+        return ReviewedReference(last_draft or extractive, "abstractive",
+                                 _record("dropped", why, gate, reviews, **scores))
     if not sentences or best < gate.extractive_floor:
         reason = f"{why}; no passage sentence answers the question (best cosine {best:.2f} < {gate.extractive_floor})"
         text = extractive or last_draft or question  # kept for the record; a dropped reference is never trained on
@@ -131,7 +135,8 @@ def review_reference(
     return ReviewedReference(extractive, "extractive", _record("extractive", why, gate, reviews, **scores))
 
 
-def _record(decision: str, reason: str, gate: GateConfig, reviews: list[dict[str, Any]], **scores: float) -> dict[str, Any]:
+def _record(decision: str, reason: str, gate: GateConfig, reviews: list[dict[str, Any]],
+            **scores: float) -> dict[str, Any]:
     return {
         "decision": decision,
         "reason": reason,
@@ -163,7 +168,7 @@ def generate_reference(
                 client, endpoint, reference_messages(retriever.kb.name, question.question, passages, retry=attempt > 0),
                 ReferenceDraft, temperature=min(cfg.temperature, REFERENCE_MAX_TEMPERATURE), max_tokens=cfg.max_tokens,
                 seed=attempt if attempt else None,
-            )  # fmt: skip
+            )
         except UnusableReplyError as exc:  # an endpoint down, a timeout or a refusal fails the task (Airflow retries)
             log.warning("reference draft %d for %s unusable, counted as unsupported: %s", attempt + 1, question.id, exc)
             return ""  # e.g. SmolLM2 looping until max_tokens: a failed draft, not a failed task

@@ -76,7 +76,8 @@ def complete_json(
         except openai.APIError as exc:
             raise LLMError(explain_api_error(exc, endpoint)) from None
         except ValueError as exc:  # a 200 whose body is not JSON (a proxy's error page, a non-OpenAI server)
-            raise LLMError(f"teacher endpoint {endpoint.label} sent a reply that is not a chat completion: {exc}") from None
+            raise LLMError(f"teacher endpoint {endpoint.label} sent a reply that is not a chat completion: "
+                           f"{exc}") from None
         choice = completion.choices[0] if completion.choices else None
         content = (choice.message.content or "") if choice else ""
         try:
@@ -95,7 +96,8 @@ def complete_json(
         conversation = [
             *conversation,
             {"role": "assistant", "content": content},
-            {"role": "user", "content": f"That reply was not valid: {last_error}. Reply again with only the corrected JSON."},
+            {"role": "user",
+             "content": f"That reply was not valid: {last_error}. Reply again with only the corrected JSON."},
         ]
     # The failed replies stay cached: a rerun replays the same drafts and reaches the same decision
     # (asking again would not be reproducible: llama.cpp's output depends on its KV-cache state).

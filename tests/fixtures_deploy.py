@@ -74,7 +74,8 @@ class AirflowTopology:
     # -- processes ---------------------------------------------------------------------------
     def start(self, name: str, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.home / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), *args], env={**self.env, **(extra_env or {})},
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), *args],
+                                env={**self.env, **(extra_env or {})},
                                 stdout=log, stderr=subprocess.STDOUT, cwd=self.home, start_new_session=True)
         log.close()
         self.processes[name] = proc
@@ -176,7 +177,8 @@ class AirflowTopology:
 
         token = httpx.post(f"{self.base_url}/auth/token", json={"username": ADMIN_USER, "password": self.password},
                            timeout=30).raise_for_status().json()["access_token"]
-        return httpx.Client(base_url=f"{self.base_url}/api/v2", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        return httpx.Client(base_url=f"{self.base_url}/api/v2",
+                            headers={"Authorization": f"Bearer {token}"}, timeout=60)
 
     def wait_for_run(self, api, run_id: str, timeout: float, states=("success", "failed")) -> dict:
         deadline = time.monotonic() + timeout
@@ -186,10 +188,12 @@ class AirflowTopology:
                 return run
             self.assert_alive()
             time.sleep(3)
-        raise TimeoutError(f"run {run_id} not in {states} after {timeout}s; scheduler log:\n{self.log_tail('scheduler')}")
+        raise TimeoutError(f"run {run_id} not in {states} after {timeout}s; scheduler "
+                           f"log:\n{self.log_tail('scheduler')}")
 
     def task_instances(self, api, run_id: str) -> list[dict]:
-        return api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", params={"limit": 1000}).raise_for_status().json()[
+        return api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances",
+                       params={"limit": 1000}).raise_for_status().json()[
             "task_instances"]
 
     def s3(self):
@@ -286,8 +290,8 @@ def _audit_sockets(topo: AirflowTopology) -> None:
 
 
 def _psql(sql: str) -> None:
-    subprocess.run(["psql", "-h", PG["host"], "-p", PG["port"], "-U", PG["user"], "-d", "postgres", "-v", "ON_ERROR_STOP=1",
-                    "-q", "-c", sql], check=True, capture_output=True, timeout=60)
+    subprocess.run(["psql", "-h", PG["host"], "-p", PG["port"], "-U", PG["user"], "-d", "postgres",
+                    "-v", "ON_ERROR_STOP=1", "-q", "-c", sql], check=True, capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ def fake_completion_server() -> Iterator[Callable[..., str]]:
 
         def start(content: str | None = None, raw: bytes | None = None, serial_delay_s: float | None = None) -> str:
             start.server = servers.enter_context(ScriptedServer(raw if raw is not None else content or "",
-                                                                serial_delay_s=serial_delay_s))  # fmt: skip
+                                                                serial_delay_s=serial_delay_s))
             return start.server.url
 
         yield start
@@ -99,7 +99,8 @@ def _scripted_response(reply: str | bytes | int | tuple[int, bytes]) -> tuple[in
     if isinstance(reply, tuple):
         return reply
     if isinstance(reply, int):
-        return reply, json.dumps({"error": {"message": f"scripted HTTP {reply}", "type": "server_error", "code": reply}}).encode()
+        return reply, json.dumps({"error": {"message": f"scripted HTTP {reply}", "type": "server_error",
+                                            "code": reply}}).encode()
     return 200, reply if isinstance(reply, bytes) else chat_completion_body(reply)
 
 
@@ -109,4 +110,4 @@ def chat_completion_body(content: str) -> bytes:
         "id": "cmpl-1", "object": "chat.completion", "created": 0, "model": "fake",
         "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
         "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14},
-    }).encode()  # fmt: skip
+    }).encode()

@@ -119,10 +119,11 @@ def smallest_overrides(store_url: str, student_dir: str, **sections: dict[str, A
         "pipeline": {"cycles": 1, "questions_per_cycle": 1, "topics": ["pods"], "held_out_per_topic": 1},
         "store": {"url": store_url},
         "teacher": {"max_tokens": 160},
-        "student": {"model": student_dir, "epochs": 1, "max_new_tokens": 12, "batch_size": 2, "lora_r": 4, "lora_alpha": 8,
-                    "generation_batch_size": 2, "max_length": 128},
+        "student": {"model": student_dir, "epochs": 1, "max_new_tokens": 12, "batch_size": 2,
+                    "lora_r": 4, "lora_alpha": 8, "generation_batch_size": 2, "max_length": 128},
         # a 6-item gold set (two per topic) keeps these runs short; the full set runs in the embedded and README tests
-        "evaluation": {"metrics": ["semantic_similarity", "rouge_l"], "gold_path": str(SMALL_GOLD), "teacher_ceiling": False},
+        "evaluation": {"metrics": ["semantic_similarity", "rouge_l"], "gold_path": str(SMALL_GOLD),
+                       "teacher_ceiling": False},
     }
     for section, values in sections.items():
         overrides[section] = {**overrides.get(section, {}), **values}

@@ -37,14 +37,16 @@ def build_tiny_tokenizer(out_dir: Path) -> None:
     )
     tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>", bos_token="<|im_start|>",
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>",
+        bos_token="<|im_start|>",
     )
     fast.chat_template = CHATML
     fast.save_pretrained(out_dir)
 
 
 def build_tiny_phi(out_dir: Path, seed: int = 0) -> Path:
-    """Save a random 2-layer Phi model (hidden 64; init range 0.2 so that a few LoRA steps visibly move the loss) and its tokenizer into ``out_dir``."""
+    """Save a random 2-layer Phi model (hidden 64; init range 0.2 so that a few LoRA steps visibly move the loss)
+    and its tokenizer into ``out_dir``."""
     import torch
     from transformers import AutoTokenizer, PhiConfig, PhiForCausalLM
 
@@ -53,8 +55,8 @@ def build_tiny_phi(out_dir: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = PhiConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=512, initializer_range=0.2, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
+        max_position_embeddings=512, initializer_range=0.2, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
     )
     PhiForCausalLM(config).save_pretrained(out_dir)
     return out_dir

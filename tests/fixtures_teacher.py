@@ -18,7 +18,7 @@ PASSAGES = [
     Passage(id="services/types-0", topic="services", source="services.md", section="Services > Types",
             text="The default Service type is ClusterIP, which exposes the Service on an internal cluster IP address. "
                  "A NodePort Service also opens the same port on every node."),
-]  # fmt: skip
+]
 TEXTS = [p.text for p in PASSAGES]
 QUESTION = "What happens to a Pod that fails its readiness probe?"
 SUPPORTED = "A Pod that fails its readiness probe is removed from the EndpointSlice until it is ready again."

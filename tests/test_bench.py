@@ -16,17 +16,20 @@ def test_cheap_sections_write_json_and_markdown(tiny_phi_dir, tmp_path):
     assert parse["dags"] == [DAG_ID]
     assert 0 < parse["median_s"] < 5 and len(parse["runs_s"]) == 2 and len(parse["load_avg"]) == 2
 
-    gen = bench.generation_comparison(tiny_phi_dir, batch_sizes=(2, 4), questions=QUESTIONS, max_new_tokens=8, repeats=1)
+    gen = bench.generation_comparison(tiny_phi_dir, batch_sizes=(2, 4), questions=QUESTIONS,
+                                      max_new_tokens=8, repeats=1)
     rows = gen["by_batch_size"]
     assert list(rows) == ["1", "2", "4"]  # one by one is always measured: it is the ratio's base
     assert rows["1"]["speedup_vs_one_by_one"] == 1.0
     assert all(row["tokens_per_s_median"] > 0 and len(row["tokens_per_s_runs"]) == 1 for row in rows.values())
 
-    results = {"machine": bench.machine(), "measured_at": "now", "commands": ["make bench"], "parse": parse, "generation": gen}
+    results = {"machine": bench.machine(), "measured_at": "now", "commands": ["make bench"],
+               "parse": parse, "generation": gen}
     json_path, md_path = bench.write_results(results, tmp_path)
     stored = json.loads(json_path.read_text())
     assert {"machine", "parse", "generation", "commands"} <= set(stored)
-    assert "## Goals of issue 9" in md_path.read_text() and "batched generation >= 3x one by one at batch 4" in md_path.read_text()
+    assert ("## Goals of issue 9" in md_path.read_text()
+            and "batched generation >= 3x one by one at batch 4" in md_path.read_text())
     assert {"nproc", "cpu_model", "memory_gib", "python", "torch", "load_avg"} <= set(stored["machine"])
     markdown = md_path.read_text()
     for heading in ("# kdflow benchmark results", "## Student generation: batched vs one by one", "## DAG parse time"):
@@ -34,7 +37,8 @@ def test_cheap_sections_write_json_and_markdown(tiny_phi_dir, tmp_path):
     assert "`make bench`" in markdown and "| 4 |" in markdown
 
     # A later section-only run merges: earlier sections stay in the files.
-    bench.write_results({"machine": stored["machine"], "measured_at": "later", "commands": [], "notes": ["rerun"]}, tmp_path)
+    bench.write_results({"machine": stored["machine"], "measured_at": "later", "commands": [],
+                         "notes": ["rerun"]}, tmp_path)
     merged = json.loads(json_path.read_text())
     assert merged["parse"] == parse and merged["notes"] == ["rerun"] and "## Notes" in md_path.read_text()
 
@@ -58,7 +62,8 @@ def test_teacher_pool_section_measures_both_pools_on_the_real_server(tmp_path):
     assert set(pool["by_servers"]) == {"1", "2"}
     assert all(row["runs"][0]["tokens"] > 0 and row["median_s"] > 0 for row in pool["by_servers"].values())
     assert pool["speedup"] == round(pool["by_servers"]["1"]["median_s"] / pool["by_servers"]["2"]["median_s"], 2)
-    _, md_path = bench.write_results({"machine": bench.machine(), "measured_at": "now", "commands": [], "teacher_pool": pool}, tmp_path)
+    _, md_path = bench.write_results({"machine": bench.machine(), "measured_at": "now", "commands": [],
+                                      "teacher_pool": pool}, tmp_path)
     assert "## Embedded teacher: one llama.cpp server vs a pool" in md_path.read_text()
 
 

@@ -41,11 +41,13 @@ def browser_tools():
 
 def _ui(topo, phase: str, state: Path, **env: str) -> dict:
     """Run one phase of tests/browser/airflow_ui.js; returns the JSON line it prints."""
-    done = subprocess.run(["node", str(BROWSER_DIR / "airflow_ui.js"), phase], cwd=BROWSER_DIR, capture_output=True, text=True,
+    done = subprocess.run(["node", str(BROWSER_DIR / "airflow_ui.js"), phase], cwd=BROWSER_DIR,
+                          capture_output=True, text=True,
                           timeout=240, env={**os.environ, "BASE_URL": topo.base_url, "AIRFLOW_USER": ADMIN_USER,
-                                            "AIRFLOW_PASSWORD": topo.password, "DAG_ID": DAG_ID, "SHOTS": str(SCREENSHOTS),
-                                            "STATE": str(state), **env})
-    assert done.returncode == 0, f"browser phase {phase} failed: {done.stderr.strip()[-2000:]} (screenshots in {SCREENSHOTS})"
+                                            "AIRFLOW_PASSWORD": topo.password, "DAG_ID": DAG_ID,
+                                            "SHOTS": str(SCREENSHOTS), "STATE": str(state), **env})
+    assert done.returncode == 0, (f"browser phase {phase} failed: {done.stderr.strip()[-2000:]} "
+                                  f"(screenshots in {SCREENSHOTS})")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

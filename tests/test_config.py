@@ -41,31 +41,40 @@ def test_precedence_file_then_env_then_overrides(tmp_path):
         ({"pipeline": {"cycles": 99}}, "pipeline.cycles", "must be an integer between 1 and 20 (got 99)"),
         ({"pipeline": {"cycles": 4}}, "pipeline.cycles", "must be at most max_cycles=3 (got 4)"),
         ({"pipeline": {"questions_per_cycle": -3}}, "pipeline.questions_per_cycle", "between 1 and 200 (got -3)"),
-        ({"pipeline": {"questions_per_cycle": 100000}}, "pipeline.questions_per_cycle", "between 1 and 200 (got 100000)"),
-        ({"pipeline": {"questions_per_cycle": "three"}}, "pipeline.questions_per_cycle", "between 1 and 200 (got 'three')"),
+        ({"pipeline": {"questions_per_cycle": 100000}}, "pipeline.questions_per_cycle",
+         "between 1 and 200 (got 100000)"),
+        ({"pipeline": {"questions_per_cycle": "three"}}, "pipeline.questions_per_cycle",
+         "between 1 and 200 (got 'three')"),
         ({"pipeline": {"topics": []}}, "pipeline.topics", "must be a list with at least 1 item (got [])"),
         ({"pipeline": {"topics": ["pods", "Pods"]}}, "pipeline.topics", "must be unique"),
         ({"teacher": {"temperature": 3}}, "teacher.temperature", "must be a number between 0 and 2 (got 3)"),
         ({"teacher": {"provider": "bard"}}, "teacher.provider", "must be one of 'embedded', 'openai' (got 'bard')"),
         ({"teacher": {"base_url": "ftp://x"}}, "teacher.base_url", "must start with http"),
-        ({"teacher": {"api_key_env": "not a var"}}, "teacher.api_key_env", "must be text matching ^[A-Za-z_][A-Za-z0-9_]*$"),
+        ({"teacher": {"api_key_env": "not a var"}}, "teacher.api_key_env",
+         "must be text matching ^[A-Za-z_][A-Za-z0-9_]*$"),
         ({"teacher": {"max_tokens": 8}}, "teacher.max_tokens", "must be an integer between 16 and 16384 (got 8)"),
-        ({"teacher": {"max_tokens": 20000}}, "teacher.max_tokens", "must be an integer between 16 and 16384 (got 20000)"),
+        ({"teacher": {"max_tokens": 20000}}, "teacher.max_tokens",
+         "must be an integer between 16 and 16384 (got 20000)"),
         ({"teacher": {"model": ""}}, "teacher.model", "must be text with at least 1 character"),
         ({"student": {"lora_r": 0}}, "student.lora_r", "must be an integer between 1 and 512 (got 0)"),
-        ({"student": {"learning_rate": 0}}, "student.learning_rate", "must be a number, greater than 0 and at most 1 (got 0)"),
-        ({"student": {"lora_dropout": 1.0}}, "student.lora_dropout", "must be a number, at least 0 and less than 1 (got 1.0)"),
+        ({"student": {"learning_rate": 0}}, "student.learning_rate",
+         "must be a number, greater than 0 and at most 1 (got 0)"),
+        ({"student": {"lora_dropout": 1.0}}, "student.lora_dropout",
+         "must be a number, at least 0 and less than 1 (got 1.0)"),
         ({"student": {"epochs": 0}}, "student.epochs", "must be an integer between 1 and 100 (got 0)"),
         ({"student": {"epochs": 101}}, "student.epochs", "must be an integer between 1 and 100 (got 101)"),
         ({"student": {"max_length": 16}}, "student.max_length", "must be an integer between 32 and 32768 (got 16)"),
         ({"student": {"batch_size": 0}}, "student.batch_size", "must be an integer between 1 and 512 (got 0)"),
-        ({"student": {"gpu_min_free_gib": -1}}, "student.gpu_min_free_gib", "must be a number between 0 and 1024 (got -1)"),
+        ({"student": {"gpu_min_free_gib": -1}}, "student.gpu_min_free_gib",
+         "must be a number between 0 and 1024 (got -1)"),
         ({"student": {"load_in_4bit": "maybe"}}, "student.load_in_4bit", "must be true or false (got 'maybe')"),
-        ({"student": {"profiles": {"phi-2": {"epochs": 0}}}}, "student.profiles.phi-2.epochs", "between 1 and 100 (got 0)"),
+        ({"student": {"profiles": {"phi-2": {"epochs": 0}}}}, "student.profiles.phi-2.epochs",
+         "between 1 and 100 (got 0)"),
         ({"student": {"profiles": {"qwen": {"epochs": 2}}}}, "student.profiles.qwen.learning_rate", "is required"),
         ({"seed": -1}, "seed", "must be an integer, at least 0 (got -1)"),
         ({"seed": "abc"}, "seed", "must be an integer, at least 0 (got 'abc')"),
-        ({"evaluation": {"metrics": ["bogus"]}}, "evaluation.metrics.0", "must be one of 'answer_relevancy', 'semantic"),
+        ({"evaluation": {"metrics": ["bogus"]}}, "evaluation.metrics.0",
+         "must be one of 'answer_relevancy', 'semantic"),
         ({"store": {"url": "ftp://host/x"}}, "store.url", "unknown store scheme 'ftp'"),
         ({"teacher": {"modle": "x"}}, "teacher.modle", "unknown key"),
         ({"surprise": 1}, "surprise", "unknown key"),
@@ -108,12 +117,16 @@ def test_promotion_metric_must_be_an_evaluated_metric():
     measured = {"metrics": ["answer_relevancy", "rouge_l"], "gold_path": None}
     with pytest.raises(ConfigError) as info:
         load_config({"evaluation": measured, "promotion": {"metric": "semantic_similarity"}}, environ={})
-    expected = "- promotion.metric: must be one of evaluation.metrics ['answer_relevancy', 'rouge_l'] (got 'semantic_similarity')"
+    expected = ("- promotion.metric: must be one of evaluation.metrics ['answer_relevancy', 'rouge_l'] "
+                "(got 'semantic_similarity')")
     assert expected in str(info.value)
-    assert load_config({"evaluation": measured, "promotion": {"metric": "rouge_l"}}, environ={}).promotion.metric == "rouge_l"
+    assert load_config({"evaluation": measured, "promotion": {"metric": "rouge_l"}},
+                       environ={}).promotion.metric == "rouge_l"
     with pytest.raises(ConfigError) as info:
-        load_config({"evaluation": {"gold_metrics": ["key_fact_recall"]}, "promotion": {"metric": "rouge_l"}}, environ={})
-    assert "- promotion.metric: must be one of evaluation.gold_metrics ['key_fact_recall'] (got 'rouge_l')" in str(info.value)
+        load_config({"evaluation": {"gold_metrics": ["key_fact_recall"]},
+                     "promotion": {"metric": "rouge_l"}}, environ={})
+    expected = "- promotion.metric: must be one of evaluation.gold_metrics ['key_fact_recall'] (got 'rouge_l')"
+    assert expected in str(info.value)
 
 
 def test_promotion_metric_default_follows_the_evaluated_metrics():
@@ -145,7 +158,8 @@ def test_missing_and_malformed_config_file(tmp_path):
 
 def test_public_dict_masks_store_credentials():
     cfg = load_config({"store": {"storage_options": {"key": "AKIA123", "secret": "s3cr3t",
-                                                     "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}}}, environ={})
+                                                     "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}}},
+                      environ={})
     options = cfg.public_dict()["store"]["storage_options"]
     assert options == {"key": "***", "secret": "***", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
     assert cfg.store.storage_options["secret"] == "s3cr3t"  # the live config still has it
@@ -182,13 +196,15 @@ def test_explicit_training_values_win_over_the_profile(tmp_path):
 
 
 def test_a_profile_may_set_the_adapter_shape_and_explicit_values_still_win():
-    shape = {"learning_rate": 1e-3, "epochs": 5, "lora_r": 64, "lora_alpha": 128, "target_modules": ["q_proj", "up_proj"]}
+    shape = {"learning_rate": 1e-3, "epochs": 5, "lora_r": 64, "lora_alpha": 128,
+             "target_modules": ["q_proj", "up_proj"]}
     student = load_config({"student": {"model": "microsoft/phi-2", "profiles": {"phi-2": shape}}}, environ={}).student
     assert (student.lora_r, student.lora_alpha, student.target_modules) == (64, 128, ["q_proj", "up_proj"])
     explicit = load_config({"student": {"model": "microsoft/phi-2", "lora_r": 8, "target_modules": ["q_proj"],
                                         "profiles": {"phi-2": shape}}}, environ={}).student
     assert (explicit.lora_r, explicit.lora_alpha, explicit.target_modules) == (8, 128, ["q_proj"])
-    plain = load_config({"student": {"model": "microsoft/phi-2", "profiles": {"phi-2": {"learning_rate": 1e-4, "epochs": 1}}}},
+    plain = load_config({"student": {"model": "microsoft/phi-2",
+                                     "profiles": {"phi-2": {"learning_rate": 1e-4, "epochs": 1}}}},
                         environ={}).student
     assert (plain.lora_r, plain.lora_alpha, plain.target_modules) == (16, 32, None)  # generic: attention projections
 

@@ -81,7 +81,8 @@ def test_clean_run_publishes_every_checkpoint(clean_run, e2e_env):
                      "baseline_aggregate", "dataset", "adapter", "training", "finetuned_model", "finetuned_answers",
                      "finetuned_scores", "finetuned_aggregate", "comparison", "improvement", "results"):
             assert f"cycle_{cycle}.{name}" in manifest, f"cycle_{cycle}.{name} missing"
-    for name in ("run", "config", "knowledge_base", "topics", "held_out", "all_cycles", "overall", "results", "report", "completion"):
+    for name in ("run", "config", "knowledge_base", "topics", "held_out", "all_cycles", "overall", "results",
+                 "report", "completion"):
         assert name in manifest, name
     # every pointer in the manifest verifies against the object it points at
     for entry in manifest.values():
@@ -109,18 +110,24 @@ def test_the_gold_set_is_answered_at_the_start_and_after_each_cycle_and_leads_th
     manifest = store.manifest(run_id)
     gold = {row["id"] for row in store.read_jsonl(manifest["gold"])}
     assert len(gold) == 72
-    answered = {(n, stage): {a["question_id"] for a in store.read_jsonl(manifest[f"cycle_{n}.{stage}_answers"]) if a["split"] == "gold"}
-                for n in (1, 2) for stage in ("baseline", "finetuned")}  # fmt: skip
+    answered = {(n, stage): {a["question_id"] for a in store.read_jsonl(manifest[f"cycle_{n}.{stage}_answers"])
+                             if a["split"] == "gold"}
+                for n in (1, 2) for stage in ("baseline", "finetuned")}
     # the start model (cycle 1's baseline) and each cycle's adapter; cycle 2's baseline model is cycle 1's adapter
-    assert answered[(1, "baseline")] == answered[(1, "finetuned")] == answered[(2, "finetuned")] == {f"gold-{i}" for i in gold}
+    assert answered[(1, "baseline")] == answered[(1, "finetuned")] == answered[(2,
+                                                                                "finetuned")] == {f"gold-{i}"
+                                                                                                  for i in gold}
     assert answered[(2, "baseline")] == set()
     ceiling = store.read_jsonl(manifest["gold_ceiling"])
-    assert sorted(row["topic"] for row in ceiling) == ["pods", "services", "storage"] and all("key_fact_recall" in r["scores"] for r in ceiling)
+    assert sorted(row["topic"] for row in ceiling) == ["pods", "services",
+                                                       "storage"] and all("key_fact_recall" in r["scores"]
+                                                                          for r in ceiling)
     report = json.loads(_report_file(store, run_id, "report.json"))
     verdict = report["verdict"]
     assert verdict["items"] == 72 and verdict["start_model"] == "base model" and verdict["last_cycle"] == 2
     lead = verdict["overall"]["key_fact_recall"]
-    assert lead["n"] == 72 and lead["verdict"] in ("improved", "regressed", "no detectable change") and lead["mde"] is not None
+    assert lead["n"] == 72 and lead["verdict"] in ("improved", "regressed",
+                                                   "no detectable change") and lead["mde"] is not None
     assert lead["gap_closed"]["n"] == 3
     assert [step["cycle"] for step in verdict["per_cycle"]] == [1, 2]
     md = _report_file(store, run_id, "report.md").decode()
@@ -136,7 +143,8 @@ def test_the_benchmark_reads_the_run_timing_from_the_metadata_db(dag, clean_run)
     from kdflow.bench.airflow import run_timing
 
     timing = run_timing(Path(os.environ["AIRFLOW_HOME"]) / "airflow.db", clean_run.run_id)
-    assert (timing["run_id"], timing["state"], timing["task_instances"]) == (clean_run.run_id, "success", len(dag.task_ids))
+    assert (timing["run_id"], timing["state"], timing["task_instances"]) == (clean_run.run_id,
+                                                                             "success", len(dag.task_ids))
     assert 0 < timing["task_sum_s"] < timing["run_wall_s"] and 0 < timing["outside_tasks_share"] < 1
     assert len(timing["slowest_tasks"]) == 5 and all(t in dag.task_ids for t in timing["slowest_tasks"])
 

@@ -99,11 +99,10 @@ def test_parsing_imports_nothing_heavy():
     import sys
 
     code = (
-        "import sys, importlib.util;"
-        f"spec = importlib.util.spec_from_file_location('kd', {str(DAGS / 'knowledge_distillation.py')!r});"
-        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m);"
-        "heavy = [n for n in ('torch', 'transformers', 'ragas', 'peft', 'trl', 'sentence_transformers', 'openai', 'matplotlib')"
-        " if n in sys.modules]; print(heavy)"
+        "import sys, importlib.util;spec = importlib.util.spec_from_file_location('kd', "
+        f"{str(DAGS / 'knowledge_distillation.py')!r});m = importlib.util.module_from_spec(spec); "
+        "spec.loader.exec_module(m);heavy = [n for n in ('torch', 'transformers', 'ragas', 'peft', 'trl', "
+        "'sentence_transformers', 'openai', 'matplotlib') if n in sys.modules]; print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
@@ -126,7 +125,9 @@ def test_a_step_removed_from_the_registry_is_a_missing_box(monkeypatch):
     monkeypatch.setattr(registry, "FINAL_STEPS", tuple(s for s in FINAL_STEPS if s.id != "show_performance_comparison"))
     dag = DagBag(dag_folder=str(DAGS)).dags[DAG_ID]
     boxes = [as_display_name(box) for box in diagram_boxes(DIAGRAM.read_text())]
-    assert missing_boxes(boxes, [normalise(t.task_display_name) for t in in_flow_order(dag)]) == ["Show Performance Comparison"]
+    assert missing_boxes(boxes,
+                         [normalise(t.task_display_name)
+                          for t in in_flow_order(dag)]) == ["Show Performance Comparison"]
 
 
 def test_every_registry_step_is_a_task_on_a_single_line(dag):

@@ -28,7 +28,8 @@ AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-proce
 LONG_RUNNING = ["postgres", "redis", "minio", *[s for s in AIRFLOW_SERVICES if s != "airflow-init"], "local-teacher"]
 VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?][^}]*)?\}")
 # The config's own override variables for airflow.gpu_pool / gpu_pool_slots, with their defaults.
-GPU_POOL_VARS = {"KDFLOW__AIRFLOW__GPU_POOL": AIRFLOW_CFG.gpu_pool, "KDFLOW__AIRFLOW__GPU_POOL_SLOTS": AIRFLOW_CFG.gpu_pool_slots}
+GPU_POOL_VARS = {"KDFLOW__AIRFLOW__GPU_POOL": AIRFLOW_CFG.gpu_pool,
+                 "KDFLOW__AIRFLOW__GPU_POOL_SLOTS": AIRFLOW_CFG.gpu_pool_slots}
 
 
 def _env(service: str) -> dict[str, str]:
@@ -89,8 +90,8 @@ def _local_script_pool(**overrides: str) -> list[str]:
     """The pool scripts/airflow-local.sh creates: it prints it with ``gpu-pool`` (name, slots)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KDFLOW")}  # no user config leaks in
     env.update(KDFLOW_VENV=str(Path(sys.executable).parents[1]), **overrides)
-    out = subprocess.run([str(REPO / "scripts" / "airflow-local.sh"), "gpu-pool"], env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run([str(REPO / "scripts" / "airflow-local.sh"), "gpu-pool"], env=env,
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout.splitlines()
 
@@ -102,21 +103,25 @@ def test_gpu_pool_comes_from_the_config_in_compose_the_local_script_and_the_nati
         for service in AIRFLOW_SERVICES:
             assert _env(service)[var] == f"${{{var}:-{default}}}", (service, var)
         assert re.search(rf"^{var}={default}$", ENV_EXAMPLE, re.M), f".env.example must document {var}={default}"
-    overridden = load_config(environ={"KDFLOW__AIRFLOW__GPU_POOL": "gpu-a100", "KDFLOW__AIRFLOW__GPU_POOL_SLOTS": "4"}).airflow
+    overridden = load_config(environ={"KDFLOW__AIRFLOW__GPU_POOL": "gpu-a100",
+                                      "KDFLOW__AIRFLOW__GPU_POOL_SLOTS": "4"}).airflow
     assert (overridden.gpu_pool, overridden.gpu_pool_slots) == ("gpu-a100", 4)  # what the DAG then uses
     # scripts/airflow-local.sh creates the pool the config names, overrides included
     local = (REPO / "scripts" / "airflow-local.sh").read_text()
     assert 'airflow pools set "$POOL_NAME" "$POOL_SLOTS"' in local and "pools set gpu" not in local
     assert _local_script_pool() == [AIRFLOW_CFG.gpu_pool, str(AIRFLOW_CFG.gpu_pool_slots)]
-    assert _local_script_pool(KDFLOW__AIRFLOW__GPU_POOL="gpu-a100", KDFLOW__AIRFLOW__GPU_POOL_SLOTS="4") == ["gpu-a100", "4"]
+    assert _local_script_pool(KDFLOW__AIRFLOW__GPU_POOL="gpu-a100",
+                              KDFLOW__AIRFLOW__GPU_POOL_SLOTS="4") == ["gpu-a100", "4"]
     # the native topology (tests/fixtures_deploy.py) creates the pool its components' config names
     fixture = (REPO / "tests" / "fixtures_deploy.py").read_text()
-    assert '"pools", "set", pool.gpu_pool, str(pool.gpu_pool_slots)' in fixture and '"pools", "set", "gpu"' not in fixture
+    assert '"pools", "set", pool.gpu_pool, str(pool.gpu_pool_slots)' in fixture
+    assert '"pools", "set", "gpu"' not in fixture
 
 
 def test_store_and_xcom_backend_point_at_minio_through_one_aws_connection():
     env = _env("airflow-worker")
-    conn = json.loads(env[f"AIRFLOW_CONN_{CONN_ID.upper()}"].replace("${MINIO_ROOT_USER:?set MINIO_ROOT_USER in .env}", "u")
+    conn_uri = env[f"AIRFLOW_CONN_{CONN_ID.upper()}"]
+    conn = json.loads(conn_uri.replace("${MINIO_ROOT_USER:?set MINIO_ROOT_USER in .env}", "u")
                       .replace("${MINIO_ROOT_PASSWORD:?set MINIO_ROOT_PASSWORD in .env}", "p"))
     assert conn["conn_type"] == "aws" and conn["extra"]["endpoint_url"] == "http://minio:9000"
     bucket = "${KDFLOW_BUCKET:-kdflow}"
@@ -124,14 +129,16 @@ def test_store_and_xcom_backend_point_at_minio_through_one_aws_connection():
     assert env["AIRFLOW__COMMON_IO__XCOM_OBJECTSTORAGE_PATH"] == f"s3://{CONN_ID}@{bucket}/xcom"
     assert env["AIRFLOW__CORE__XCOM_BACKEND"].endswith("XComObjectStorageBackend")
     assert "mc mb --ignore-existing" in _command("minio-init") and "KDFLOW_BUCKET" in _command("minio-init")
-    load_config(environ={"KDFLOW__STORE__URL": env["KDFLOW__STORE__URL"].replace(bucket, "kdflow")})  # a valid store URL
+    load_config(environ={"KDFLOW__STORE__URL": env["KDFLOW__STORE__URL"].replace(bucket,
+                                                                                 "kdflow")})  # a valid store URL
 
 
 def test_compose_sets_every_key_the_native_topology_sets(tmp_path):
     native = topology_env(home=tmp_path, database="db", redis_db=1, port=8080, s3_endpoint="http://127.0.0.1:9000",
                           bucket="kdflow", password="pw")
     test_only = {"PYTHONPATH", "AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__CORE__PLUGINS_FOLDER",
-                 "AIRFLOW__CELERY__WORKER_CONCURRENCY", "KDFLOW__AIRFLOW__SCHEDULE", "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"}
+                 "AIRFLOW__CELERY__WORKER_CONCURRENCY", "KDFLOW__AIRFLOW__SCHEDULE",
+                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"}
     shared = {k for k in native if k.startswith(("AIRFLOW", "KDFLOW__STORE", "HF_", "RAGAS", "TOKENIZERS"))} - test_only
     for service in AIRFLOW_SERVICES:
         missing = shared - set(_env(service))
@@ -153,7 +160,8 @@ def test_secrets_come_from_env_file_and_are_never_baked_in():
 
 def test_every_variable_compose_reads_is_documented_in_env_example():
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE, re.M))
-    used = set(VAR.findall((REPO / "docker-compose.yaml").read_text() + (REPO / "docker-compose.gpu-worker.yaml").read_text()))
+    compose = (REPO / "docker-compose.yaml").read_text() + (REPO / "docker-compose.gpu-worker.yaml").read_text()
+    used = set(VAR.findall(compose))
     undocumented = {name for name, _ in used} - documented
     assert not undocumented, f"document these in .env.example: {sorted(undocumented)}"
     assert "change-me" in ENV_EXAMPLE and "sk-" not in ENV_EXAMPLE.replace("sk-...", "")
@@ -203,7 +211,8 @@ def test_usage_data_collection_is_off_wherever_kdflow_starts_airflow(tmp_path):
 def test_dockerfile_builds_on_airflow_3_3_2_with_pinned_requirements_and_explicit_torch_builds():
     assert re.search(r"^ARG AIRFLOW_IMAGE=apache/airflow:3\.3\.2$", DOCKERFILE, re.M)
     assert "FROM ${AIRFLOW_IMAGE}" in DOCKERFILE
-    assert re.search(r"^FROM base AS torch-cpu$", DOCKERFILE, re.M) and re.search(r"^FROM base AS torch-gpu$", DOCKERFILE, re.M)
+    assert re.search(r"^FROM base AS torch-cpu$", DOCKERFILE,
+                     re.M) and re.search(r"^FROM base AS torch-gpu$", DOCKERFILE, re.M)
     assert "FROM torch-${TORCH_FLAVOR}" in DOCKERFILE
     assert "whl/cpu" in DOCKERFILE and "-r /opt/kdflow/requirements-gpu.txt" in DOCKERFILE
     assert "-r /opt/kdflow/requirements.txt" in DOCKERFILE

@@ -141,7 +141,8 @@ def test_every_address_the_remote_gpu_worker_needs_is_published_on_the_bind_addr
     in_network = re.compile(r"@(postgres|redis|minio)[:/]|//(minio|airflow-apiserver|postgres|redis)[:/]")
     assert not [k for k, v in worker.items() if in_network.search(v)], worker
     # the overlay changes only where the worker connects: queue, image, GPU reservation are the main file's
-    assert on_gpu_host["services"]["airflow-worker-gpu"]["command"] == on_first_host["services"]["airflow-worker-gpu"]["command"]
+    gpu_worker = "airflow-worker-gpu"
+    assert on_gpu_host["services"][gpu_worker]["command"] == on_first_host["services"][gpu_worker]["command"]
 
 
 def test_everything_is_published_on_loopback_unless_the_bind_address_is_set(tmp_path):
@@ -175,7 +176,8 @@ def _run_init(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Completed
     """airflow-init's command as compose renders it, under bash, with ``airflow`` and ``python`` stubs
     that record their calls (and the login file written under tmp_path instead of /opt/airflow/auth)."""
     rendered = render([MAIN], env, tmp_path)
-    entrypoint, (flag, script) = rendered["services"]["airflow-init"]["entrypoint"], rendered["services"]["airflow-init"]["command"]
+    init_service = rendered["services"]["airflow-init"]
+    entrypoint, (flag, script) = init_service["entrypoint"], init_service["command"]
     assert (entrypoint if isinstance(entrypoint, str) else entrypoint[0], flag) == ("/bin/bash", "-c")
     stubs, calls = tmp_path / "bin", tmp_path / "calls"
     stubs.mkdir()

@@ -13,15 +13,18 @@ from kdflow.records import ScoreRow
 def row(qid, topic, split, stage, cycle, rel, rouge=None, fail=None):
     scores = {"answer_relevancy": rel, "rouge_l": rouge if rouge is not None else (rel / 2 if rel is not None else 0.0)}
     failures = {"answer_relevancy": fail} if rel is None else {}
-    return ScoreRow(question_id=qid, topic=topic, split=split, stage=stage, cycle=cycle, scores=scores, failures=failures)
+    return ScoreRow(question_id=qid, topic=topic, split=split, stage=stage, cycle=cycle,
+                    scores=scores, failures=failures)
 
 
 def cycle_rows(cycle: int, base: list, fine: list, held_base: list, held_fine: list) -> list[ScoreRow]:
     topics = ["pods", "services", "storage"]
     rows = []
     for stage, train, held in (("baseline", base, held_base), ("finetuned", fine, held_fine)):
-        rows += [row(f"c{cycle}q{i}", topics[i % 3], "train", stage, cycle, v, fail="judge reply not JSON") for i, v in enumerate(train)]
-        rows += [row(f"h{i}", topics[i % 3], "held_out", stage, cycle, v, fail="judge reply not JSON") for i, v in enumerate(held)]
+        rows += [row(f"c{cycle}q{i}", topics[i % 3], "train", stage, cycle, v, fail="judge reply not JSON")
+                 for i, v in enumerate(train)]
+        rows += [row(f"h{i}", topics[i % 3], "held_out", stage, cycle, v, fail="judge reply not JSON")
+                 for i, v in enumerate(held)]
     return rows
 
 
@@ -51,7 +54,8 @@ def test_aggregate_means_medians_counts_and_failures(score_file):
 def test_compare_cycle_improvements_success_rates_and_training(score_file):
     rows = [r for r in score_file if r.cycle == 1]
     training = {"losses": [2.0, 1.5, 1.2], "wall_s": 12.5, "steps": 3, "tokens_per_s": 100.0}
-    comp = compare_cycle(select(rows, stage="baseline"), select(rows, stage="finetuned"), training=training, success_threshold=0.5)
+    comp = compare_cycle(select(rows, stage="baseline"), select(rows, stage="finetuned"), training=training,
+                         success_threshold=0.5)
     assert comp["cycle"] == 1
     train = comp["splits"]["train"]["answer_relevancy"]
     assert train["abs_improvement"] == pytest.approx(1.6 / 3 - 0.3)
@@ -64,7 +68,8 @@ def test_compare_cycle_improvements_success_rates_and_training(score_file):
     held = comp["splits"]["held_out"]["answer_relevancy"]
     assert held["baseline_mean"] == pytest.approx(0.4) and held["finetuned_mean"] == pytest.approx(1.4 / 3)
     assert held["improved_share"] == pytest.approx(2 / 3)  # 0.6 -> 0.6 is not an improvement
-    assert comp["training"] == {"wall_s": 12.5, "final_loss": 1.2, "losses": [2.0, 1.5, 1.2], "steps": 3, "tokens_per_s": 100.0}
+    assert comp["training"] == {"wall_s": 12.5, "final_loss": 1.2, "losses": [2.0, 1.5, 1.2], "steps": 3,
+                                "tokens_per_s": 100.0}
 
 
 def test_compare_cycle_rejects_mixed_cycles_and_stages(score_file):
@@ -77,11 +82,13 @@ def test_compare_cycle_rejects_mixed_cycles_and_stages(score_file):
 
 def test_compare_all_overall_and_held_out_trend(score_file):
     comps = [
-        compare_cycle(select(rows, stage="baseline"), select(rows, stage="finetuned"), training=None, success_threshold=0.5)
+        compare_cycle(select(rows, stage="baseline"), select(rows, stage="finetuned"), training=None,
+                      success_threshold=0.5)
         for rows in ([r for r in score_file if r.cycle == c] for c in (2, 1))
     ]
     across = compare_all(comps, {c: [r for r in score_file if r.cycle == c] for c in (1, 2)}, resamples=2000)
-    assert [t["cycle"] for t in across["table"] if t["metric"] == "answer_relevancy" and t["split"] == "train"] == [1, 2]
+    assert [t["cycle"] for t in across["table"]
+            if t["metric"] == "answer_relevancy" and t["split"] == "train"] == [1, 2]
     overall = across["overall"]["held_out"]["answer_relevancy"]
     # the same held-out questions h0..h2: cycle 1's baseline [0.2, 0.4, 0.6] -> cycle 2's fine-tuned [0.6, 0.7, 0.5]
     assert overall["first_baseline_mean"] == pytest.approx(0.4) and overall["last_finetuned_mean"] == pytest.approx(0.6)
@@ -107,9 +114,11 @@ def test_each_split_is_compared_on_its_own_metrics():
     """Gold rows carry key_fact_recall; the trained questions' comparison must not list it."""
     base = [row("q", "pods", "train", "baseline", 1, 0.2)]
     fine = [row("q", "pods", "train", "finetuned", 1, 0.4)]
-    gold = [ScoreRow(question_id="gold-1", topic="pods", split="gold", stage=stage, cycle=1, scores={"key_fact_recall": 0.5})
+    gold = [ScoreRow(question_id="gold-1", topic="pods", split="gold", stage=stage, cycle=1,
+                     scores={"key_fact_recall": 0.5})
             for stage in ("baseline", "finetuned")]
     comp = compare_cycle([*base, gold[0]], [*fine, gold[1]], training=None, success_threshold=0.5)
     assert set(comp["splits"]) == {"train"} and set(comp["splits"]["train"]) == {"answer_relevancy", "rouge_l"}
     agg = aggregate([*base, *gold])["by_split_stage"]
-    assert set(agg["train"]["baseline"]) == {"answer_relevancy", "rouge_l"} and set(agg["gold"]["baseline"]) == {"key_fact_recall"}
+    assert set(agg["train"]["baseline"]) == {"answer_relevancy",
+                                             "rouge_l"} and set(agg["gold"]["baseline"]) == {"key_fact_recall"}

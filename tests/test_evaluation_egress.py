@@ -29,7 +29,8 @@ base_url, model, store_dir = sys.argv[1:4]
 cfg = load_config({"evaluation": {"metrics": ["answer_relevancy", "semantic_similarity", "rouge_l"],
                                   "relevancy_strictness": 1}}, environ={})
 rows = [{"question_id": "pods-1", "topic": "pods", "split": "train", "question": "What is a Pod in Kubernetes?",
-         "answer": "A Pod is the smallest deployable unit in Kubernetes: one or more containers sharing network and storage.",
+         "answer": "A Pod is the smallest deployable unit in Kubernetes: "
+                   "one or more containers sharing network and storage.",
          "reference": "A Pod is the smallest deployable unit of computing in Kubernetes."}]
 judge = Endpoint(base_url, model, "sk-no-key-required", "json_object_schema")
 scores = score_answers(cfg.evaluation, rows, judge=judge, store=ArtifactStore(store_dir), ledger=UsageLedger(),

@@ -18,12 +18,13 @@ pytestmark = pytest.mark.slow
 
 ROWS = [
     {"question_id": "pods-good", "topic": "pods", "split": "train", "question": "What is a Pod in Kubernetes?",
-     "answer": "A Pod is the smallest deployable unit in Kubernetes. It groups one or more containers that share storage and network.",
+     "answer": "A Pod is the smallest deployable unit in Kubernetes. It groups one or more containers that share "
+               "storage and network.",
      "reference": "A Pod is the smallest deployable unit of computing in Kubernetes."},
     {"question_id": "storage-off", "topic": "storage", "split": "held_out", "question": "What is a PersistentVolume?",
      "answer": "Bananas are yellow fruits that grow in tropical countries.",
      "reference": "A PersistentVolume is a piece of storage in the cluster provisioned by an administrator."},
-]  # fmt: skip
+]
 
 
 @pytest.fixture()
@@ -67,8 +68,9 @@ def test_answer_relevancy_through_the_cached_judge_stays_on_loopback(judge, tmp_
     # The endpoint's JSON dialect, the configured temperature and one seed per draw reached the server.
     requests = [store.read_json(k)["request"] for k in store.list_keys("cache/llm")]
     assert len(requests) == 4
-    assert all(r["response_format"]["type"] == "json_object" and "question" in r["response_format"]["schema"]["properties"]
-               for r in requests)  # fmt: skip
+    assert all(r["response_format"]["type"] == "json_object"
+               and "question" in r["response_format"]["schema"]["properties"]
+               for r in requests)
     assert {r["temperature"] for r in requests} == {0.7} and sorted(r["seed"] for r in requests) == [0, 0, 1, 1]
 
     again = score_answers(cfg.evaluation, ROWS, judge=judge, store=store, ledger=ledger, cycle=1, stage="baseline")
@@ -82,9 +84,10 @@ def test_answer_relevancy_through_the_cached_judge_stays_on_loopback(judge, tmp_
 def test_unparsable_judge_output_is_recorded_not_raised(judge, tmp_path):
     """8 tokens cannot hold the judge's JSON: the row fails with a reason, the other metric still scores."""
     cfg = load_config({"evaluation": {"metrics": ["answer_relevancy", "rouge_l"], "relevancy_strictness": 1,
-                                      "judge_max_tokens": 8, "judge_max_retries": 0}})  # fmt: skip
+                                      "judge_max_tokens": 8, "judge_max_retries": 0}})
     store, ledger = ArtifactStore(str(tmp_path)), UsageLedger.from_config(cfg.teacher)
-    (row,) = score_answers(cfg.evaluation, ROWS[:1], judge=judge, store=store, ledger=ledger, cycle=1, stage="finetuned")
+    (row,) = score_answers(cfg.evaluation, ROWS[:1], judge=judge, store=store, ledger=ledger,
+                           cycle=1, stage="finetuned")
     assert row.scores["answer_relevancy"] is None
     assert "answer_relevancy" in row.failures and "\n" not in row.failures["answer_relevancy"]
     assert row.scores["rouge_l"] > 0.3 and "rouge_l" not in row.failures

@@ -15,8 +15,8 @@ REFERENCE = "A Pod is the smallest deployable unit in Kubernetes: one or more co
 
 
 def qa(qid: str, answer: str, reference: str = REFERENCE, split: str = "train") -> dict:
-    return {"question_id": qid, "topic": "pods", "split": split, "question": "What is a Pod in Kubernetes?", "answer": answer,
-            "reference": reference}  # fmt: skip
+    return {"question_id": qid, "topic": "pods", "split": split,
+            "question": "What is a Pod in Kubernetes?", "answer": answer, "reference": reference}
 
 
 @pytest.mark.slow
@@ -46,7 +46,8 @@ def test_bad_input_is_refused_with_the_row_named():
     with pytest.raises(ValueError, match="stage 'after'"):
         score_answers(cfg, [qa("q1", "x")], judge=None, store=None, ledger=None, cycle=1, stage="after")
     with pytest.raises(ValueError, match=r"\['answer_relevancy'\] need a judge endpoint"):
-        score_answers(EvaluationConfig(), [qa("q1", "x")], judge=None, store=None, ledger=None, cycle=1, stage="baseline")
+        score_answers(EvaluationConfig(), [qa("q1", "x")], judge=None, store=None, ledger=None,
+                      cycle=1, stage="baseline")
     assert score_answers(cfg, [], judge=None, store=None, ledger=None, cycle=1, stage="baseline") == []
 
 
@@ -82,7 +83,8 @@ def test_nan_and_metric_errors_become_recorded_failures():
         raise RuntimeError("judge said\nnothing useful")
 
     assert score_one("rouge_l", nan, qa("q", "an answer")) == (None, "metric returned nan (judge output unusable)")
-    assert score_one("answer_relevancy", unparsable, qa("q", "an answer")) == (None, "RuntimeError: judge said nothing useful")
+    assert score_one("answer_relevancy", unparsable, qa("q", "an answer")) == (
+        None, "RuntimeError: judge said nothing useful")
     assert score_one("answer_relevancy", unparsable, qa("q", "   ")) == (0.0, None)  # nothing said: 0, no judge call
 
 
@@ -98,7 +100,8 @@ def test_a_reference_dropped_by_the_gate_is_not_scored_against_but_relevancy_sti
         return 0.8
 
     why = f"reference dropped by the quality gate: {reason}"
-    assert {name: score_one(name, scorer, dropped) for name in REFERENCE_METRICS} == dict.fromkeys(REFERENCE_METRICS, (None, why))
+    assert {name: score_one(name, scorer, dropped)
+            for name in REFERENCE_METRICS} == dict.fromkeys(REFERENCE_METRICS, (None, why))
     assert asked == []  # never compared with the dropped reference, not even by the judge
     assert score_one("answer_relevancy", scorer, dropped) == (0.8, None) and asked == ["dropped"]
     # through score_answers (metrics without a model): the answer repeats the reference, yet only the kept row scores

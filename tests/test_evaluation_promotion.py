@@ -19,7 +19,7 @@ def gold(values: dict[str, float | None], stage: str = "finetuned") -> list[Scor
         ScoreRow(question_id=qid, topic=qid.split("-")[0], split="gold", stage=stage, cycle=1,
                  scores={METRIC: v}, failures={} if v is not None else {METRIC: "unparsable"})
         for qid, v in values.items()
-    ]  # fmt: skip
+    ]
 
 
 def spread(base: float, lift: float, per_topic: int = 8, lifts: dict[str, float] | None = None) -> dict[str, float]:
@@ -32,7 +32,8 @@ INCUMBENT = gold(spread(0.3, 0.0), stage="baseline")
 
 
 def test_promotes_a_clear_paired_gain():
-    decision = decide_promotion(gold(spread(0.3, 0.2)), INCUMBENT, PromotionConfig(margin=0.05), metric=METRIC, split="gold")
+    decision = decide_promotion(gold(spread(0.3, 0.2)), INCUMBENT, PromotionConfig(margin=0.05),
+                                metric=METRIC, split="gold")
     assert decision["promote"] is True, decision["reason"]
     assert decision["delta"] == pytest.approx(0.2) and decision["ci_low"] > 0.05 and decision["questions"] == 24
     assert decision["verdict"] == "improved" and "CI" in decision["reason"]

@@ -61,7 +61,8 @@ def test_too_few_pairs_and_no_change_at_all():
     single = paired_comparison({"a": 0.1}, {"a": 0.9})
     assert single["n"] == 1 and single["mean_delta"] == pytest.approx(0.8) and single["verdict"] == "not enough data"
     same = paired_comparison(BEFORE, dict(BEFORE))
-    assert (same["ci_low"], same["ci_high"], same["p_value"], same["verdict"]) == (0.0, 0.0, 1.0, "no detectable change")
+    assert (same["ci_low"], same["ci_high"], same["p_value"], same["verdict"]) == (0.0, 0.0, 1.0,
+                                                                                   "no detectable change")
 
 
 def test_verdict_boundaries():

@@ -24,7 +24,7 @@ from kdflow.teacher.faithfulness import text_support
 
 GOOD = {"id": "pods-x", "topic": "pods", "question": "Which restart policy applies when a Pod spec sets none?",
         "answer": "The default restart policy is Always.", "key_facts": [["Always"]],
-        "passage_ids": ["pods/pods#what-a-pod-is-0"]}  # fmt: skip
+        "passage_ids": ["pods/pods#what-a-pod-is-0"]}
 
 
 def answer_support(item, kb) -> float:
@@ -59,14 +59,16 @@ def test_every_shipped_item_is_stated_by_its_passages(shipped, kb):
 
 def test_a_planted_unsupported_answer_fails_the_support_check(shipped, kb):
     item = shipped.items[0]
-    planted = item.model_copy(update={"answer": "Bananas are yellow fruit that grow in tropical climates far from any cluster."})
+    planted = item.model_copy(
+        update={"answer": "Bananas are yellow fruit that grow in tropical climates far from any cluster."})
     floor = load_config(environ={}).teacher.gate.support_floor
     assert answer_support(item, kb) >= floor > answer_support(planted, kb)
 
 
 def test_a_key_fact_the_passages_do_not_state_is_refused(kb, tmp_path):
     bad = {**GOOD, "key_facts": [["OnFailure"], ["ninety seconds"]]}
-    gold = parse_gold_lines([json.dumps(GOOD), json.dumps({**bad, "id": "pods-y", "question": "Name the restart policy of a Pod."})],
+    gold = parse_gold_lines([json.dumps(GOOD),
+                             json.dumps({**bad, "id": "pods-y", "question": "Name the restart policy of a Pod."})],
                             "gold.jsonl")
     with pytest.raises(GoldSetError, match=r"^gold\.jsonl:2: field key_facts: \['OnFailure'\] is not stated"):
         check_against_kb(gold, kb, ["pods"])
@@ -75,13 +77,15 @@ def test_a_key_fact_the_passages_do_not_state_is_refused(kb, tmp_path):
 @pytest.mark.parametrize(("line", "expected"), [
     ("{not json", r"bad\.jsonl:2: not valid JSON"),
     (json.dumps({k: v for k, v in GOOD.items() if k != "answer"}), r"bad\.jsonl:2: field answer: Field required"),
-    (json.dumps({**GOOD, "question": "Is the default restart policy Always?"}), r"bad\.jsonl:2: field question: .*yes/no"),
+    (json.dumps({**GOOD, "question": "Is the default restart policy Always?"}),
+     r"bad\.jsonl:2: field question: .*yes/no"),
     (json.dumps({**GOOD, "key_facts": []}), r"bad\.jsonl:2: field key_facts: "),
     (json.dumps({**GOOD, "key_facts": [["  "]]}), r"bad\.jsonl:2: field key_facts: .*letter or digit"),
     (json.dumps({**GOOD, "extra": 1}), r"bad\.jsonl:2: field extra: Extra inputs"),
-    (json.dumps({**GOOD, "question": GOOD["question"].upper(), "id": "other"}), r"bad\.jsonl:2: field question: same question as line 1"),
+    (json.dumps({**GOOD, "question": GOOD["question"].upper(), "id": "other"}),
+     r"bad\.jsonl:2: field question: same question as line 1"),
     (json.dumps(GOOD), r"bad\.jsonl:2: field id: 'pods-x' already used on line 1"),
-])  # fmt: skip
+])
 def test_a_malformed_line_is_refused_with_its_line_number_and_field(tmp_path, line, expected):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(GOOD) + "\n" + line + "\n")
@@ -100,7 +104,8 @@ def test_a_missing_passage_or_topic_is_refused_before_any_work(tmp_path):
     with pytest.raises(GoldSetError, match="no gold items for topic\\(s\\) services, storage"):
         validated_gold(cfg)
     assert validated_gold(load_config({"evaluation": {"gold_path": None}}, environ={})) is None
-    with pytest.raises(GoldSetError, match="built-in gold set is written for the built-in Kubernetes v1.28 knowledge base"):
+    with pytest.raises(GoldSetError,
+                       match="built-in gold set is written for the built-in Kubernetes v1.28 knowledge base"):
         validated_gold(load_config({"knowledge_base": {"path": str(tmp_path)}}, environ={}))
     with pytest.raises(GoldSetError, match="gold file not found"):
         validated_gold(load_config({"evaluation": {"gold_path": str(tmp_path / "nope.jsonl")}}, environ={}))
@@ -149,9 +154,11 @@ def test_the_gold_cli_checks_a_file_and_lists_passages(tmp_path, capsys):
     from kdflow.cli import main
 
     assert main(["gold", "check"]) == 0
-    assert "72 items {'pods': 24, 'services': 24, 'storage': 24}; 0 answer(s) below the support floor 0.7" in capsys.readouterr().out
+    expected = "72 items {'pods': 24, 'services': 24, 'storage': 24}; 0 answer(s) below the support floor 0.7"
+    assert expected in capsys.readouterr().out
     planted = tmp_path / "planted.jsonl"
-    planted.write_text(json.dumps({**GOOD, "answer": "Bananas are yellow fruit that grow far from any cluster."}) + "\n")
+    planted.write_text(json.dumps({**GOOD,
+                                   "answer": "Bananas are yellow fruit that grow far from any cluster."}) + "\n")
     assert main(["gold", "check", "--path", str(planted), "--topics", "pods"]) == 1
     out = capsys.readouterr().out
     assert '"supported": false' in out and "1 answer(s) below the support floor" in out

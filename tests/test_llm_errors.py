@@ -37,7 +37,8 @@ def _client(tmp_path, base_url: str, mode: str = "json_object"):
 
 def test_server_down_is_a_clear_error(tmp_path):
     endpoint, client, store, ledger = _client(tmp_path, f"http://127.0.0.1:{free_port()}/v1")
-    with pytest.raises(LLMError, match=r"cannot reach teacher endpoint fake-model at http://127\.0\.0\.1:\d+/v1: ConnectError"):
+    with pytest.raises(LLMError,
+                       match=r"cannot reach teacher endpoint fake-model at http://127\.0\.0\.1:\d+/v1: ConnectError"):
         complete_json(client, endpoint, MESSAGES, Named, temperature=0, max_tokens=20)
     assert store.list_keys("cache") == []
     assert ledger.as_dict()["tasks"]["t"]["errors"] == 1
@@ -81,7 +82,7 @@ def test_wrong_shape_is_fed_back_and_a_later_valid_reply_is_cached(tmp_path, fak
     assert ledger.as_dict()["tasks"]["t"] | {"seconds": 0} == {
         "calls": 1, "cache_hits": 1, "errors": 0, "prompt_tokens": 11, "completion_tokens": 3, "seconds": 0,
         "cost_usd": pytest.approx((11 * 0.15 + 3 * 0.60) / 1e6),
-    }  # fmt: skip
+    }
     [key] = store.list_keys("cache/llm")
     entry = store.read_json(key)
     assert entry["request"]["model"] == "fake-model" and entry["response"]["choices"][0]["message"]["content"]
@@ -106,8 +107,9 @@ def test_missing_api_key_names_the_variable(monkeypatch):
 
 def test_openai_provider_takes_url_model_key_and_mode_from_config(monkeypatch):
     monkeypatch.setenv("KDFLOW_TEST_KEY", "sk-from-env")
-    overrides = {"teacher": {"provider": "openai", "api_key_env": "KDFLOW_TEST_KEY", "base_url": "http://127.0.0.1:9/v1",
-                             "model": "qwen", "structured_output": "json_object"}}  # fmt: skip
+    overrides = {"teacher": {"provider": "openai", "api_key_env": "KDFLOW_TEST_KEY",
+                             "base_url": "http://127.0.0.1:9/v1",
+                             "model": "qwen", "structured_output": "json_object"}}
     with teacher_endpoint(load_config(overrides, environ={}).teacher) as endpoint:
         assert endpoint == Endpoint("http://127.0.0.1:9/v1", "qwen", "sk-from-env", "json_object")
 
@@ -120,7 +122,8 @@ def test_the_validation_error_is_fed_back_in_the_retry_request(tmp_path):
     assert retry["messages"][: len(first["messages"])] == first["messages"]
     assert retry["messages"][-2] == {"role": "assistant", "content": '{"nam": "oops"}'}
     feedback = retry["messages"][-1]
-    assert feedback["role"] == "user" and feedback["content"].startswith("That reply was not valid: name: Field required")
+    assert feedback["role"] == "user" and feedback["content"].startswith(
+        "That reply was not valid: name: Field required")
     assert ledger.as_dict()["tasks"]["t"]["calls"] == 2
 
 
@@ -147,7 +150,8 @@ def test_5xx_retries_are_bounded_then_a_clear_error(tmp_path):
     with ScriptedServer(503) as server:
         endpoint, _, store, ledger = _client(tmp_path, server.url)
         client = make_client(endpoint, store, ledger, task="t", timeout_s=5, max_retries=1)
-        with pytest.raises(LLMError, match=r"teacher endpoint fake-model at http://127\.0\.0\.1:\d+/v1 answered HTTP 503"):
+        with pytest.raises(LLMError,
+                           match=r"teacher endpoint fake-model at http://127\.0\.0\.1:\d+/v1 answered HTTP 503"):
             complete_json(client, endpoint, MESSAGES, Named, temperature=0, max_tokens=20)
     assert len(server.bodies) == 2  # the first try and max_retries=1 retry, no more
     assert ledger.as_dict()["tasks"]["t"]["errors"] == 2 and store.list_keys("cache") == []
@@ -159,7 +163,8 @@ def airflow_logging():
     import airflow.sdk  # noqa: F401
 
 
-def test_api_key_from_an_airflow_connection_is_used_and_never_logged(airflow_logging, tmp_path, monkeypatch, caplog, capfd):
+def test_api_key_from_an_airflow_connection_is_used_and_never_logged(airflow_logging, tmp_path,
+                                                                     monkeypatch, caplog, capfd):
     """No KDFLOW_TEST_CONN_KEY variable: the key is the password of the Airflow connection of that name."""
     secret = "sk-conn-5e6f7a8b9c"
     monkeypatch.delenv("KDFLOW_TEST_CONN_KEY", raising=False)
@@ -167,7 +172,7 @@ def test_api_key_from_an_airflow_connection_is_used_and_never_logged(airflow_log
     caplog.set_level(logging.DEBUG)
     with ScriptedServer('{"name": "pod"}') as server:
         overrides = {"teacher": {"provider": "openai", "api_key_env": "KDFLOW_TEST_CONN_KEY", "base_url": server.url,
-                                 "model": "fake-model", "structured_output": "json_object"}}  # fmt: skip
+                                 "model": "fake-model", "structured_output": "json_object"}}
         with teacher_endpoint(load_config(overrides, environ={}).teacher) as endpoint:
             store, ledger = ArtifactStore(str(tmp_path / "store")), UsageLedger()
             client = make_client(endpoint, store, ledger, task="t", timeout_s=5, max_retries=0)
@@ -175,6 +180,7 @@ def test_api_key_from_an_airflow_connection_is_used_and_never_logged(airflow_log
             logging.getLogger("kdflow.test").info("endpoint in use: %r", endpoint)
     assert endpoint.api_key == secret
     assert server.headers[0]["authorization"] == f"Bearer {secret}"
-    assert {"kdflow.test", "httpx2", "openai._base_client"} <= {r.name for r in caplog.records} and secret not in caplog.text
+    assert {"kdflow.test", "httpx2", "openai._base_client"} <= {r.name
+                                                                for r in caplog.records} and secret not in caplog.text
     assert secret not in "".join(capfd.readouterr())
     assert all(secret not in store.read_bytes(key).decode() for key in store.list_keys("cache"))

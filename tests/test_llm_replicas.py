@@ -40,7 +40,8 @@ def test_sync_calls_spread_over_replicas_and_share_one_cache(tmp_path, slow_serv
     elapsed = time.perf_counter() - started
     assert [s.requests for s in servers] == [3, 3]
     assert elapsed < 6 * 0.3  # one server would take 1.8 s: the two answered side by side
-    assert all(s.hosts == {url.split("/")[2]} for s, url in zip(servers, urls, strict=True))  # Host header follows the URL
+    assert all(s.hosts == {url.split("/")[2]}
+               for s, url in zip(servers, urls, strict=True))  # Host header follows the URL
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda i: _ask(client, i), range(6)))
     assert [s.requests for s in servers] == [3, 3]  # all six from the cache, whichever replica wrote them
@@ -49,12 +50,14 @@ def test_sync_calls_spread_over_replicas_and_share_one_cache(tmp_path, slow_serv
 
 def test_async_judge_calls_spread_over_replicas(tmp_path, slow_servers):
     servers, urls = slow_servers
-    client = make_client(Endpoint(urls[0], "m", "x", "json_object", (urls[1],)), ArtifactStore(str(tmp_path)), UsageLedger(),
-                         task="judge", async_client=True, max_retries=0)  # fmt: skip
+    client = make_client(Endpoint(urls[0], "m", "x", "json_object", (urls[1],)),
+                         ArtifactStore(str(tmp_path)), UsageLedger(),
+                         task="judge", async_client=True, max_retries=0)
 
     async def ask_all() -> list[str]:
         async def one(i: int) -> str:
-            reply = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"q{i}"}], max_tokens=8)
+            reply = await client.chat.completions.create(model="m",
+                                                         messages=[{"role": "user", "content": f"q{i}"}], max_tokens=8)
             return reply.choices[0].message.content
 
         return await asyncio.gather(*(one(i) for i in range(4)))

@@ -61,7 +61,8 @@ def _cycle_checkpoints(topo, run_id: str, cycle: int = 1) -> dict[str, str]:
     hashes = {name: entry["sha256"] for name, entry in manifest.items()
               if name.startswith(f"cycle_{cycle}.") and name.split(".")[-1] in STABLE}
     marker = _read_json(topo, f"{topo.store_prefix}/{manifest[f'cycle_{cycle}.adapter']['key']}")
-    hashes.update({f"cycle_{cycle}.adapter/{name}": sha for name, sha in marker["files"].items() if name != RESULT_FILE})
+    hashes.update({f"cycle_{cycle}.adapter/{name}": sha for name, sha in marker["files"].items()
+                   if name != RESULT_FILE})
     assert len(hashes) >= len(STABLE) + 2, sorted(hashes)  # every data checkpoint, the weights and the adapter config
     return hashes
 
@@ -143,7 +144,8 @@ def test_airflow_processes_open_no_socket_off_loopback(finished_run):
     events = topo.socket_events()
     # the audit saw the Python-side connections (psycopg2's are in C): the api-server, Redis and the S3 server
     ports = {t[1] for e, t in events if e == "socket.connect" and isinstance(t, list)}
-    expected = {int(topo.base_url.rsplit(":", 1)[1]), int(REDIS_URL.rsplit(":", 1)[1]), int(topo.s3_endpoint.rsplit(":", 1)[1])}
+    expected = {int(topo.base_url.rsplit(":", 1)[1]), int(REDIS_URL.rsplit(":", 1)[1]),
+                int(topo.s3_endpoint.rsplit(":", 1)[1])}
     assert expected <= ports, (expected, ports)
     outside = sorted({(e, str(t)) for e, t in events if not is_loopback(e, t) and not _local(e, t)})
     assert outside == [], outside
@@ -167,7 +169,8 @@ def test_xcom_values_are_pointers_to_the_bucket(finished_run):
         for ti in _ran(tis):
             if ti["state"] != "success":
                 continue
-            entry = api.get(f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances/{ti['task_id']}/xcomEntries/return_value",
+            task_url = f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances/{ti['task_id']}"
+            entry = api.get(f"{task_url}/xcomEntries/return_value",
                             params={"deserialize": True}).raise_for_status().json()
             value = entry["value"] if isinstance(entry["value"], dict) else json.loads(entry["value"])
             assert len(json.dumps(value)) < 8192, f"{ti['task_id']} pushed data, not a pointer"
@@ -184,7 +187,8 @@ def test_xcom_values_are_pointers_to_the_bucket(finished_run):
 
 def test_a_middle_task_failing_mid_run_is_cleared_and_reruns_to_the_same_checkpoints(finished_run):
     topo, run, tis = finished_run
-    run_id, task_url = run["dag_run_id"], f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances/{FAILED_ON_PURPOSE}"
+    run_id = run["dag_run_id"]
+    task_url = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{FAILED_ON_PURPOSE}"
     before, names_before = _cycle_checkpoints(topo, run_id), set(_manifest(topo, run_id))
     tries = {ti["task_id"]: ti["try_number"] for ti in tis}
     with topo.client() as api:
@@ -206,7 +210,8 @@ def test_a_middle_task_failing_mid_run_is_cleared_and_reruns_to_the_same_checkpo
         assert f"{FAILED_ON_PURPOSE} failed on purpose" in log.text
         # 2. cleared with its downstream on the worker as it normally runs: the same run succeeds
         cleared_ids = _clear_with_downstream(api, run_id, FAILED_ON_PURPOSE)
-        assert {FAILED_ON_PURPOSE, "cycle_1.finetune_student", "cycle_1.save_adapter", "pipeline_complete"} <= cleared_ids
+        assert {FAILED_ON_PURPOSE, "cycle_1.finetune_student", "cycle_1.save_adapter",
+                "pipeline_complete"} <= cleared_ids
         rerun = topo.wait_for_run(api, run_id, timeout=900)
         after_tis = {ti["task_id"]: ti for ti in topo.task_instances(api, run_id)}
     assert rerun["state"] == "success", {t: ti["state"] for t, ti in after_tis.items() if ti["state"] != "success"}

@@ -29,7 +29,8 @@ ITEMS = {
     "services-c1-extractive": (QUESTION, [UNSUPPORTED, "Bananas are rich in potassium."], GATE, "extractive"),
     "services-c1-dropped": (UNANSWERABLE, ["The passages do not say.", "Michelangelo painted it."], GATE, "dropped"),
     "services-c2-rewritten": (QUESTION, [f"{SUPPORTED} {UNSUPPORTED}"], GATE, "rewritten"),
-    "services-c2-dropped": (QUESTION, [UNSUPPORTED], GateConfig(reference_mode="abstractive", reference_attempts=1), "dropped"),
+    "services-c2-dropped": (QUESTION, [UNSUPPORTED],
+                            GateConfig(reference_mode="abstractive", reference_attempts=1), "dropped"),
     # a training question 0.95 (MiniLM cosine) from gold item pods-01's: decontamination keeps it out of training
     "services-c2-near-gold": (NEAR_GOLD, [SUPPORTED], GATE, "kept"),
     # the held-out question differs from the trained ones (cosine 0.58), or decontamination would remove them all
@@ -42,18 +43,20 @@ def _question(qid: str) -> Question:
     split = "held_out" if "-held-" in qid else "train"
     cycle = None if split == "held_out" else int(qid.split("-")[1][1])
     # the cycle-1 kept question needed a second draft: one rejection recorded by the question gate
-    rejected = [{"question": "What is it? Answer: a Pod", "reason": "appended answer"}] if qid == "services-c1-kept" else []
+    rejected = [{"question": "What is it? Answer: a Pod",
+                 "reason": "appended answer"}] if qid == "services-c1-kept" else []
     gate = {"decision": "kept", "attempts": 1 + len(rejected), "rejected": rejected}
     return Question(id=qid, topic="services", question=ITEMS[qid][0], passage_ids=[KB_PASSAGE], split=split,
-                    cycle=cycle, gate=gate)  # fmt: skip
+                    cycle=cycle, gate=gate)
 
 
 def _reference(qid: str) -> Reference:
     question, drafts, gate, decision = ITEMS[qid]
     reviewed = review_reference(question, TEXTS, teacher(*drafts), gate)
     assert reviewed.gate["decision"] == decision, (qid, reviewed.gate)
-    return Reference(question_id=qid, question=question, reference=reviewed.text, mode=reviewed.mode, gate=reviewed.gate,
-                     passages=[{"id": p.id, "text": p.text} for p in PASSAGES])  # fmt: skip
+    return Reference(question_id=qid, question=question, reference=reviewed.text,
+                     mode=reviewed.mode, gate=reviewed.gate,
+                     passages=[{"id": p.id, "text": p.text} for p in PASSAGES])
 
 
 def _publish(ctx: RunContext, cycle: int | None, name: str, schema: str, rows) -> None:
@@ -65,8 +68,9 @@ def run(tmp_path_factory):
     """Two cycles published as the teacher and student steps would, then scored by the real
     evaluation steps (reference metrics only: no judge). Every answer repeats its reference
     word for word, so a dropped reference that were scored would score 1.0."""
-    overrides = smallest_overrides(str(tmp_path_factory.mktemp("gate") / "store"), "unused", pipeline={"topics": ["services"]},
-                                   evaluation={"metrics": ["rouge_l", "bleu"]})  # fmt: skip
+    overrides = smallest_overrides(str(tmp_path_factory.mktemp("gate") / "store"), "unused",
+                                   pipeline={"topics": ["services"]},
+                                   evaluation={"metrics": ["rouge_l", "bleu"]})
     ctx = RunContext.create(RUN, overrides)
     references = {qid: _reference(qid) for qid in ITEMS}
     held_out = [_question(qid) for qid in ITEMS if "-held-" in qid]
@@ -78,7 +82,7 @@ def run(tmp_path_factory):
         _publish(ctx, n, "references.jsonl", "references", [references[q.id] for q in questions + held_out])
         for stage in ("baseline", "finetuned"):
             answers = [Answer(question_id=q.id, question=q.question, answer=references[q.id].reference, stage=stage,
-                              split=q.split, model="student", new_tokens=8) for q in questions + held_out]  # fmt: skip
+                              split=q.split, model="student", new_tokens=8) for q in questions + held_out]
             _publish(ctx, n, f"{stage}_answers.jsonl", "answers", answers)
             staged = execute(f"evaluate_{stage}", run_id=RUN, overrides=overrides, cycle=n)
             ctx.publish(n, f"{stage}_scores.jsonl", staged, schema="scores")
@@ -91,7 +95,7 @@ def test_training_uses_only_gated_pairs_of_every_cycle_and_says_what_it_dropped(
     pointer = execute("prepare_training_dataset", run_id=RUN, overrides=overrides, cycle=2)
     pairs = [TrainingPair.model_validate(r) for r in ctx.rows(pointer)]
     assert [(p.question_id, p.cycle) for p in pairs] == [("services-c1-kept", 1), ("services-c1-extractive", 1),
-                                                         ("services-c2-rewritten", 2)]  # fmt: skip
+                                                         ("services-c2-rewritten", 2)]
     assert all(p.completion == references[p.question_id].reference and p.prompt == QUESTION for p in pairs)
     assert pairs[2].completion == SUPPORTED  # the unsupported sentence was cut before training
     summary = pointer["summary"]
@@ -101,7 +105,8 @@ def test_training_uses_only_gated_pairs_of_every_cycle_and_says_what_it_dropped(
     assert "no passage sentence answers the question" in reasons["services-c1-dropped"]
     assert "no draft kept 50% of its sentences" in reasons["services-c2-dropped"]
     assert [(d["cycle"], d["question_id"], d["reason"]) for d in summary["dropped_items"]] == [
-        (1, "services-c1-dropped", reasons["services-c1-dropped"]), (2, "services-c2-dropped", reasons["services-c2-dropped"])]
+        (1, "services-c1-dropped", reasons["services-c1-dropped"]),
+        (2, "services-c2-dropped", reasons["services-c2-dropped"])]
     assert ctx.checkpoint(2, "dataset.jsonl").sha256 == pointer["sha256"]
     # the planted near-duplicate of a gold question was gated in, then kept out of training, and said so
     [removed] = summary["decontaminated"]
@@ -112,7 +117,8 @@ def test_training_uses_only_gated_pairs_of_every_cycle_and_says_what_it_dropped(
     # cycle 1 alone: its own pairs only; the held-out questions (one kept, one dropped) never enter nor count
     first = execute("prepare_training_dataset", run_id=RUN, overrides=overrides, cycle=1)
     assert [r["question_id"] for r in ctx.rows(first)] == ["services-c1-kept", "services-c1-extractive"]
-    assert first["summary"]["dropped"] == 1 and not any("held" in d["question_id"] for d in first["summary"]["dropped_items"])
+    assert first["summary"]["dropped"] == 1 and not any("held" in d["question_id"]
+                                                        for d in first["summary"]["dropped_items"])
 
 
 def test_a_dropped_reference_is_no_ground_truth_for_evaluation(run):
@@ -122,10 +128,11 @@ def test_a_dropped_reference_is_no_ground_truth_for_evaluation(run):
     ctx, _, references = run
     rows = {r.question_id: r for r in cycle_scores(ctx, 1, "baseline")}
     assert set(rows) == {"services-c1-kept", "services-c1-extractive", "services-c1-dropped", "services-held-kept",
-                         "services-held-dropped"}  # fmt: skip
+                         "services-held-dropped"}
     for qid in ("services-c1-dropped", "services-held-dropped"):
         why = f"reference dropped by the quality gate: {references[qid].gate['reason']}"
-        assert rows[qid].scores == {"rouge_l": None, "bleu": None} and rows[qid].failures == {"rouge_l": why, "bleu": why}
+        assert rows[qid].scores == {"rouge_l": None,
+                                    "bleu": None} and rows[qid].failures == {"rouge_l": why, "bleu": why}
     for qid in ("services-c1-kept", "services-c1-extractive", "services-held-kept"):
         assert rows[qid].failures == {} and rows[qid].scores["rouge_l"] == pytest.approx(1.0)
     summary = aggregate(list(rows.values()))["by_split_stage"]  # counted as failures, left out of the means
@@ -140,15 +147,16 @@ def test_report_gate_counts_and_dropped_items_come_from_the_checkpoints(run):
 
     ctx, _, references = run
     results = {"run_id": RUN, "metrics": ["rouge_l", "bleu"], "headline_metric": "rouge_l",
-               "cycles": [_cycle_result(ctx, n) for n in (1, 2)]}  # fmt: skip
+               "cycles": [_cycle_result(ctx, n) for n in (1, 2)]}
     report = compute_report(results)
-    zero = dict.fromkeys(["references_kept", "references_rewritten", "references_regenerated", "references_extractive"], 0)
+    zero = dict.fromkeys(["references_kept", "references_rewritten", "references_regenerated",
+                          "references_extractive"], 0)
     assert [c["gate"] for c in report["cycles"]] == [
         {"questions_kept": 3, "questions_regenerated": 1, "questions_rejected": 1,
          **zero, "references_kept": 1, "references_extractive": 1, "references_dropped": 1},
         {"questions_kept": 3, "questions_regenerated": 0, "questions_rejected": 0,
          **zero, "references_kept": 1, "references_rewritten": 1, "references_dropped": 1},
-    ]  # fmt: skip
+    ]
     assert [len(c["decontaminated"]) for c in report["cycles"]] == [0, 1]  # the near-gold question, counted
     # dropped items: this cycle's train questions and the held-out ones (each cycle scores them again)
     assert [[(d["question_id"], d["split"]) for d in c["gate_dropped"]] for c in report["cycles"]] == [

@@ -1,6 +1,6 @@
 """The champion across runs, through the pipeline's own steps on a real local store: a run that
-beats the model it started from on the held-out set (a run without a gold set) becomes the champion, the next run's cycle 1
-starts from that adapter, a worse run is refused with its reason, and a rerun of the promoted run
+beats the model it started from on the held-out set (a run without a gold set) becomes the champion, the next
+run's cycle 1 starts from that adapter, a worse run is refused with its reason, and a rerun of the promoted run
 still compares against the champion it started from; each student base model has its own champion and
 history. The scores are hand-made checkpoints, so the decisions are known in advance."""
 
@@ -21,14 +21,15 @@ HELD_OUT = ("pods-h1", "services-h1", "storage-h1")
 
 def _scores(stage: str, values: tuple[float, ...]) -> list[ScoreRow]:
     return [ScoreRow(question_id=qid, topic=qid.split("-")[0], split="held_out", stage=stage, cycle=1,
-                     scores={METRIC: v}) for qid, v in zip(HELD_OUT, values, strict=True)]  # fmt: skip
+                     scores={METRIC: v}) for qid, v in zip(HELD_OUT, values, strict=True)]
 
 
 def _finish_run(store_url: str, run_id: str, baseline: tuple[float, ...], finetuned: tuple[float, ...],
                 tmp_path, student: str = "embedded") -> tuple[RunContext, dict]:
     """A one-cycle run as its checkpoints leave it: start record, both score files and an adapter;
     then the promotion decision of its last step."""
-    ctx = RunContext.create(run_id, {"store": {"url": store_url}, "pipeline": {"cycles": 1}, "student": {"model": student},
+    ctx = RunContext.create(run_id,
+                            {"store": {"url": store_url}, "pipeline": {"cycles": 1}, "student": {"model": student},
                                      "evaluation": {"metrics": [METRIC], "gold_path": None},
                                      "promotion": {"metric": METRIC, "margin": 0.02}})
     cycle_start(ctx, 1)
@@ -44,7 +45,8 @@ def _finish_run(store_url: str, run_id: str, baseline: tuple[float, ...], finetu
 def test_champion_is_promoted_then_started_from_then_defended(tmp_path):
     store = str(tmp_path / "store")
 
-    first, decision = _finish_run(store, "nightly_1", baseline=(0.50, 0.50, 0.50), finetuned=(0.60, 0.58, 0.55), tmp_path=tmp_path)
+    first, decision = _finish_run(store, "nightly_1", baseline=(0.50, 0.50, 0.50),
+                                  finetuned=(0.60, 0.58, 0.55), tmp_path=tmp_path)
     assert start_record(first, 1)["origin"] == "base model" and start_adapter(first, 1) is None
     assert decision["promote"] is True and decision["incumbent"] == "base model", decision
     assert decision["delta"] == pytest.approx(0.0767, abs=1e-4)
@@ -58,11 +60,13 @@ def test_champion_is_promoted_then_started_from_then_defended(tmp_path):
     rerun_dir = tmp_path / "adapter-rerun"
     rerun_dir.mkdir()
     (rerun_dir / "adapter_model.safetensors").write_bytes(b"nightly_1 retrained")
-    first.store.record_checkpoint("nightly_1", "cycle_1.adapter", first.store.upload_dir(rerun_dir, first.key(1, "adapter")))
+    first.store.record_checkpoint("nightly_1", "cycle_1.adapter",
+                                  first.store.upload_dir(rerun_dir, first.key(1, "adapter")))
     assert first.store.folder_file(champion["adapter"], "adapter_model.safetensors") == b"nightly_1"
 
     # The next nightly run starts from the champion's adapter and says so.
-    second, refused = _finish_run(store, "nightly_2", baseline=(0.60, 0.58, 0.55), finetuned=(0.61, 0.58, 0.55), tmp_path=tmp_path)
+    second, refused = _finish_run(store, "nightly_2", baseline=(0.60, 0.58, 0.55),
+                                  finetuned=(0.61, 0.58, 0.55), tmp_path=tmp_path)
     record = start_record(second, 1)
     assert record["origin"] == "champion from run nightly_1"
     assert start_adapter(second, 1).url == champion["adapter"]["url"]
@@ -72,7 +76,8 @@ def test_champion_is_promoted_then_started_from_then_defended(tmp_path):
     assert second.store.read_json(CHAMPION_KEY)["run_id"] == "nightly_1"
 
     # A third run that beats it by the margin takes over, keeping the one before as `previous`.
-    third, promoted = _finish_run(store, "nightly_3", baseline=(0.60, 0.58, 0.55), finetuned=(0.70, 0.66, 0.60), tmp_path=tmp_path)
+    third, promoted = _finish_run(store, "nightly_3", baseline=(0.60, 0.58, 0.55),
+                                  finetuned=(0.70, 0.66, 0.60), tmp_path=tmp_path)
     assert promoted["promote"] is True and start_record(third, 1)["origin"] == "champion from run nightly_1"
     latest = third.store.read_json(CHAMPION_KEY)
     assert latest["run_id"] == "nightly_3" and latest["previous"]["run_id"] == "nightly_1"
@@ -164,7 +169,8 @@ def test_a_champion_stored_before_champions_were_kept_per_model_is_still_found(t
     first.store.write_bytes(LEGACY_CHAMPION_KEY, first.store.read_bytes(CHAMPION_KEY))
     first.store.delete_prefix(champion_dir("embedded"))
 
-    second, promoted = _finish_run(store, "new_1", baseline=(0.60, 0.58, 0.55), finetuned=(0.70, 0.66, 0.60), tmp_path=tmp_path)
+    second, promoted = _finish_run(store, "new_1", baseline=(0.60, 0.58, 0.55),
+                                   finetuned=(0.70, 0.66, 0.60), tmp_path=tmp_path)
     assert start_record(second, 1)["origin"] == "champion from run old_1" and promoted["promote"] is True
     history = second.store.list_keys(f"{champion_dir('embedded')}/history")
     assert [second.store.read_json(k)["run_id"] for k in history] == ["old_1"]

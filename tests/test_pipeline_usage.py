@@ -18,7 +18,8 @@ def test_usage_sums_every_column_of_the_task_ledgers(tmp_path):
                (1, "questions"): [dict(usage={"prompt_tokens": 200, "completion_tokens": 20}, seconds=1.0),
                                   dict(error=True, seconds=2.0), dict(hit=True)],
                (1, "references"): [dict(usage={"prompt_tokens": 300, "completion_tokens": 30}, seconds=1.5)],
-               (1, "judge_baseline"): [dict(usage={"prompt_tokens": 1000, "completion_tokens": 100}, seconds=4.0), dict(hit=True)]}  # fmt: skip
+               (1, "judge_baseline"): [dict(usage={"prompt_tokens": 1000, "completion_tokens": 100}, seconds=4.0),
+                                       dict(hit=True)]}
     for (cycle, task), calls in ledgers.items():
         ledger = UsageLedger(price["price_per_mtok_input"], price["price_per_mtok_output"])
         for call in calls:

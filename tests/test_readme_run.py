@@ -21,13 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_readme_run_command_runs_the_dag_and_prints_the_report(tmp_path, tiny_phi_dir):
     store = tmp_path / "artifacts"
     conf = {"cycles": 1, "questions_per_cycle": 1, "topics": ["pods"], "held_out_per_topic": 0,
-            "student_model": str(tiny_phi_dir)}  # fmt: skip
+            "student_model": str(tiny_phi_dir)}
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "KDFLOW__STORE__URL": str(store),
            "KDFLOW_CONF": json.dumps(conf), "KDFLOW__STUDENT__MAX_NEW_TOKENS": "12", "KDFLOW__STUDENT__EPOCHS": "1",
            "KDFLOW__EVALUATION__METRICS": "[semantic_similarity, rouge_l]",
-           "KDFLOW__EVALUATION__TEACHER_CEILING": "false"}  # fmt: skip  (the DAG end-to-end test covers the ceiling)
+           "KDFLOW__EVALUATION__TEACHER_CEILING": "false"}  # the DAG end-to-end test covers the ceiling
     env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)  # the script's own SQLite, as on a fresh machine
-    done = subprocess.run(["bash", "scripts/run-dag.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    done = subprocess.run(["bash", "scripts/run-dag.sh"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=1500)
     out = done.stdout
     assert done.returncode == 0, (out[-3000:], done.stderr[-3000:])
 

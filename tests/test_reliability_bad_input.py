@@ -65,7 +65,8 @@ def test_a_10000_character_question_fails_the_schema_and_is_not_kept(openai_teac
     assert len(huge) > 10_000
     store, overrides = openai_teacher(json.dumps({"question": huge}))
     message = _fails_and_changes_nothing(store, overrides, "generate_questions", Exception,
-                                         r"gave no valid QuestionDraft JSON after 3 attempts; last error: question: String should match pattern", cycle=1)
+                                         r"gave no valid QuestionDraft JSON after 3 attempts; last error: question: "
+                                         r"String should match pattern", cycle=1)
     assert "a pod and a pod and" not in message  # the message names the field, not the 10 kB text
     assert not any(k.startswith("runs/") and "/usage/" not in k and "questions" in k for k in store_snapshot(store))
     # The 3 rejected replies stay cached: a rerun replays them and fails the same way without new calls.
@@ -82,7 +83,8 @@ def test_questions_that_are_all_duplicates_exhaust_the_topic(openai_teacher):
     store, overrides = openai_teacher(same, max_attempts_per_question=2, gate={"passage_floor": 0.0})
     overrides["pipeline"]["questions_per_cycle"] = 2
     _fails_and_changes_nothing(store, overrides, "generate_questions", Exception,
-                               r"topic 'pods' looks exhausted: no new acceptable question for slot 2 of 2 after 2 attempts "
+                               r"topic 'pods' looks exhausted: no new acceptable question for slot 2 of 2 after 2 "
+                               r"attempts "
                                r"\(last rejection: exact duplicate of an earlier question\)", cycle=1)
 
 
@@ -96,8 +98,9 @@ def test_an_unreachable_base_url_fails_with_the_url(openai_teacher):
 @pytest.mark.parametrize("model, match", [
     ("no-such-org/no-such-model", r"student model 'no-such-org/no-such-model' is not in the local Hugging Face cache"),
     ("./missing-folder", r"student model folder not found: ./missing-folder"),
-    ("bad id with spaces", r"student model 'bad id with spaces' is neither a local model folder, a \.gguf file nor a hub id"),
-])  # fmt: skip
+    ("bad id with spaces",
+     r"student model 'bad id with spaces' is neither a local model folder, a \.gguf file nor a hub id"),
+])
 def test_an_unknown_student_model_fails_the_load_step(tmp_path, monkeypatch, model, match):
     from kdflow.student.models import StudentModelError
 
@@ -129,7 +132,8 @@ def test_a_dataset_with_zero_pairs_fails_before_training(tmp_path):
     _publish(ctx, 1, "questions.jsonl", "questions", [question])
     _publish(ctx, 1, "references.jsonl", "references", [reference])
     _fails_and_changes_nothing(ctx.store, overrides, "prepare_training_dataset", CheckpointError,
-                               r"cycle 1: the training dataset has zero pairs \(1 dropped by the gate, 0 too close to an evaluation question\)", cycle=1)
+                               r"cycle 1: the training dataset has zero pairs \(1 dropped by the gate, 0 too close to "
+                               r"an evaluation question\)", cycle=1)
 
 
 def test_a_champion_adapter_from_another_base_model_is_refused(tmp_path, tiny_phi_dir, student_cfg, tiny_pairs):
@@ -146,7 +150,8 @@ def test_a_champion_adapter_from_another_base_model_is_refused(tmp_path, tiny_ph
     overrides = smallest_overrides(str(tmp_path / "store"), str(student))
     store = ArtifactStore(str(tmp_path / "store"))
     adapter = store.upload_dir(tmp_path / "adapter", "runs/older/cycle_1/adapter")
-    store.write_json(champion_key(str(student)), {"run_id": "older", "cycle": 1, "base_model": str(student), "adapter": adapter.to_xcom()})
+    store.write_json(champion_key(str(student)),
+                     {"run_id": "older", "cycle": 1, "base_model": str(student), "adapter": adapter.to_xcom()})
     _run(overrides, "start_pipeline", "load_configuration")
     _run(overrides, "cycle_start", cycle=1)
     _fails_and_changes_nothing(store, overrides, "load_student_model", StudentModelError,
@@ -157,5 +162,7 @@ def test_a_store_url_naming_a_missing_airflow_connection_is_refused(tmp_path, mo
     """Airflow would fall back to anonymous access to AWS itself; kdflow refuses before any work."""
     monkeypatch.delenv("AIRFLOW_CONN_NO_SUCH_CONN", raising=False)
     overrides = {"store": {"url": "s3://no_such_conn@bucket/kdflow"}}
-    with pytest.raises(StoreError, match=r"names the Airflow connection 'no_such_conn', which is not defined .*AIRFLOW_CONN_NO_SUCH_CONN"):
+    with pytest.raises(StoreError,
+                       match=r"names the Airflow connection 'no_such_conn', which is not defined "
+                             r".*AIRFLOW_CONN_NO_SUCH_CONN"):
         execute("start_pipeline", run_id=RUN, overrides=overrides)

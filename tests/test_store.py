@@ -48,9 +48,11 @@ def _folder_roundtrip(store: ArtifactStore, tmp_path):
     store.record_checkpoint("r", "cycle_1.adapter", pointer)
     (src / "sub" / "weights.bin").unlink()
     second = store.upload_dir(src, "runs/r/cycle_1/adapter")
-    assert second.key != pointer.key and store.download_dir(pointer, tmp_path / "old").joinpath("sub", "weights.bin").exists()
+    assert second.key != pointer.key and store.download_dir(pointer, tmp_path / "old").joinpath("sub",
+                                                                                                "weights.bin").exists()
     store.record_checkpoint("r", "cycle_1.adapter", second)
-    assert store.list_keys("runs/r/cycle_1/adapter") == sorted([second.key, store.folder_key(second, "adapter_config.json")])
+    assert store.list_keys("runs/r/cycle_1/adapter") == sorted([second.key,
+                                                                store.folder_key(second, "adapter_config.json")])
     assert store.folder_file(store.checkpoint_pointer("r", "cycle_1.adapter"), "adapter_config.json") == b'{"r": 8}'
 
 
@@ -176,7 +178,8 @@ def _publish_with_failure_midway(store: ArtifactStore, tmp_path, monkeypatch, *,
 
 
 @pytest.mark.parametrize("truncate", [False, True], ids=["write-fails", "object-cut"])
-def test_a_folder_publish_failing_midway_leaves_the_manifest_on_the_whole_old_version_locally(tmp_path, monkeypatch, truncate):
+def test_a_folder_publish_failing_midway_leaves_the_manifest_on_the_whole_old_version_locally(tmp_path,
+                                                                                              monkeypatch, truncate):
     _publish_with_failure_midway(ArtifactStore(str(tmp_path / "store")), tmp_path, monkeypatch, truncate=truncate)
 
 

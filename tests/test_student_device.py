@@ -96,6 +96,7 @@ def test_adapter_for_another_base_is_refused(tmp_path):
         check_adapter(adapter, tmp_path / "tiny", cfg)
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/elsewhere/tiny"}))
     check_adapter(adapter, tmp_path / "tiny", cfg)  # same name in another cache folder: accepted
-    (adapter / "kdflow_base.json").write_text(json.dumps({"model_type": "phi", "hidden_size": 128, "num_hidden_layers": 2, "vocab_size": 512}))
+    (adapter / "kdflow_base.json").write_text(json.dumps({"model_type": "phi", "hidden_size": 128,
+                                                          "num_hidden_layers": 2, "vocab_size": 512}))
     with pytest.raises(StudentModelError, match="hidden_size"):
         check_adapter(adapter, tmp_path / "tiny", cfg)

@@ -39,7 +39,8 @@ def cycle1(tiny_phi_dir, tmp_path_factory):
 def test_prompt_is_the_chat_template_or_phi_format(tiny_phi_dir):
     tokenizer = load_tokenizer(tiny_phi_dir)
     prompt = build_prompt(tokenizer, " What is a Pod? ")
-    assert prompt == f"<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\nWhat is a Pod?<|im_end|>\n<|im_start|>assistant\n"
+    assert prompt == (f"<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>\n"
+                      "<|im_start|>user\nWhat is a Pod?<|im_end|>\n<|im_start|>assistant\n")
     assert completion_text(tokenizer, "A group. ") == "A group.<|im_end|>"
     tokenizer.chat_template = None  # Phi-2 ships without one
     assert build_prompt(tokenizer, "What is a Pod?", "Be brief.") == "Instruct: Be brief.\nWhat is a Pod?\nOutput:"
@@ -50,7 +51,8 @@ def test_prompt_is_the_chat_template_or_phi_format(tiny_phi_dir):
 def test_batched_answers_equal_one_by_one(tiny_phi_dir, student_cfg, tiny_pairs):
     questions = _questions(tiny_pairs)
     batched = answer_questions(student_cfg, tiny_phi_dir, questions, plan=CPU)
-    single = answer_questions(student_cfg.model_copy(update={"generation_batch_size": 1}), tiny_phi_dir, questions, plan=CPU)
+    single = answer_questions(student_cfg.model_copy(update={"generation_batch_size": 1}),
+                              tiny_phi_dir, questions, plan=CPU)
     assert [a.text for a in batched] == [a.text for a in single]
     assert [a.new_tokens for a in batched] == [a.new_tokens for a in single]
     assert [a.question for a in batched] == questions
@@ -67,7 +69,8 @@ def test_each_question_may_have_its_own_token_budget(tiny_phi_dir, student_cfg, 
     budgets = [12, 12, 12, 3, 3, 3]
     mixed = answer_questions(student_cfg, tiny_phi_dir, questions, plan=CPU, max_new_tokens=budgets)
     assert [a.new_tokens <= b for a, b in zip(mixed, budgets, strict=True)] == [True] * 6
-    short = answer_questions(student_cfg.model_copy(update={"max_new_tokens": 3}), tiny_phi_dir, questions[3:], plan=CPU)
+    short = answer_questions(student_cfg.model_copy(update={"max_new_tokens": 3}), tiny_phi_dir,
+                             questions[3:], plan=CPU)
     assert [a.text for a in mixed[3:]] == [a.text for a in short]
     assert max(a.new_tokens for a in mixed[3:]) <= 3 < max(a.new_tokens for a in mixed[:3])
     with pytest.raises(ValueError, match="2 token budgets for 6 questions"):
@@ -80,7 +83,8 @@ def test_lora_training_lowers_the_loss_and_saves_the_adapter(cycle1, student_cfg
     assert result.steps == len(result.losses) == student_cfg.epochs * 2  # 3 pairs in batches of 2
     assert result.target_modules == ["dense", "k_proj", "q_proj", "v_proj"]
     assert result.plan == CPU and result.init_adapter is None and result.tokens_per_s > 0 and result.peak_memory_mb > 0
-    assert {"adapter_model.safetensors", "adapter_config.json", "kdflow_base.json", "train_result.json"} <= set(_digest(out))
+    assert {"adapter_model.safetensors", "adapter_config.json", "kdflow_base.json",
+            "train_result.json"} <= set(_digest(out))
     assert json.loads((out / "train_result.json").read_text())["losses"] == result.losses
 
 
@@ -98,7 +102,8 @@ def test_reloaded_adapter_changes_the_answers(cycle1, tiny_phi_dir, student_cfg,
 def test_cycle_two_continues_from_cycle_one(cycle1, tiny_phi_dir, student_cfg, tiny_pairs, tmp_path):
     adapter, first = cycle1
     before = _digest(adapter)
-    second = train_adapter(student_cfg, tiny_phi_dir, tiny_pairs, tmp_path / "cycle2", init_adapter_dir=adapter, plan=CPU, seed=7)
+    second = train_adapter(student_cfg, tiny_phi_dir, tiny_pairs, tmp_path / "cycle2",
+                           init_adapter_dir=adapter, plan=CPU, seed=7)
     assert second.init_adapter == str(adapter)
     assert second.initial_loss == pytest.approx(first.final_loss, abs=1e-3)  # starts where cycle 1 ended
     assert second.initial_loss < first.initial_loss - 1.0  # not from scratch
@@ -122,7 +127,8 @@ def test_training_after_4bit_generation_trains_a_fresh_model(tiny_phi_dir, stude
     reference = train_adapter(student_cfg, tiny_phi_dir, tiny_pairs, tmp_path / "ref", plan=NF4_CPU, seed=5)
     model, tokenizer = load_student(tiny_phi_dir, NF4_CPU)
     prompt = build_prompt(tokenizer, tiny_pairs[0][0])
-    model.generate(**tokenizer([prompt], return_tensors="pt", add_special_tokens=False), max_new_tokens=4, do_sample=False)
+    model.generate(**tokenizer([prompt], return_tensors="pt", add_special_tokens=False),
+                   max_new_tokens=4, do_sample=False)
     after_generation = train_adapter(student_cfg, tiny_phi_dir, tiny_pairs, tmp_path / "after", plan=NF4_CPU, seed=5)
     assert after_generation.losses == pytest.approx(reference.losses, abs=1e-4)
     assert after_generation.final_loss < after_generation.initial_loss - 0.5
@@ -142,15 +148,18 @@ def test_cli_answers_trains_and_answers_differently(tiny_phi_dir, tiny_pairs, tm
     for key, value in {"EPOCHS": "6", "LEARNING_RATE": "0.03", "MAX_NEW_TOKENS": "12", "LORA_DROPOUT": "0"}.items():
         monkeypatch.setenv(f"KDFLOW__STUDENT__{key}", value)
     questions = tmp_path / "questions.jsonl"
-    questions.write_text("".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, (q, _) in enumerate(tiny_pairs)))
+    questions.write_text("".join(json.dumps({"id": f"q{i}", "question": q}) + "\n"
+                                 for i, (q, _) in enumerate(tiny_pairs)))
     dataset = tmp_path / "dataset.jsonl"
     dataset.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in tiny_pairs))
     model = ["--model", str(tiny_phi_dir)]
-    assert main(["student", "answer", "--questions", str(questions), "--out", str(tmp_path / "before.jsonl"), *model]) == 0
+    assert main(["student", "answer", "--questions", str(questions), "--out",
+                 str(tmp_path / "before.jsonl"), *model]) == 0
     assert main(["student", "train", "--dataset", str(dataset), "--out", str(tmp_path / "adapter"), *model]) == 0
     trained = json.loads(capsys.readouterr().out)
     assert trained["final_loss"] < trained["initial_loss"] and trained["epochs"] == 6
-    assert main(["student", "answer", "--questions", str(questions), "--adapter", str(tmp_path / "adapter"), *model]) == 0
+    assert main(["student", "answer", "--questions", str(questions), "--adapter",
+                 str(tmp_path / "adapter"), *model]) == 0
     after = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     before = [json.loads(line) for line in (tmp_path / "before.jsonl").read_text().splitlines()]
     assert [r["id"] for r in after] == ["q0", "q1", "q2"]
@@ -187,8 +196,9 @@ def _answer_step(tiny_phi_dir, tmp_path, **student):
     from kdflow.records import Question
 
     run = "manual__answer_step"
-    overrides = {"store": {"url": str(tmp_path / "store")}, "pipeline": {"cycles": 1, "questions_per_cycle": 1, "topics": ["pods"]},
-                 "student": {"model": str(tiny_phi_dir), "max_new_tokens": 6, **student}}  # fmt: skip
+    overrides = {"store": {"url": str(tmp_path / "store")},
+                 "pipeline": {"cycles": 1, "questions_per_cycle": 1, "topics": ["pods"]},
+                 "student": {"model": str(tiny_phi_dir), "max_new_tokens": 6, **student}}
     ctx = RunContext.create(run, overrides)
     question = Question(id="pods-1", topic="pods", question="What is a Pod?", passage_ids=["pods-p1"], cycle=1)
     ctx.publish(1, "questions.jsonl", ctx.stage_rows(1, "questions.jsonl", [question]), schema="questions")

@@ -37,7 +37,8 @@ def test_embedded_gguf_is_converted_once(model_cache):
     assert folder.parent == model_cache and folder.name.startswith(SMOLLM2_GGUF.relpath.removesuffix(".gguf") + "-")
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
     assert json.loads((folder / "config.json").read_text())["model_type"] == "llama"
-    assert "quantization_config" not in json.loads((folder / "config.json").read_text())  # dequantized: trainable, savable
+    # dequantized: trainable, savable
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
     mtime = (folder / "model.safetensors").stat().st_mtime_ns
     started = time.perf_counter()
     assert resolve_student("embedded", model_cache) == folder
@@ -52,19 +53,22 @@ def test_cli_answers_fine_tunes_and_answers_differently(model_cache, tmp_path, m
     monkeypatch.setenv("KDFLOW__STUDENT__MAX_NEW_TOKENS", "24")
     monkeypatch.setenv("KDFLOW__STUDENT__LORA_R", "8")
     questions = tmp_path / "questions.jsonl"
-    questions.write_text("".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, (q, _) in enumerate(KB_PAIRS)))
+    questions.write_text("".join(json.dumps({"id": f"q{i}", "question": q}) + "\n"
+                                 for i, (q, _) in enumerate(KB_PAIRS)))
     dataset = tmp_path / "dataset.jsonl"
     dataset.write_text("".join(json.dumps({"prompt": q, "completion": a}) + "\n" for q, a in KB_PAIRS))
     common = ["--model", "embedded", "--cache-dir", str(model_cache)]
 
-    assert main(["student", "answer", "--questions", str(questions), "--out", str(tmp_path / "before.jsonl"), *common]) == 0
+    assert main(["student", "answer", "--questions", str(questions), "--out",
+                 str(tmp_path / "before.jsonl"), *common]) == 0
     capsys.readouterr()
     assert main(["student", "train", "--dataset", str(dataset), "--out", str(tmp_path / "adapter"), *common]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["final_loss"] < result["initial_loss"], result
     assert result["target_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size < 20 * 2**20
-    assert main(["student", "answer", "--questions", str(questions), "--adapter", str(tmp_path / "adapter"), *common]) == 0
+    assert main(["student", "answer", "--questions", str(questions), "--adapter",
+                 str(tmp_path / "adapter"), *common]) == 0
     after = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     before = [json.loads(line) for line in (tmp_path / "before.jsonl").read_text().splitlines()]
     assert all(row["answer"] for row in before + after)

@@ -72,7 +72,8 @@ def test_earlier_questions_are_rejected_as_duplicates(first_run, embedded_endpoi
     ledger = UsageLedger.from_config(CFG)
     client = make_client(embedded_endpoint, store, ledger, task="questions")
     # same seed: the first draw replays the cached first question, which now counts as an earlier one
-    new = generate_questions(client, embedded_endpoint, CFG, kb, "pods", 1, existing=[questions[0].question.upper()], seed=7, cycle=1)
+    new = generate_questions(client, embedded_endpoint, CFG, kb, "pods", 1,
+                             existing=[questions[0].question.upper()], seed=7, cycle=1)
     assert normalise(new[0].question) != normalise(questions[0].question)
     assert new[0].gate["rejected"][0]["reason"] == "exact duplicate of an earlier question"
 
@@ -80,8 +81,11 @@ def test_earlier_questions_are_rejected_as_duplicates(first_run, embedded_endpoi
 def test_exhausted_topic_is_a_clear_error(first_run, embedded_endpoint, kb, store):
     cfg = CFG.model_copy(update={"max_attempts_per_question": 1, "dedup_similarity": 0.01})
     client = make_client(embedded_endpoint, store, UsageLedger(), task="questions")
-    with pytest.raises(TeacherError, match=r"topic 'pods' looks exhausted: no new acceptable question for slot 1 of 1 after 1 attempts"):
-        generate_questions(client, embedded_endpoint, cfg, kb, "pods", 1, existing=[first_run[0][0].question], seed=7, cycle=1)
+    with pytest.raises(TeacherError,
+                       match=r"topic 'pods' looks exhausted: "
+                             r"no new acceptable question for slot 1 of 1 after 1 attempts"):
+        generate_questions(client, embedded_endpoint, cfg, kb, "pods", 1,
+                           existing=[first_run[0][0].question], seed=7, cycle=1)
 
 
 def test_judge_answerability_verdict_parses_and_replays_from_the_cache(first_run, embedded_endpoint, kb, tmp_path):
@@ -97,7 +101,8 @@ def test_judge_answerability_verdict_parses_and_replays_from_the_cache(first_run
     assert verdict is None or isinstance(verdict, Answerability)
     calls = ledger.as_dict()["tasks"]["judge"]["calls"]
     assert calls >= 1 and judge(question.question, kb.by_id(question.passage_ids[0])) == verdict
-    assert ledger.as_dict()["tasks"]["judge"]["calls"] == calls and ledger.as_dict()["tasks"]["judge"]["cache_hits"] == calls
+    judge_usage = ledger.as_dict()["tasks"]["judge"]
+    assert judge_usage["calls"] == calls and judge_usage["cache_hits"] == calls
 
 
 def test_references_answer_from_saved_passages(first_run, embedded_endpoint, kb, store):
@@ -119,7 +124,8 @@ def test_references_answer_from_saved_passages(first_run, embedded_endpoint, kb,
 def test_partial_progress_survives_a_server_that_goes_down(first_run, embedded_endpoint, kb, store):
     """Slots already answered come from the cache; the first new call fails clearly; the cache is intact."""
     before = {key: store.read_bytes(key) for key in store.list_keys("cache/llm")}
-    down = Endpoint(f"http://127.0.0.1:{free_port()}/v1", embedded_endpoint.model, "x", embedded_endpoint.structured_output)
+    down = Endpoint(f"http://127.0.0.1:{free_port()}/v1", embedded_endpoint.model, "x",
+                    embedded_endpoint.structured_output)
     ledger = UsageLedger()
     client = make_client(down, store, ledger, task="questions", max_retries=0)
     with pytest.raises(LLMError, match="cannot reach teacher endpoint"):
@@ -144,7 +150,8 @@ def test_async_judge_client_shares_cache_and_accounting(embedded_endpoint, tmp_p
 
     async def ask() -> str:
         reply = await client.chat.completions.create(
-            model=embedded_endpoint.model, messages=[{"role": "user", "content": "Name one Kubernetes object."}], max_tokens=12, temperature=0
+            model=embedded_endpoint.model, messages=[{"role": "user", "content": "Name one Kubernetes object."}],
+            max_tokens=12, temperature=0
         )
         return reply.choices[0].message.content
 
@@ -162,7 +169,7 @@ def test_cli_prints_questions_as_json_lines(embedded_endpoint, tmp_path, monkeyp
         "store": {"url": str(tmp_path)},
         "teacher": {"provider": "openai", "base_url": embedded_endpoint.base_url, "model": embedded_endpoint.model,
                     "api_key_env": "KDFLOW_TEST_LOCAL_KEY", "structured_output": "json_object_schema"},
-    }, environ={})  # fmt: skip
+    }, environ={})
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["teacher", "questions", "--topic", "services", "-n", "2"])

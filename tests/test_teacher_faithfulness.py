@@ -18,12 +18,13 @@ from kdflow.teacher.references import review_reference
 @pytest.mark.parametrize(
     ("question", "reason"),
     [
-        ("What does the kubelet do when a Pod fails its readiness probe? Answer: The kubelet will remove itself from the endpoints",
+        ("What does the kubelet do when a Pod fails its readiness probe? Answer: The kubelet will remove itself from "
+         "the endpoints",
          "not exactly one question"),
         ("What does the kubelet do with a failing Pod. Answer: it removes it?", "appended answer"),
         ("Who painted the ceiling of the Sistine Chapel in Rome?", "not answerable from its passage"),
     ],
-)  # fmt: skip
+)
 def test_bad_and_unanswerable_questions_are_rejected_with_reason_and_scores(question, reason):
     verdict = check_question(GateConfig(), question, PASSAGES[0], DuplicateIndex([], threshold=0.92))
     assert not verdict.ok and reason in verdict.reason
@@ -97,7 +98,8 @@ def test_the_llm_check_can_veto_a_sentence_the_scores_support():
         return [0.0 if "EndpointSlice" in s else None for s in sentences]  # None: the judge abstains
 
     other = "The control plane keeps an EndpointSlice up to date with the ready Pods."
-    reviewed = review_reference(QUESTION, TEXTS, teacher(f"{SUPPORTED} {other}", "A Service selects its backend Pods."), GATE, judge)
+    reviewed = review_reference(QUESTION, TEXTS,
+                                teacher(f"{SUPPORTED} {other}", "A Service selects its backend Pods."), GATE, judge)
     first = reviewed.gate["drafts"][0]["sentences"]
     assert [s["llm"] for s in first] == [0.0, 0.0] and not any(s["kept"] for s in first)
     assert reviewed.gate["decision"] == "regenerated" and "llm" not in reviewed.gate["drafts"][1]["sentences"][0]
@@ -105,20 +107,22 @@ def test_the_llm_check_can_veto_a_sentence_the_scores_support():
 
 def test_sentence_split_keeps_abbreviations_and_versions():
     assert split_sentences("Use a controller, e.g. a Deployment. Kubernetes v1.28 is the version! Done") == [
-        "Use a controller, e.g. a Deployment.", "Kubernetes v1.28 is the version!", "Done"]  # fmt: skip
+        "Use a controller, e.g. a Deployment.", "Kubernetes v1.28 is the version!", "Done"]
 
 
 def test_report_shows_gate_counts_per_cycle_and_the_dropped_items(tmp_path):
     from kdflow.evaluation.report import build_report, render_tables
     from kdflow.records import ScoreRow
 
-    dropped = {"question_id": "services-x", "split": "train", "question": "Who painted the Sistine Chapel?", "reason": "no passage <b>"}
+    dropped = {"question_id": "services-x", "split": "train", "question": "Who painted the Sistine Chapel?",
+               "reason": "no passage <b>"}
     cycles = [{
         "cycle": n, "gate": {"questions_kept": 3, "references_rewritten": n, "references_dropped": n - 1},
         "gate_dropped": [dropped] if n == 2 else [],
-        "scores": [ScoreRow(question_id="q", topic="pods", split="train", stage=s, cycle=n, scores={"rouge_l": 0.5}).model_dump()
+        "scores": [ScoreRow(question_id="q", topic="pods", split="train", stage=s, cycle=n,
+                            scores={"rouge_l": 0.5}).model_dump()
                    for s in ("baseline", "finetuned")],
-    } for n in (1, 2)]  # fmt: skip
+    } for n in (1, 2)]
     results = {"run_id": "gate", "metrics": ["rouge_l"], "headline_metric": "rouge_l", "cycles": cycles}
     html = build_report(results, tmp_path)["html"].read_text()
     section = html.split("<h2>Teacher data quality gate</h2>")[1].split("<h2>")[0]
@@ -161,14 +165,16 @@ def test_embedded_teacher_references_reaching_training_are_supported(embedded_en
 
 @pytest.mark.slow
 def test_ragas_faithfulness_judge_gives_one_vote_per_sentence(embedded_endpoint, tmp_path):
-    """The LLM hook against the real judge: one score in [0, 1] or an abstention per sentence, counted as judge usage."""
+    """The LLM hook against the real judge: one score in [0, 1] or an abstention per sentence, counted as
+    judge usage."""
     from kdflow.config import load_config
     from kdflow.llm import UsageLedger
     from kdflow.store import ArtifactStore
     from kdflow.teacher.faithfulness import ragas_sentence_judge
 
     ledger = UsageLedger()
-    judge = ragas_sentence_judge(load_config(environ={}).evaluation, embedded_endpoint, store=ArtifactStore(str(tmp_path)), ledger=ledger)
+    judge = ragas_sentence_judge(load_config(environ={}).evaluation, embedded_endpoint,
+                                 store=ArtifactStore(str(tmp_path)), ledger=ledger)
     votes = judge(QUESTION, [SUPPORTED, UNSUPPORTED], TEXTS)
     assert len(votes) == 2 and all(v is None or 0.0 <= v <= 1.0 for v in votes)
     assert ledger.as_dict()["tasks"]["judge"]["calls"] >= 2
@@ -187,11 +193,13 @@ def test_a_teacher_reply_cut_at_max_tokens_is_a_failed_draft_not_a_failed_task(t
     (tmp_path / "kb").mkdir()
     (tmp_path / "kb" / "services.md").write_text("# Services\n\n## Endpoints\n\n" + PASSAGES[0].text + "\n")
     kb = load_knowledge_base(str(tmp_path / "kb"))
-    endpoint = Endpoint(fake_completion_server(content='{"answer": "A Pod that fails'), "fake", "x", "json_object_schema")
+    endpoint = Endpoint(fake_completion_server(content='{"answer": "A Pod that fails'), "fake", "x",
+                        "json_object_schema")
     store = ArtifactStore(str(tmp_path / "store"))
     client = make_client(endpoint, store, UsageLedger(), task="references", max_retries=0)
     question = Question(id="services-q", topic="services", question=QUESTION, passage_ids=[kb.passages[0].id])
-    reference = generate_reference(client, endpoint, load_config(environ={}).teacher, Retriever(kb, store), question, top_k=1)
+    reference = generate_reference(client, endpoint, load_config(environ={}).teacher,
+                                   Retriever(kb, store), question, top_k=1)
     assert reference.mode == "extractive" and reference.gate["decision"] == "extractive"
     assert [d["draft"] for d in reference.gate["drafts"]] == ["", ""] and SUPPORTED in reference.reference
     assert fake_completion_server.server.requests == 6  # 2 drafts x 3 JSON attempts, then no more

@@ -14,7 +14,7 @@ PASSAGE = Passage(
     id="pods/pods#restart-0", topic="pods", source="pods.md", section="Pods > Restart policy",
     text="The restartPolicy field of a Pod applies to all its containers. Possible values are Always, OnFailure "
     "and Never; the default is Always. The kubelet restarts failed containers with an exponential back-off delay.",
-)  # fmt: skip
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,21 +34,23 @@ def seen():
         ("WHAT are the possible values of a POD'S restartPolicy?", "exact duplicate"),
         ("Which values can the restartPolicy of a Pod take?", "near duplicate"),
         # an answer placed before the question, or after it, is a second sentence or trailing text
-        ("The kubelet restarts failed containers. What does the kubelet do with failed containers?", "more than one sentence"),
+        ("The kubelet restarts failed containers. What does the kubelet do with failed containers?",
+         "more than one sentence"),
         ("The default is Always! Which restartPolicy is the default?", "more than one sentence"),
         ("It restarts them. what does the kubelet do with failed containers?", "more than one sentence"),
         ("What does the kubelet do with failed containers? (It restarts them with a back-off delay.)",
          "text follows the '?'"),
         ("What does the kubelet do with failed containers (it restarts them). Why?", "more than one sentence"),
     ],
-)  # fmt: skip
+)
 def test_bad_questions_are_rejected_with_a_reason(seen, text, reason):
     verdict = check_question(GateConfig(passage_floor=0.3), text, PASSAGE, seen)
     assert not verdict.ok and reason in verdict.reason
 
 
 def test_a_good_question_is_kept_with_its_scores(seen):
-    verdict = check_question(GateConfig(passage_floor=0.3), "How does the kubelet delay restarts of failed containers?", PASSAGE, seen)
+    verdict = check_question(GateConfig(passage_floor=0.3),
+                             "How does the kubelet delay restarts of failed containers?", PASSAGE, seen)
     assert verdict.ok, verdict.reason
     assert verdict.scores["passage_similarity"] >= 0.3 and verdict.scores["duplicate_similarity"] < 0.92
 

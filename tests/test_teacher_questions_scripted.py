@@ -45,8 +45,10 @@ def kb_path(tmp_path):
 def ask(server: ScriptedServer, kb_path, tmp_path, n: int = 1, **teacher: object) -> list[Question]:
     cfg = load_config({"teacher": teacher}, environ={}).teacher
     endpoint = Endpoint(server.url, "fake-model", "sk-test", "json_object_schema")
-    client = make_client(endpoint, ArtifactStore(str(tmp_path / "store")), UsageLedger(), task="questions", max_retries=0)
-    return generate_questions(client, endpoint, cfg, load_knowledge_base(str(kb_path)), "pods", n, existing=[], seed=3, cycle=1)
+    client = make_client(endpoint, ArtifactStore(str(tmp_path / "store")), UsageLedger(),
+                         task="questions", max_retries=0)
+    return generate_questions(client, endpoint, cfg, load_knowledge_base(str(kb_path)), "pods", n,
+                              existing=[], seed=3, cycle=1)
 
 
 def test_a_badly_formed_question_is_rejected_asked_again_and_recorded(kb_path, tmp_path):
@@ -72,7 +74,8 @@ def test_the_attempt_bound_ends_in_a_clear_error(kb_path, tmp_path):
 
 def test_the_judge_rejects_a_question_its_passage_does_not_answer(kb_path, tmp_path):
     kb = load_knowledge_base(str(kb_path))
-    assert check_question(GateConfig(), UNANSWERABLE, kb.passages[0], DuplicateIndex([], threshold=0.92)).ok  # floor alone keeps it
+    assert check_question(GateConfig(), UNANSWERABLE, kb.passages[0],
+                          DuplicateIndex([], threshold=0.92)).ok  # floor alone keeps it
     no = {"answerable": False, "reason": "The passage does not say how long the delay is."}
     yes = {"answerable": True, "reason": "The passage says the delay is an exponential back-off."}
     with ScriptedServer(draft(UNANSWERABLE), json.dumps(no), draft(GOOD), json.dumps(yes)) as server:
@@ -81,7 +84,8 @@ def test_the_judge_rejects_a_question_its_passage_does_not_answer(kb_path, tmp_p
     judge_request = server.bodies[1]
     assert judge_request["temperature"] == 0.0
     assert set(judge_request["response_format"]["schema"]["properties"]) == {"answerable", "reason"}
-    assert PASSAGE in judge_request["messages"][-1]["content"] and UNANSWERABLE in judge_request["messages"][-1]["content"]
+    judge_prompt = judge_request["messages"][-1]["content"]
+    assert PASSAGE in judge_prompt and UNANSWERABLE in judge_prompt
     [rejected] = question.gate["rejected"]
     assert rejected["reason"] == f"not answerable from its passage (judge: {no['reason']})"
     assert rejected["judge"] == no and rejected["scores"]["passage_similarity"] >= GateConfig().passage_floor
@@ -105,9 +109,9 @@ def _config(server: ScriptedServer, kb_path, tmp_path, monkeypatch):
         "store": {"url": str(tmp_path / "store")},
         "knowledge_base": {"path": str(kb_path)},
         "pipeline": {"topics": ["pods"], "questions_per_cycle": 1, "cycles": 1},
-        "teacher": {"provider": "openai", "base_url": server.url, "model": "fake-model", "api_key_env": "KDFLOW_TEST_KEY",
-                    "structured_output": "json_object_schema", "max_retries": 0},
-    }, environ={})  # fmt: skip
+        "teacher": {"provider": "openai", "base_url": server.url, "model": "fake-model",
+                    "api_key_env": "KDFLOW_TEST_KEY", "structured_output": "json_object_schema", "max_retries": 0},
+    }, environ={})
 
 
 def test_a_question_of_an_earlier_run_is_a_duplicate_in_a_new_run(kb_path, tmp_path, monkeypatch):
@@ -131,7 +135,8 @@ def test_a_question_of_an_earlier_run_is_a_duplicate_in_a_new_run(kb_path, tmp_p
     assert start_record(RunContext(config=config, store=store, run_id="run-b"), 1)["question_bank"] == [OLD]
     [new] = runs["run-b"]
     assert new.question == GOOD
-    assert [(r["question"], r["reason"]) for r in new.gate["rejected"]] == [(OLD, "exact duplicate of an earlier question")]
+    assert [(r["question"], r["reason"])
+            for r in new.gate["rejected"]] == [(OLD, "exact duplicate of an earlier question")]
     assert len(server.bodies) == 2  # run A's draw, then run B's second draw; run B's first came from the cache
 
 
@@ -140,7 +145,8 @@ def test_cli_questions_skip_questions_already_in_the_store(kb_path, tmp_path, mo
 
     with ScriptedServer(draft(OLD), draft(GOOD)) as server:
         config = _config(server, kb_path, tmp_path, monkeypatch)
-        earlier = Question(id="pods-old", topic="pods", question=OLD.upper(), passage_ids=["pods/pods#restart-policy-0"], cycle=1)
+        earlier = Question(id="pods-old", topic="pods", question=OLD.upper(),
+                           passage_ids=["pods/pods#restart-policy-0"], cycle=1)
         ArtifactStore.from_config(config).write_jsonl("runs/some-earlier-run/cycle_1/questions.jsonl", [earlier])
         parser = argparse.ArgumentParser()
         register(parser.add_subparsers(dest="command"))

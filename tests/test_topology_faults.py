@@ -30,7 +30,8 @@ RUN_TIMEOUT = 1200
 
 
 def _task_log(topo, run_id: str, attempt: int) -> str:
-    path = topo.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={GPU_TASK}" / f"attempt={attempt}.log"
+    task_logs = topo.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={GPU_TASK}"
+    path = task_logs / f"attempt={attempt}.log"
     return path.read_text(errors="replace") if path.exists() else ""
 
 
@@ -59,7 +60,8 @@ def faults(airflow_topology):
         runs = f"/dags/{DAG_ID}/dagRuns"
         api.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).raise_for_status()
         a, b = (
-            api.post(runs, json={"logical_date": None, "conf": CONF}).raise_for_status().json()["dag_run_id"] for _ in range(2)
+            api.post(runs, json={"logical_date": None, "conf": CONF}).raise_for_status().json()["dag_run_id"]
+            for _ in range(2)
         )
         out.update(a=a, b=b)
         mark(f"triggered {a} and {b}")
@@ -73,7 +75,8 @@ def faults(airflow_topology):
             return api.get(f"{runs}/{a}/taskInstances/{GPU_TASK}").raise_for_status().json()
 
         # Fault: the GPU worker dies (the whole process tree) once the student step itself has started.
-        _poll(topo, f"{GPU_TASK} of {a} started", lambda: states() and STEP_STARTED in _task_log(topo, a, 1), RUN_TIMEOUT, 0.5)
+        _poll(topo, f"{GPU_TASK} of {a} started",
+              lambda: states() and STEP_STARTED in _task_log(topo, a, 1), RUN_TIMEOUT, 0.5)
         out["killed_try"] = gpu_ti()["try_number"]
         topo.kill("worker-gpu")
         mark(f"SIGKILLed worker-gpu while {GPU_TASK} try {out['killed_try']} ran")
@@ -91,7 +94,8 @@ def faults(airflow_topology):
         _poll(
             topo,
             f"{GPU_TASK} retried",
-            lambda: states() and gpu_ti()["try_number"] > out["killed_try"] and gpu_ti()["state"] in ("running", "success"),
+            lambda: (states() and gpu_ti()["try_number"] > out["killed_try"]
+                     and gpu_ti()["state"] in ("running", "success")),
             300,
             log="worker-gpu",
         )
@@ -108,14 +112,16 @@ def faults(airflow_topology):
 
         for run in (a, b):
             _poll(
-                topo, f"run {run} finished", lambda run=run: states()[(a, b).index(run)] in ("success", "failed"), RUN_TIMEOUT, 3
+                topo, f"run {run} finished",
+                lambda run=run: states()[(a, b).index(run)] in ("success", "failed"), RUN_TIMEOUT, 3
             )
             mark(f"run {run} {states()[(a, b).index(run)]}")
         out["runs"] = {run: api.get(f"{runs}/{run}").raise_for_status().json() for run in (a, b)}
         out["tis"] = {run: topo.task_instances(api, run) for run in (a, b)}
         out["tries"] = api.get(f"{runs}/{a}/taskInstances/{GPU_TASK}/tries").raise_for_status().json()["task_instances"]
         out["events"] = (
-            api.get("/eventLogs", params={"dag_id": DAG_ID, "run_id": a, "task_id": GPU_TASK, "event": "heartbeat timeout"})
+            api.get("/eventLogs",
+                    params={"dag_id": DAG_ID, "run_id": a, "task_id": GPU_TASK, "event": "heartbeat timeout"})
             .raise_for_status()
             .json()["event_logs"]
         )

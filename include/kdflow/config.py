@@ -206,7 +206,7 @@ class StudentConfig(_Section):
     batch_size: int = Field(4, ge=1, le=512)
     gradient_accumulation_steps: int = Field(1, ge=1, le=512)
     max_new_tokens: int = Field(128, ge=1, le=4096)
-    generation_batch_size: int = Field(8, ge=1, le=512)
+    generation_batch_size: int = Field(24, ge=1, le=512)
     load_in_4bit: bool = True
     gpu_min_free_gib: float = Field(10.0, ge=0.0, le=1024)
     torch_threads: int = Field(1, ge=1, le=256)

@@ -147,7 +147,11 @@ def current_champion(ctx: RunContext) -> dict[str, Any] | None:
 
 def start_model(ctx: RunContext) -> str:
     """The model cycle 1 started from, in words."""
-    champion = current_champion(ctx)
+    return describe_start(current_champion(ctx))
+
+
+def describe_start(champion: dict[str, Any] | None) -> str:
+    """A start champion (:func:`current_champion`, None for the base model) in words."""
     return f"champion of run {champion['run_id']}" if champion else "base model"
 
 

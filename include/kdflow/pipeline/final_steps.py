@@ -16,6 +16,7 @@ from kdflow.pipeline.artifacts import (
     champion_key,
     current_champion,
     cycle_scores,
+    describe_start,
     run_gold,
     run_questions,
     start_model,
@@ -145,7 +146,7 @@ def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
     incumbent = [s for s in cycle_scores(ctx, 1, "baseline") if s.split == split]
     champion = current_champion(ctx)
     decision = decide_promotion(candidate, incumbent, cfg, metric=cfg.metric, split=split, **statistics_of(ctx))
-    decision["incumbent"] = start_model(ctx)
+    decision["incumbent"] = describe_start(champion)
     if decision["promote"]:
         model = ctx.config.student.model
         replaced = stored_champion(ctx)
@@ -155,7 +156,7 @@ def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
         if champion is not None:  # keep the chain short: the history folder holds the older ones
             previous = {k: v for k, v in champion.items() if k != "previous"}
         ctx.store.write_json(champion_key(model), {
-            "run_id": ctx.run_id, "cycle": last_cycle, "base_model": ctx.config.student.model,
+            "run_id": ctx.run_id, "cycle": last_cycle, "base_model": model,
             # the champion's own copy: never retired by a rerun of this run (copy_dir)
             "adapter": ctx.store.copy_dir(ctx.checkpoint(last_cycle, "adapter"),
                                           f"{champion_dir(model)}/adapter").to_xcom(),

@@ -11,7 +11,7 @@ from collections.abc import Container, Iterable
 from pathlib import Path
 from typing import Any
 
-from kdflow.kb import load_from_config
+from kdflow.kb import KnowledgeBase, load_from_config
 from kdflow.pipeline.artifacts import gold_answered_at, run_gold, run_questions, start_adapter
 from kdflow.pipeline.context import CheckpointError, RunContext
 from kdflow.records import Answer, Reference, TrainingPair, gate_drop_reason
@@ -141,13 +141,13 @@ def decontaminate(
     return kept, removed
 
 
-def passage_pairs(ctx: RunContext, pairs: list[TrainingPair], cited: dict[str, list[str]]) -> list[TrainingPair]:
+def passage_pairs(ctx: RunContext, kb: KnowledgeBase, pairs: list[TrainingPair],
+                  cited: dict[str, list[str]]) -> list[TrainingPair]:
     """One pair per knowledge-base passage, the passage's own words as the answer to "what does the
     documentation say about <section>?": with ``student.passage_pairs: cited`` each passage the
     training questions cite, in first-cited order; with ``all`` every passage of the selected topics
     (counted as cycle 1's, as they are the same in every cycle), so the student reads facts the
     teacher's references do not state."""
-    kb = load_from_config(ctx.config)
     first_cycle: dict[str, int] = {}
     if ctx.config.student.passage_pairs == "all":
         first_cycle = {p.id: 1 for topic in ctx.config.pipeline.topics for p in kb.passages_for(topic)}
@@ -163,9 +163,8 @@ def passage_pairs(ctx: RunContext, pairs: list[TrainingPair], cited: dict[str, l
     return extra
 
 
-def kb_coverage(ctx: RunContext, cited_passages: list[str]) -> dict[str, Any]:
+def kb_coverage(ctx: RunContext, kb: KnowledgeBase, cited_passages: list[str]) -> dict[str, Any]:
     """Passages of the selected topics that at least one training pair cites, over all of them."""
-    kb = load_from_config(ctx.config)
     selected = {p.id for t in ctx.config.pipeline.topics for p in kb.passages_for(t)}
     covered = selected & set(cited_passages)
     return {"passages_covered": len(covered), "passages": len(selected), "share": len(covered) / len(selected)}
@@ -177,6 +176,7 @@ def prepare_training_dataset(ctx: RunContext, cycle: int) -> dict[str, Any]:
     pairs: list[TrainingPair] = []
     dropped: list[dict[str, Any]] = []
     cited: dict[str, list[str]] = {}
+    kb = load_from_config(ctx.config)  # once: read by the passage pairs and the coverage
     for n in range(1, cycle + 1):
         questions = {q["id"]: q for q in ctx.rows(ctx.checkpoint(n, "questions.jsonl"))}
         references = [Reference.model_validate(row) for row in ctx.rows(ctx.checkpoint(n, "references.jsonl"))]
@@ -186,7 +186,7 @@ def prepare_training_dataset(ctx: RunContext, cycle: int) -> dict[str, Any]:
                                prompt=ref.question, completion=ref.reference) for ref in kept]
         cited.update({ref.question_id: questions[ref.question_id]["passage_ids"] for ref in kept})
     if ctx.config.student.passage_pairs != "off":
-        pairs += passage_pairs(ctx, pairs, cited)
+        pairs += passage_pairs(ctx, kb, pairs, cited)
     threshold = ctx.config.evaluation.decontamination_similarity
     pairs, decontaminated = decontaminate(pairs, evaluation_questions(ctx), threshold)
     if not pairs:
@@ -194,7 +194,7 @@ def prepare_training_dataset(ctx: RunContext, cycle: int) -> dict[str, Any]:
                               f"({len(dropped)} dropped by the gate, "
                               f"{len(decontaminated)} too close to an evaluation question)")
     reasons = dict(Counter(d["reason"] for d in dropped))
-    coverage = kb_coverage(ctx, [pid for p in pairs for pid in cited.get(p.question_id, [])])
+    coverage = kb_coverage(ctx, kb, [pid for p in pairs for pid in cited.get(p.question_id, [])])
     log.info("cycle %d training dataset: %d pairs, %d dropped by the gate %s, %d decontaminated; KB coverage %d/%d",
              cycle, len(pairs), len(dropped), reasons, len(decontaminated), coverage["passages_covered"],
              coverage["passages"])

@@ -11,7 +11,6 @@ from kdflow.bank import held_out_key, question_bank
 from kdflow.kb import load_from_config
 from kdflow.pipeline.artifacts import (
     allocate_questions,
-    kb_hash,
     run_questions,
     start_record,
     teacher_session,
@@ -34,12 +33,12 @@ def prepare_held_out_questions(ctx: RunContext, cycle: None) -> dict[str, Any]:
     from kdflow.teacher.questions import generate_questions
 
     size = ctx.config.pipeline.held_out_per_topic
-    key = held_out_key(kb_hash(ctx))
+    kb = load_from_config(ctx.config)
+    key = held_out_key(kb.content_hash)
     bank = [Question.model_validate(r) for r in ctx.store.read_jsonl(key)] if ctx.store.exists(key) else []
     missing = {t: size - sum(q.topic == t for q in bank) for t in ctx.config.pipeline.topics}
     missing = {t: n for t, n in missing.items() if n > 0}
     if missing:
-        kb = load_from_config(ctx.config)
         existing = question_bank(ctx.store, kb.content_hash, run_id=ctx.run_id, before_cycle=1)
         existing += [q.question for q in bank]
         with teacher_session(ctx, None, "held_out_questions") as (endpoint, client):

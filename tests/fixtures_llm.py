@@ -46,12 +46,14 @@ def fake_completion_server() -> Iterator[Callable[..., str]]:
 class ScriptedServer:
     """``with ScriptedServer(*replies) as server``: POST n gets ``replies[n]`` (the last one repeats):
     a str is served as a chat completion's content, bytes as the raw body, an int as that HTTP status
-    with an OpenAI error body, ``(status, bytes)`` as both. ``serial_delay_s`` answers one request at a
-    time, each taking that long. ``server.bodies`` / ``server.headers`` (lowercased names) hold what
-    each POST sent; ``server.url`` is the /v1 URL."""
+    with an OpenAI error body, ``(status, bytes)`` as both, a callable is called with the request body
+    and returns one of those. ``serial_delay_s`` answers one request at a time, each taking that long.
+    ``server.max_in_flight`` is the most requests it held at once. ``server.bodies`` /
+    ``server.headers`` (lowercased names) hold what each POST sent; ``server.url`` is the /v1 URL."""
 
     def __init__(self, *replies: str | bytes | int | tuple[int, bytes], serial_delay_s: float | None = None):
         self.replies, self.bodies, self.headers = list(replies), [], []
+        self.in_flight = self.max_in_flight = 0
         lock, script = threading.Lock(), self
         one_at_a_time = threading.Lock() if serial_delay_s else contextlib.nullcontext()
 
@@ -63,9 +65,15 @@ class ScriptedServer:
                         script.bodies.append(body)
                         script.headers.append({k.lower(): v for k, v in self.headers.items()})
                         reply = script.replies[min(len(script.bodies), len(script.replies)) - 1]
+                        script.in_flight += 1
+                        script.max_in_flight = max(script.max_in_flight, script.in_flight)
                     if serial_delay_s:
                         time.sleep(serial_delay_s)
-                status, data = _scripted_response(reply)
+                    try:
+                        status, data = _scripted_response(reply(body) if callable(reply) else reply)
+                    finally:
+                        with lock:
+                            script.in_flight -= 1
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))

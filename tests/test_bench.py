@@ -2,10 +2,12 @@
 comparison, written to JSON and Markdown with the keys the committed results rely on."""
 
 import json
+import subprocess
 
 import pytest
 
 from kdflow.bench import pipeline as bench
+from kdflow.bench.runner import STEP_LINE
 from kdflow.pipeline.spec import DAG_ID
 
 QUESTIONS = ["What is a Pod?", "What does a Service do?", "What is a PersistentVolume?", "What is a Node?"]
@@ -45,7 +47,7 @@ def test_cheap_sections_write_json_and_markdown(tiny_phi_dir, tmp_path):
 
 def test_step_lines_of_the_runner_are_parsed():
     lines = ["[3/61] load_knowledge_base: 41.0s", "[6/61] cycle 1 cycle_start: 0.0s", "noise"]
-    parsed = [m.groups() for m in map(bench._STEP_LINE.match, lines) if m]
+    parsed = [m.groups() for m in map(STEP_LINE.match, lines) if m]
     assert parsed == [("3", "61", None, "load_knowledge_base", "41.0"), ("6", "61", "1", "cycle_start", "0.0")]
 
 
@@ -55,16 +57,20 @@ def test_unknown_section_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_teacher_pool_section_measures_both_pools_on_the_real_server(tmp_path):
-    from kdflow.bench.teacher import teacher_pool
+def test_teacher_server_section_measures_both_servers_side_by_side(tmp_path):
+    from kdflow.bench.teacher import teacher_servers
 
-    pool = teacher_pool(repeats=1)
-    assert set(pool["by_servers"]) == {"1", "2"}
-    assert all(row["runs"][0]["tokens"] > 0 and row["median_s"] > 0 for row in pool["by_servers"].values())
-    assert pool["speedup"] == round(pool["by_servers"]["1"]["median_s"] / pool["by_servers"]["2"]["median_s"], 2)
-    _, md_path = bench.write_results({"machine": bench.machine(), "measured_at": "now", "commands": [],
-                                      "teacher_pool": pool}, tmp_path)
-    assert "## Embedded teacher: one llama.cpp server vs a pool" in md_path.read_text()
+    result = teacher_servers(repeats=1, calls=4, slots=4, max_tokens=16)
+    assert set(result["by_server"]) == {"pool", "llama_server"}
+    assert result["by_server"]["pool"]["processes"] == 2 and result["by_server"]["llama_server"]["concurrency"] == 4
+    assert all(row["runs"][0]["tokens"] > 0 and row["median_s"] > 0 for row in result["by_server"].values())
+    by = result["by_server"]
+    assert result["speedup"] == round(by["pool"]["median_s"] / by["llama_server"]["median_s"], 2)
+    (tmp_path / "results.json").write_text('{"teacher_pool": {"speedup": 1.0}}')
+    json_path, md_path = bench.write_results({"machine": bench.machine(), "measured_at": "now", "commands": [],
+                                              "teacher_server": result}, tmp_path)
+    assert "## Embedded teacher: llama-server with slots vs a pool" in md_path.read_text()
+    assert "teacher_pool" not in json_path.read_text()  # the section it replaced is dropped, not shown twice
 
 
 def test_the_benchmarks_find_the_repository_from_their_package():
@@ -73,3 +79,35 @@ def test_the_benchmarks_find_the_repository_from_their_package():
 
     assert bench.DAGS.is_dir() and bench.DEFAULT_OUT.is_dir() and (bench.DEFAULT_OUT / "results.json").is_file()
     assert airflow.RUN_DAG.is_file()
+
+
+def test_a_clone_without_the_baseline_commit_is_told_what_to_do(tmp_path):
+    from kdflow.bench.throughput import baseline_worktree
+
+    with pytest.raises(RuntimeError, match="does not have .*git fetch --unshallow"):
+        baseline_worktree(bench.ROOT, "0" * 40, tmp_path / "tree")
+
+
+@pytest.mark.slow
+def test_throughput_runs_the_baseline_commit_and_this_code_side_by_side(tiny_phi_dir, tmp_path):
+    """Both sides really run (the baseline from its own worktree, which is removed after), on the
+    smallest pipeline: one question on pods, the tiny student, the 6-item gold set."""
+    from fixtures_reliability import SMALL_GOLD
+    from kdflow.bench.throughput import BASELINE_COMMIT, throughput
+
+    settings = (f"student.model={tiny_phi_dir}", "pipeline.topics=[pods]", "pipeline.held_out_per_topic=0",
+                f"evaluation.gold_path={SMALL_GOLD}", "evaluation.teacher_ceiling=false",
+                "evaluation.metrics=[rouge_l]", "student.epochs=1", "student.max_new_tokens=8",
+                "student.lora_r=4", "student.lora_alpha=8", "student.max_length=128", "teacher.max_tokens=160")
+    result = throughput(1, 1, settings=settings)
+    before, now = result["by_code"]["before"], result["by_code"]["now"]
+    assert result["baseline_commit"] == BASELINE_COMMIT
+    for side in (before, now):
+        assert side["wall_s"] > 0 and side["questions_per_min"] == round(1 / (side["wall_s"] / 60), 2)
+        assert side["stages_s"]["teacher references"] > 0 and side["stages_s"]["training"] > 0
+    assert result["speedup"] == round(now["questions_per_min"] / before["questions_per_min"], 2)
+    worktrees = subprocess.run(["git", "-C", str(bench.ROOT), "worktree", "list"], capture_output=True, text=True)
+    assert "kdflow-bench-throughput" not in worktrees.stdout
+    _, md_path = bench.write_results({"machine": bench.machine(), "measured_at": "now", "commands": [],
+                                      "throughput": result}, tmp_path)
+    assert "## Throughput: questions per minute, before issue 17 and now" in md_path.read_text()

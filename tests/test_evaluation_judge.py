@@ -1,6 +1,5 @@
-"""Answer relevancy through the real local judge: the embedded llama.cpp server (SmolLM2-135M,
-the session fixture ``embedded_endpoint`` of tests/fixtures_llm.py), cached in a real store.
-Nothing leaves 127.0.0.1."""
+"""Answer relevancy through the real local judge: the embedded llama.cpp server (SmolLM2-135M),
+cached in a real store. Nothing leaves 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -28,9 +27,14 @@ ROWS = [
 
 
 @pytest.fixture()
-def judge(embedded_endpoint):
-    """The session's one embedded llama.cpp server (tests/fixtures_llm.py) is the judge."""
-    return embedded_endpoint
+def judge():
+    """A fresh embedded llama-server (it starts in about a second) is the judge: a 135M judge sampling
+    at temperature 0.7 draws differently once other tests' prompts sit in its slots' caches, and these
+    tests assert what it says."""
+    from kdflow.llm import teacher_endpoint
+
+    with teacher_endpoint(load_config(environ={}).teacher) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture()
@@ -55,7 +59,8 @@ def _loopback(address) -> bool:
 
 
 def test_answer_relevancy_through_the_cached_judge_stays_on_loopback(judge, tmp_path, outbound):
-    cfg = load_config({"evaluation": {"metrics": ["answer_relevancy", "rouge_l"], "relevancy_strictness": 2}})
+    cfg = load_config({"evaluation": {"metrics": ["answer_relevancy", "rouge_l"], "relevancy_strictness": 2,
+                                      "judge_concurrency": 1}})
     store, ledger = ArtifactStore(str(tmp_path)), UsageLedger.from_config(cfg.teacher)
 
     first = score_answers(cfg.evaluation, ROWS, judge=judge, store=store, ledger=ledger, cycle=1, stage="baseline")

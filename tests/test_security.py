@@ -79,15 +79,15 @@ def test_a_full_run_leaks_no_secret_and_stays_on_loopback(secret_env, s3_server,
 
 
 @pytest.mark.slow
-def test_the_embedded_llama_servers_bind_and_connect_on_loopback_only(tmp_path, child_socket_audit):
-    """The teacher's own processes, not just this one: every bind, connect and name lookup they
+def test_the_llama_cpp_python_servers_bind_and_connect_on_loopback_only(tmp_path, child_socket_audit):
+    """The teacher's own Python processes, not just this one: every bind, connect and name lookup they
     make while starting and answering stays on 127.0.0.1."""
     import ipaddress
 
     from kdflow.config import load_config
     from kdflow.llm import UsageLedger, make_client, teacher_endpoint
 
-    cfg = load_config(environ={}).teacher
+    cfg = load_config({"teacher": {"embedded_server": "llama_cpp_python", "embedded_servers": 2}}, environ={}).teacher
     with teacher_endpoint(cfg) as endpoint:
         client = make_client(endpoint, ArtifactStore(str(tmp_path / "store")), UsageLedger(), task="audit")
         for i in range(2 * cfg.embedded_servers):
@@ -98,6 +98,28 @@ def test_the_embedded_llama_servers_bind_and_connect_on_loopback_only(tmp_path, 
     assert len(binds) >= cfg.embedded_servers, events  # each server's listening socket was seen
     assert all(ipaddress.ip_address(host).is_loopback for host, *_ in binds), binds
     assert [(e, t) for e, t in events if e != "socket.bind" and not is_loopback(e, t)] == []
+
+
+@pytest.mark.slow
+def test_the_llama_server_listens_and_talks_on_loopback_only(tmp_path):
+    """llama.cpp's server is a C++ binary (no Python audit hook reaches it): its sockets are read from
+    the process while it answers. It is built without curl and OpenSSL, so it cannot fetch anything."""
+    import ipaddress
+
+    import psutil
+
+    from kdflow.llm import Endpoint, UsageLedger, make_client
+    from kdflow.llm.server import EMBEDDED_STRUCTURED_OUTPUT, ServerPlan, embedded_servers, packaged_gguf
+
+    gguf = packaged_gguf()
+    with embedded_servers(ServerPlan(gguf, "llama_server", threads=1, slots=2, n_ctx=512)) as servers:
+        endpoint = Endpoint(servers.base_urls[0], gguf.stem, "x", EMBEDDED_STRUCTURED_OUTPUT)
+        client = make_client(endpoint, ArtifactStore(str(tmp_path / "store")), UsageLedger(), task="audit")
+        client.chat.completions.create(model=gguf.stem, messages=[{"role": "user", "content": "Say 1."}], max_tokens=4)
+        sockets = psutil.Process(servers.pids[0]).net_connections(kind="inet")
+    assert any(c.status == psutil.CONN_LISTEN for c in sockets), sockets
+    addresses = [c.laddr.ip for c in sockets] + [c.raddr.ip for c in sockets if c.raddr]
+    assert all(ipaddress.ip_address(ip).is_loopback for ip in addresses), sockets
 
 
 def test_a_secret_given_by_set_env_and_dag_params_is_in_no_stored_file_or_log(tmp_path, monkeypatch, caplog):

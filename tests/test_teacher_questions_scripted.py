@@ -72,6 +72,32 @@ def test_the_attempt_bound_ends_in_a_clear_error(kb_path, tmp_path):
     assert len(server.bodies) == 2
 
 
+def _by_seed(body: dict) -> str:
+    """A reply that depends only on the request (its seed), whatever order the requests arrive in;
+    seeds divisible by 3 draw a badly formed question, so some slots need a second round."""
+    import time
+
+    time.sleep(0.2)  # long enough for concurrent requests to overlap
+    seed = body["seed"]
+    return draft(BAD_FORM if seed % 3 == 0 else f"How does the kubelet restart failed container number {seed}?")
+
+
+def test_open_slots_are_drafted_side_by_side_and_the_questions_do_not_depend_on_it(kb_path, tmp_path):
+    """Concurrency 4 sends the drafts of four slots at once (llama-server decodes them together) and
+    keeps exactly the questions, attempts and rejections that one call at a time keeps."""
+    runs = {}
+    for concurrency in (1, 4):
+        with ScriptedServer(_by_seed) as server:
+            questions = ask(server, kb_path, tmp_path / f"c{concurrency}", n=4, concurrency=concurrency,
+                            dedup_similarity=0.999)
+        runs[concurrency] = ([q.model_dump() for q in questions], sorted(b["seed"] for b in server.bodies),
+                             server.max_in_flight)
+    (one_questions, one_seeds, one_peak), (four_questions, four_seeds, four_peak) = runs[1], runs[4]
+    assert one_peak == 1 and four_peak >= 2
+    assert four_questions == one_questions and four_seeds == one_seeds
+    assert len(one_questions) == 4 and len({q["question"] for q in one_questions}) == 4
+
+
 def test_the_judge_rejects_a_question_its_passage_does_not_answer(kb_path, tmp_path):
     kb = load_knowledge_base(str(kb_path))
     assert check_question(GateConfig(), UNANSWERABLE, kb.passages[0],

@@ -112,11 +112,14 @@ class TeacherConfig(_Section):
     max_tokens: int = Field(256, ge=16, le=16384)
     timeout_s: float = Field(120, gt=0, le=3600)
     max_retries: int = Field(4, ge=0, le=20)
-    concurrency: int = Field(2, ge=1, le=64)
+    concurrency: int = Field(8, ge=1, le=64)
     structured_output: Literal["json_schema", "json_object_schema", "json_object"] = "json_schema"
     gguf_path: str | None = None
     n_ctx: int = Field(4096, ge=512, le=131072)
-    embedded_servers: int = Field(2, ge=1, le=16)
+    embedded_server: Literal["llama_server", "llama_cpp_python"] = "llama_server"
+    embedded_servers: int = Field(1, ge=1, le=16)
+    embedded_slots: int = Field(8, ge=1, le=64)
+    embedded_threads: int | None = Field(None, ge=1, le=256)
     price_per_mtok_input: float = Field(0.15, ge=0)
     price_per_mtok_output: float = Field(0.60, ge=0)
     max_attempts_per_question: int = Field(6, ge=1, le=50)
@@ -289,7 +292,7 @@ class EvaluationConfig(_Section):
     judge_temperature: float = Field(0.7, ge=0.0, le=2.0)
     judge_max_tokens: int = Field(256, ge=8, le=8192)
     judge_max_retries: int = Field(2, ge=0, le=10)
-    judge_concurrency: int = Field(2, ge=1, le=64)
+    judge_concurrency: int = Field(8, ge=1, le=64)
     success_threshold: float = Field(0.5, ge=0.0, le=1.0)
 
 

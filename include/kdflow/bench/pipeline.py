@@ -13,20 +13,18 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[3]
+from kdflow.bench.runner import ROOT, load_average, run_cli
+
 DAGS = ROOT / "dags"
 DEFAULT_OUT = ROOT / "docs" / "benchmarks"
-SECTIONS = ("parse", "load", "generation", "teacher_pool", "e2e", "airflow")
+SECTIONS = ("parse", "load", "generation", "teacher_server", "e2e", "airflow", "throughput")
 # Stages of the issue -> the runner's step ids that make them up (model loads count with the answers).
 STAGES = {
     "held_out_questions": ("prepare_held_out_questions",),
@@ -42,17 +40,11 @@ LEDGERS = {
     "held_out_questions": ("held_out_questions",), "teacher_questions": ("questions",),
     "references": ("references", "reference_judge"), "evaluation": ("judge_baseline", "judge_finetuned"),
 }
-_STEP_LINE = re.compile(r"^\[(\d+)/(\d+)\] (?:cycle (\d+) )?(\w+): ([\d.]+)s$")
 BENCH_QUESTIONS = [
     "What is a Pod?", "What does a Service do?", "What is a PersistentVolume?", "How does a ClusterIP Service work?",
     "What is a StorageClass used for?", "What happens when a Pod's container crashes?", "What is a headless Service?",
     "How does a PersistentVolumeClaim bind to a volume?",
 ]
-
-
-def load_average() -> float:
-    """1-minute load average, recorded beside each measurement (other engineers share the CPUs)."""
-    return round(os.getloadavg()[0], 2)
 
 
 def timed_median(fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
@@ -145,25 +137,6 @@ def model_load(repeats: int = 3) -> dict[str, Any]:
     return {"cold": cold, "warm": warm, "cold_over_warm": round(cold["seconds"] / warm["median_s"], 1)}
 
 
-def _run_cli(store: Path, run_id: str, cycles: int, questions: int) -> dict[str, Any]:
-    """One ``python -m kdflow run`` in a fresh process: wall time (imports included) and step times."""
-    cmd = [sys.executable, "-m", "kdflow", "run", "--cycles", str(cycles), "--questions", str(questions),
-           "--store", str(store), "--run-id", run_id]
-    env = {**os.environ, "RAGAS_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    load, started = load_average(), time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"pipeline run {run_id} failed (exit {proc.returncode}): "
-                           f"{proc.stderr.strip().splitlines()[-1:]}")
-    steps = [{"step": m[4], "cycle": int(m[3]) if m[3] else None, "seconds": float(m[5])}
-             for m in (_STEP_LINE.match(line.strip()) for line in proc.stdout.splitlines()) if m]
-    step_sum = sum(s["seconds"] for s in steps)
-    return {"command": " ".join(["python", *cmd[1:]]), "wall_s": round(wall, 1), "steps_sum_s": round(step_sum, 1),
-            "outside_steps_share": round(1 - step_sum / wall, 3), "load_avg_before": load,
-            "load_avg_after": load_average(), "steps": steps}
-
-
 def _usage(store: Path, run_id: str, since: float = 0.0) -> dict[str, dict[str, Any]]:
     """Teacher/judge ledgers of a run by task label (``cycle_1__questions`` ...), only those written
     after ``since`` (a task that opens no LLM session on a rerun leaves the first run's ledger)."""
@@ -209,11 +182,11 @@ def end_to_end(store: Path | None = None, *, cycles: int = 2, questions: int = 3
     """The embedded default end to end (one run: it takes minutes), then the same run id again,
     which must be served from the store and the response cache: 0 teacher and 0 judge calls."""
     store = Path(store or tempfile.mkdtemp(prefix="kdflow-bench-store-"))
-    first = _run_cli(store, run_id, cycles, questions)
+    first = run_cli(store, run_id, cycles, questions)
     first_usage = _usage(store, run_id)
     stages = _stage_table(first, first_usage, store, run_id)
     rerun_started = time.time()
-    rerun = _run_cli(store, run_id, cycles, questions)
+    rerun = run_cli(store, run_id, cycles, questions)
     rerun_usage = _usage(store, run_id, since=rerun_started)
     return {
         "store": str(store), "run_id": run_id, "cycles": cycles, "questions": questions, "runs": 1,
@@ -319,15 +292,34 @@ def render_markdown(results: dict[str, Any]) -> str:
             [size, row["tokens_per_s_median"], f"{row['speedup_vs_one_by_one']}x",
              row["tokens_per_s_runs"], row["load_avg"]]
             for size, row in gen["by_batch_size"].items()])
-    if pool := results.get("teacher_pool"):
-        lines += ["## Embedded teacher: one llama.cpp server vs a pool", "",
-                  f"{pool['calls_per_round']} reference calls ({pool['max_tokens']} tokens max, greedy) at concurrency "
-                  f"{pool['concurrency']} through the real client with an empty cache, median of {pool['repeats']} "
-                  "rounds, each round measuring both pools back to back (`teacher.embedded_servers`).", ""]
-        lines += _table(["servers", "seconds (median)", "runs", "load avg"], [
-            [size, row["median_s"], [r["seconds"] for r in row["runs"]], [r["load_avg"] for r in row["runs"]]]
-            for size, row in pool["by_servers"].items()])
-        lines += [f"Pool speedup: {pool['speedup']}x.", ""]
+    if rate := results.get("throughput"):
+        before, now = rate["by_code"]["before"], rate["by_code"]["now"]
+        lines += ["## Throughput: questions per minute, before issue 17 and now", "",
+                  f"The same run, {rate['cycles']} cycles x {rate['questions_per_cycle']} questions plus the gold set "
+                  f"(settings {', '.join(rate['settings']) or 'none'}), with the code of commit "
+                  f"`{rate['baseline_commit'][:10]}` (before) and this code (now), back to back, fresh stores, one "
+                  f"run each: `{now['command']}`.", ""]
+        lines += _table(["measure", "before", "now", "now / before"], [
+            ["wall time (s)", before["wall_s"], now["wall_s"], round(now["wall_s"] / before["wall_s"], 2)],
+            ["questions per minute", before["questions_per_min"], now["questions_per_min"], f"{rate['speedup']}x"],
+            *[[f"{stage} (s)", before["stages_s"].get(stage), now["stages_s"].get(stage),
+               round(now["stages_s"][stage] / before["stages_s"][stage], 2)
+               if before["stages_s"].get(stage) and stage in now["stages_s"] else None]
+              for stage in now["stages_s"]],
+            ["load average before / after", f"{before['load_avg_before']} / {before['load_avg_after']}",
+             f"{now['load_avg_before']} / {now['load_avg_after']}", None]])
+        lines += [f"Speed-up in questions per minute: {rate['speedup']}x (goal: 4x).", ""]
+    if server := results.get("teacher_server"):
+        lines += ["## Embedded teacher: llama-server with slots vs a pool of llama-cpp-python servers", "",
+                  f"{server['calls_per_round']} reference calls ({server['max_tokens']} tokens max, greedy) through "
+                  f"the real client with an empty cache, {server['threads']} threads in all on each side, median of "
+                  f"{server['repeats']} rounds, each round measuring both back to back (`teacher.embedded_server`).",
+                  ""]
+        lines += _table(["server", "processes", "concurrency", "seconds (median)", "tokens/s", "runs", "load avg"], [
+            [name, row["processes"], row["concurrency"], row["median_s"], [r["tokens_per_s"] for r in row["runs"]],
+             [r["seconds"] for r in row["runs"]], [r["load_avg"] for r in row["runs"]]]
+            for name, row in server["by_server"].items()])
+        lines += [f"llama-server speedup over the pool: {server['speedup']}x.", ""]
     if load := results.get("load"):
         lines += ["## Student model load", ""]
         lines += _table(["load", "seconds", "runs", "load avg"], [
@@ -349,6 +341,7 @@ def write_results(results: dict[str, Any], out_dir: Path | str = DEFAULT_OUT) ->
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / "results.json", out / "results.md"
     merged = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    merged.pop("teacher_pool", None)  # replaced by teacher_server (issue 17)
     merged.update(results)
     json_path.write_text(json.dumps(merged, indent=2) + "\n")
     md_path.write_text(render_markdown(merged))
@@ -356,10 +349,12 @@ def write_results(results: dict[str, Any], out_dir: Path | str = DEFAULT_OUT) ->
 
 
 def run_benchmark(sections: Sequence[str] = SECTIONS, *, out_dir: Path | str = DEFAULT_OUT, store: Path | None = None,
-                  repeats: int = 3, max_new_tokens: int = 64) -> dict[str, Any]:
+                  repeats: int = 3, max_new_tokens: int = 64, throughput_size: tuple[int, int] = (3, 24)
+                  ) -> dict[str, Any]:
     """Run the chosen sections (cheap ones first) and write the results; returns what was measured."""
     from kdflow.bench.airflow import airflow_run
-    from kdflow.bench.teacher import teacher_pool
+    from kdflow.bench.teacher import teacher_servers
+    from kdflow.bench.throughput import throughput
     from kdflow.student.models import resolve_student
 
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -376,9 +371,10 @@ def run_benchmark(sections: Sequence[str] = SECTIONS, *, out_dir: Path | str = D
         "load": lambda: model_load(repeats),
         "generation": lambda: generation_comparison(resolve_student("embedded"), repeats=repeats,
                                                     max_new_tokens=max_new_tokens),
-        "teacher_pool": lambda: teacher_pool(repeats),
+        "teacher_server": lambda: teacher_servers(repeats),
         "e2e": lambda: end_to_end(store),
         "airflow": airflow_run,
+        "throughput": lambda: throughput(*throughput_size),
     }
     for section in SECTIONS:  # cheap ones first; written after each, so a late failure keeps the rest
         if section in sections:
@@ -397,10 +393,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per cheap measurement (medians)")
     parser.add_argument("--max-new-tokens", type=int, default=64,
                         help="new tokens per answer in the generation comparison")
+    parser.add_argument("--throughput-size", default="3x24", metavar="CYCLESxQUESTIONS",
+                        help="size of the throughput section's two runs (default 3x24)")
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    try:
+        cycles, questions = (int(n) for n in args.throughput_size.lower().split("x"))
+    except ValueError:
+        parser.error(f"--throughput-size {args.throughput_size!r}: expected CYCLESxQUESTIONS, e.g. 3x24")
     run_benchmark(sections, out_dir=args.out, store=Path(args.store) if args.store else None,
-                  repeats=args.repeats, max_new_tokens=args.max_new_tokens)
+                  repeats=args.repeats, max_new_tokens=args.max_new_tokens, throughput_size=(cycles, questions))
     print(Path(args.out) / "results.md")
     return 0
 

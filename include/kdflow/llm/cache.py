@@ -5,7 +5,8 @@ same caching and token counts without either knowing. A chat completion is keyed
 of its canonical request body (model, messages, every parameter) and stored at
 ``cache/llm/<hash>.json``; a repeated request is answered from the store with no server call.
 Only complete, successful responses are stored (the store writes atomically), so an interrupted
-run never leaves a half-written entry and errors are never replayed.
+run never leaves a half-written entry and errors are never replayed. ``before_forward`` runs before
+any request goes past the cache: the embedded server starts there, so an all-cached task starts none.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -151,8 +152,10 @@ def _complete_response(response_bytes: bytes) -> dict[str, Any] | None:
 class _CacheLogic:
     """What the sync and async transports share: lookup, accounting, storing."""
 
-    def __init__(self, store: ArtifactStore, ledger: UsageLedger, task: str):
+    def __init__(self, store: ArtifactStore, ledger: UsageLedger, task: str,
+                 before_forward: Callable[[], None] | None = None):
         self.store, self.ledger, self.task = store, ledger, task
+        self.before_forward = before_forward or (lambda: None)
 
     def lookup(self, request: httpx2.Request) -> tuple[str | None, httpx2.Response | None]:
         body = _cacheable_body(request)
@@ -185,16 +188,18 @@ class _CacheLogic:
 class CachingTransport(httpx2.BaseTransport):
     """Sync transport: answers repeated requests from the store, forwards and records the rest."""
 
-    def __init__(self, store: ArtifactStore, ledger: UsageLedger, task: str, inner: httpx2.BaseTransport | None = None):
-        self.logic = _CacheLogic(store, ledger, task)
+    def __init__(self, store: ArtifactStore, ledger: UsageLedger, task: str, inner: httpx2.BaseTransport | None = None,
+                 before_forward: Callable[[], None] | None = None):
+        self.logic = _CacheLogic(store, ledger, task, before_forward)
         self.inner = inner or httpx2.HTTPTransport()
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         digest, cached = self.logic.lookup(request)
-        if digest is None:  # not a completion (or streamed): pass through untouched
-            return self.inner.handle_request(request)
         if cached is not None:
             return cached
+        self.logic.before_forward()
+        if digest is None:  # not a completion (or streamed): pass through untouched
+            return self.inner.handle_request(request)
         started = time.perf_counter()
         try:
             response = self.inner.handle_request(request)
@@ -212,17 +217,18 @@ class AsyncCachingTransport(httpx2.AsyncBaseTransport):
     """Async twin of :class:`CachingTransport` for AsyncOpenAI (the RAGAS judge); store I/O runs in a thread."""
 
     def __init__(self, store: ArtifactStore, ledger: UsageLedger, task: str,
-                 inner: httpx2.AsyncBaseTransport | None = None):
-        self.logic = _CacheLogic(store, ledger, task)
+                 inner: httpx2.AsyncBaseTransport | None = None, before_forward: Callable[[], None] | None = None):
+        self.logic = _CacheLogic(store, ledger, task, before_forward)
         self.inner = inner or httpx2.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         await request.aread()
         digest, cached = await asyncio.to_thread(self.logic.lookup, request)
-        if digest is None:
-            return await self.inner.handle_async_request(request)
         if cached is not None:
             return cached
+        await asyncio.to_thread(self.logic.before_forward)
+        if digest is None:
+            return await self.inner.handle_async_request(request)
         started = time.perf_counter()
         try:
             response = await self.inner.handle_async_request(request)

@@ -38,8 +38,9 @@ def make_client(
     max_retries: int = 4,
 ) -> openai.OpenAI | openai.AsyncOpenAI:
     """A sync (teacher) or async (RAGAS judge) openai client whose responses are cached in
-    ``store`` and whose usage is counted in ``ledger`` under ``task``; cache misses are spread
-    over the endpoint's replicas when it has any."""
+    ``store`` and whose usage is counted in ``ledger`` under ``task``; cache misses start the
+    endpoint's server if it waits for them (``endpoint.ensure_ready``) and are spread over the
+    endpoint's replicas when it has any."""
     import openai
 
     common = {"base_url": endpoint.base_url, "api_key": endpoint.api_key, "timeout": timeout_s,
@@ -47,11 +48,13 @@ def make_client(
     urls = (endpoint.base_url, *endpoint.replicas) if endpoint.replicas and endpoint.base_url else ()
     if async_client:
         inner = AsyncReplicaTransport(urls) if urls else None
-        http = openai.DefaultAsyncHttpxClient(transport=AsyncCachingTransport(store, ledger, task, inner))
+        http = openai.DefaultAsyncHttpxClient(
+            transport=AsyncCachingTransport(store, ledger, task, inner, before_forward=endpoint.ensure_ready))
         client = openai.AsyncOpenAI(http_client=http, **common)
     else:
         replicas = ReplicaTransport(urls) if urls else None
-        http = openai.DefaultHttpxClient(transport=CachingTransport(store, ledger, task, replicas))
+        http = openai.DefaultHttpxClient(
+            transport=CachingTransport(store, ledger, task, replicas, before_forward=endpoint.ensure_ready))
         client = openai.OpenAI(http_client=http, **common)
     return client
 

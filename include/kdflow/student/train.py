@@ -106,17 +106,37 @@ def _loss(model: Any, batch: dict[str, Any], plan: DevicePlan) -> Any:
         return model(**batch).loss
 
 
+def length_grouped_batches(examples: list[dict[str, list[int]]], batch_size: int, rng: random.Random,
+                           window_batches: int = 8) -> list[list[dict[str, list[int]]]]:
+    """One epoch's batches: a seeded shuffle, sorted by length inside windows of ``window_batches``
+    batches, then the batches shuffled (Hugging Face's ``group_by_length``). Pairs of similar length
+    share a batch, so less of each batch is padding, while every epoch still sees a new order."""
+    shuffled = rng.sample(examples, len(examples))
+    window = batch_size * window_batches
+    batches = []
+    for start in range(0, len(shuffled), window):
+        chunk = sorted(shuffled[start : start + window], key=lambda e: len(e["input_ids"]))
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 def _mean_loss(model: Any, examples: list[dict[str, list[int]]], pad_id: int, batch_size: int,
                plan: DevicePlan) -> float:
+    """Mean loss over all answer tokens (no gradients): batches of similar length, so little padding."""
     import torch
 
     model.eval()
-    losses = []
+    total, count = 0.0, 0
+    ordered = sorted(examples, key=lambda e: len(e["input_ids"]))
     with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            losses.append(float(_loss(model, collate(examples[start : start + batch_size], pad_id), plan)))
+        for start in range(0, len(ordered), batch_size):
+            batch = collate(ordered[start : start + batch_size], pad_id)
+            tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            total += float(_loss(model, batch, plan)) * tokens
+            count += tokens
     model.train()
-    return sum(losses) / len(losses)
+    return total / max(count, 1)
 
 
 def _peak_mb(plan: DevicePlan, rss_peak: float) -> float:
@@ -171,8 +191,7 @@ def train_adapter(
             if epoch:  # progress on long CPU runs: one line per epoch
                 log.info("student training: epoch %d/%d done, %d steps, last loss %.3f, %.0f s", epoch, cfg.epochs,
                          len(losses), losses[-1], time.perf_counter() - started)
-            shuffled = order.sample(examples, len(examples))
-            batches = [shuffled[i : i + cfg.batch_size] for i in range(0, len(shuffled), cfg.batch_size)]
+            batches = length_grouped_batches(examples, cfg.batch_size, order)
             for first in range(0, len(batches), accumulate):
                 group = batches[first : first + accumulate]
                 step_loss = 0.0

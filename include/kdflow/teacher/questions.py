@@ -15,6 +15,7 @@ import hashlib
 import logging
 import random
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
@@ -81,7 +82,9 @@ def generate_questions(
     teacher's own endpoint judges (cached and counted with the questions).
     ``citations`` (passage id -> questions already asked from it in this run) puts the least covered
     passages first, so a run of N questions covers as much of the topic as it can; ties keep a
-    seeded shuffle. Raises :class:`TeacherError` when a slot finds no acceptable question within the bound."""
+    seeded shuffle. The drafts of all open slots are asked for at once (``cfg.concurrency`` calls in
+    flight: llama-server's slots decode them together). Raises :class:`TeacherError` when a slot finds
+    no acceptable question within the bound."""
     passages = kb.passages_for(topic)
     order = list(range(len(passages)))
     random.Random(stable_int(seed, cycle, topic, split)).shuffle(order)
@@ -90,36 +93,48 @@ def generate_questions(
     gate = gate or cfg.gate
     judge = judge or (llm_answerability(client, endpoint) if gate.llm_check else None)
     seen = DuplicateIndex(existing, threshold=cfg.dedup_similarity)
-    accepted: list[Question] = []
-    draws = 0  # walks the shuffled passages across slots so consecutive slots use different passages
-    for slot in range(n):
-        rejected: list[dict[str, Any]] = []
+
+    def draft(slot: int, attempt: int) -> tuple[Passage, str]:
+        # Attempt a of slot s reads passage (s + a*n) of the order: the first round covers n different
+        # passages, retries move on to passages no other slot has read yet.
+        passage = passages[order[(slot + attempt * n) % len(order)]]
+        reply = complete_json(
+            client, endpoint, question_messages(kb.name, passage), QuestionDraft,
+            temperature=cfg.temperature, max_tokens=QUESTION_MAX_TOKENS,
+            seed=stable_int(seed, cycle, topic, split, slot, attempt),
+        )
+        return passage, " ".join(reply.question.split())
+
+    accepted: dict[int, Question] = {}
+    rejected: dict[int, list[dict[str, Any]]] = {slot: [] for slot in range(n)}
+    pending = list(range(n))
+    with ThreadPoolExecutor(max_workers=max(1, min(cfg.concurrency, n))) as pool:
         for attempt in range(cfg.max_attempts_per_question):
-            passage = passages[order[draws % len(order)]]
-            draws += 1
-            draft = complete_json(
-                client, endpoint, question_messages(kb.name, passage), QuestionDraft,
-                temperature=cfg.temperature, max_tokens=QUESTION_MAX_TOKENS,
-                seed=stable_int(seed, cycle, topic, split, slot, attempt),
-            )
-            text = " ".join(draft.question.split())
-            verdict = check_question(gate, text, passage, seen, judge)
-            record = {"scores": verdict.scores, **({} if verdict.judge is None else {"judge": verdict.judge})}
-            if verdict.ok:
-                seen.add(text)
-                gate_record = {"decision": "kept", "attempts": attempt + 1, **record, "rejected": rejected}
-                accepted.append(
-                    Question(id=question_id(topic, text), topic=topic, question=text, passage_ids=[passage.id],
-                             split=split, cycle=cycle, gate=gate_record)
-                )
+            if not pending:
                 break
-            log.info("rejected question %r (%s)", text, verdict.reason)
-            rejected.append({"question": text, "passage_id": passage.id, "reason": verdict.reason, **record})
-        else:
-            last = rejected[-1]["reason"] if rejected else "none"
-            raise TeacherError(
-                f"topic {topic!r} looks exhausted: no new acceptable question for slot {slot + 1} of {n} after "
-                f"{cfg.max_attempts_per_question} attempts (last rejection: {last}); add passages, ask for fewer "
-                "questions, or raise teacher.max_attempts_per_question / teacher.dedup_similarity"
-            )
-    return accepted
+            # Drafts of a round are written side by side (the requests depend only on slot and attempt);
+            # the checks run in slot order, so which drafts are kept does not depend on the concurrency.
+            drafts = list(pool.map(lambda slot: draft(slot, attempt), pending))  # noqa: B023 - consumed here
+            still_pending = []
+            for slot, (passage, text) in zip(pending, drafts, strict=True):
+                verdict = check_question(gate, text, passage, seen, judge)
+                record = {"scores": verdict.scores, **({} if verdict.judge is None else {"judge": verdict.judge})}
+                if verdict.ok:
+                    seen.add(text)
+                    gate_record = {"decision": "kept", "attempts": attempt + 1, **record, "rejected": rejected[slot]}
+                    accepted[slot] = Question(id=question_id(topic, text), topic=topic, question=text,
+                                              passage_ids=[passage.id], split=split, cycle=cycle, gate=gate_record)
+                    continue
+                log.info("rejected question %r (%s)", text, verdict.reason)
+                rejected[slot].append({"question": text, "passage_id": passage.id, "reason": verdict.reason, **record})
+                still_pending.append(slot)
+            pending = still_pending
+    if pending:
+        slot = pending[0]
+        last = rejected[slot][-1]["reason"] if rejected[slot] else "none"
+        raise TeacherError(
+            f"topic {topic!r} looks exhausted: no new acceptable question for slot {slot + 1} of {n} after "
+            f"{cfg.max_attempts_per_question} attempts (last rejection: {last}); add passages, ask for fewer "
+            "questions, or raise teacher.max_attempts_per_question / teacher.dedup_similarity"
+        )
+    return [accepted[slot] for slot in range(n)]

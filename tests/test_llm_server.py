@@ -53,6 +53,7 @@ def test_the_default_plan_is_one_llama_server_with_slots():
     assert command[command.index("--parallel") + 1] == "8"
     assert command[command.index("--ctx-size") + 1] == str(8 * plan.n_ctx)  # every slot gets the whole n_ctx
     assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert command[command.index("--repeat-penalty") + 1] == "1.1"  # llama-cpp-python's sampling: no loops
     legacy = server_plan(load_config({"teacher": {"embedded_server": "llama_cpp_python", "embedded_servers": 2}},
                                      environ={}).teacher, gguf)
     assert (legacy.kind, legacy.processes, legacy.threads, legacy.slots) == ("llama_cpp_python", 2, 1, 1)

@@ -13,7 +13,7 @@ from kdflow.student.models import StudentModelError, check_adapter, resolve_stud
 
 def test_plan_reads_the_real_device_when_no_reading_is_given():
     free = read_free_gpu_bytes()
-    plan = plan_device(StudentConfig(gpu_min_free_gib=10.0), "train")
+    plan = plan_device(StudentConfig(gpu_min_free_gib=10.0, cpu_dtype="float32"), "train")
     if free is None:  # no CUDA: the CPU plan, float32, plain LoRA
         assert (plan.device, plan.dtype, plan.quantization, plan.free_gpu_gib) == ("cpu", "float32", None, None)
         assert "no CUDA" in plan.reason
@@ -33,13 +33,39 @@ def test_plan_reads_the_real_device_when_no_reading_is_given():
     ],
 )
 def test_plan_from_faked_free_memory(purpose, free_gib, load_in_4bit, expected):
-    cfg = StudentConfig(gpu_min_free_gib=10.0, load_in_4bit=load_in_4bit)
+    cfg = StudentConfig(gpu_min_free_gib=10.0, load_in_4bit=load_in_4bit, cpu_dtype="float32")
     plan = plan_device(cfg, purpose, free_gpu_bytes=int(free_gib * GIB))
     assert (plan.device, plan.dtype, plan.quantization) == expected
     assert plan.free_gpu_gib == pytest.approx(free_gib, abs=0.01)
     assert plan.threshold_gib == 10.0
     assert str(plan.threshold_gib) in plan.reason
     assert DevicePlan.model_validate_json(plan.model_dump_json()) == plan  # recorded in step outputs
+
+
+@pytest.mark.parametrize(("cpu_dtype", "native", "answer", "train"), [
+    ("bfloat16", False, ("bfloat16", None), ("float32", "bfloat16")),  # train: float32 weights, bf16 autocast
+    ("float32", True, ("float32", None), ("float32", None)),
+    ("auto", True, ("bfloat16", None), ("float32", "bfloat16")),
+    ("auto", False, ("float32", None), ("float32", None)),  # emulated bf16 is slower than float32
+])
+def test_cpu_plans_follow_cpu_dtype_and_the_cpu(monkeypatch, cpu_dtype, native, answer, train):
+    import kdflow.student.device as device
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native)
+    cfg = StudentConfig(cpu_dtype=cpu_dtype)
+    for purpose, expected in (("answer", answer), ("train", train)):
+        plan = plan_device(cfg, purpose, free_gpu_bytes=0)
+        assert (plan.device, plan.dtype, plan.compute_dtype) == ("cpu", *expected)
+        assert plan.free_gpu_gib == 0.0 and "below" in plan.reason
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from pathlib import Path
+
+    from kdflow.student.device import cpu_has_native_bf16
+
+    flags = Path("/proc/cpuinfo").read_text()
+    assert cpu_has_native_bf16() == ("amx_bf16" in flags or "avx512_bf16" in flags)
 
 
 def test_plan_rejects_unknown_purpose():

@@ -261,3 +261,20 @@ def test_length_grouped_batches_see_every_pair_once_with_less_padding():
     shuffled = random.Random(7).sample(examples, 64)
     plain = [shuffled[i : i + 4] for i in range(0, 64, 4)]
     assert padding(grouped) < padding(plain) / 2
+
+
+def test_bf16_cpu_plans_train_under_autocast_and_answer_with_bf16_weights(tiny_phi_dir, student_cfg, tiny_pairs,
+                                                                          tmp_path):
+    """student.cpu_dtype bfloat16 (auto on CPUs with AMX/AVX512-BF16): the LoRA weights stay float32 and
+    learn under bf16 autocast; the answers come from bf16 weights with the adapter."""
+    from safetensors.torch import load_file
+
+    train_plan = DevicePlan.cpu(purpose="train", bf16=True)
+    result = train_adapter(student_cfg, tiny_phi_dir, tiny_pairs, tmp_path / "a", plan=train_plan, seed=7)
+    assert result.final_loss < result.initial_loss - 1.0, result
+    assert result.plan.compute_dtype == "bfloat16" and result.plan.dtype == "float32"
+    weights = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    assert {str(t.dtype) for t in weights.values()} == {"torch.float32"}
+    answers = answer_questions(student_cfg, tiny_phi_dir, [q for q, _ in tiny_pairs],
+                               plan=DevicePlan.cpu(bf16=True), adapter_dir=tmp_path / "a")
+    assert answers.stats.plan.dtype == "bfloat16" and all(a.new_tokens > 0 for a in answers)

@@ -212,7 +212,8 @@ class StudentConfig(_Section):
     generation_batch_size: int = Field(24, ge=1, le=512)
     load_in_4bit: bool = True
     gpu_min_free_gib: float = Field(10.0, ge=0.0, le=1024)
-    torch_threads: int = Field(1, ge=1, le=256)
+    torch_threads: int | None = Field(None, ge=1, le=256)
+    cpu_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # Knowledge-base passages as training pairs of their own (their words as the answer to "what does
     # the documentation say about <section>?"): "cited" adds each passage the training questions cite,
     # "all" every passage of the selected topics (docs/benchmarks/evaluation.md: more gold facts, worse

@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 120.0
+# llama-cpp-python's server samples with a repeat penalty of 1.1 over the last 64 tokens; llama-server's
+# default is none, and without it SmolLM2-135M looped to max_tokens in 45 of 180 teacher/judge replies
+# (the same 1 x 24 run: 3x the completion tokens of llama-cpp-python). Same sampling on both servers.
+LLAMA_CPP_PYTHON_SAMPLING = ("--repeat-penalty", "1.1", "--repeat-last-n", "64")
 # llama.cpp refuses {"type":"json_schema"} but constrains {"type":"json_object","schema":...} by grammar.
 EMBEDDED_STRUCTURED_OUTPUT = "json_object_schema"
 
@@ -145,7 +149,7 @@ class ServerPlan:
                 "--host", "127.0.0.1", "--port", str(port), "--ctx-size", str(self.n_ctx * self.slots),
                 "--parallel", str(self.slots), "--cont-batching", "--no-kv-unified",
                 "--threads", str(self.threads), "--threads-batch", str(self.threads), "--threads-http", "2",
-                "--no-webui", "--no-warmup",
+                "--no-webui", "--no-warmup", *LLAMA_CPP_PYTHON_SAMPLING,
             ]  # fmt: skip
         if importlib.util.find_spec("llama_cpp") is None:
             raise EndpointError(

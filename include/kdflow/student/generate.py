@@ -45,11 +45,23 @@ class GeneratedAnswers(list[GeneratedAnswer]):
     stats: GenerationStats
 
 
-def set_torch_threads(threads: int) -> None:
-    """Pin torch's CPU threads: shared 2-core machines were stable only with 1 per process."""
+def set_torch_threads(threads: int | None) -> None:
+    """Pin torch's CPU threads: ``student.torch_threads``, or None for every CPU this process may use
+    (the student steps run alone in `make run`; set 1 where several tasks share the cores: two busy
+    processes on 2 cores each with 2 threads collapsed to a quarter of the speed)."""
     import torch
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads or available_cpus())
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity, e.g. a container's cpuset), not the machine's count."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _count_new_tokens(ids: list[int], stop_ids: set[int]) -> int:

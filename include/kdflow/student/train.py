@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from kdflow.student.device import DevicePlan, memory_snapshot, release_memory
+from kdflow.student.device import DevicePlan, cpu_bf16, memory_snapshot, release_memory
 from kdflow.student.generate import set_torch_threads
 from kdflow.student.models import BASE_INFO_FILE, base_info, load_student, target_modules_for
 from kdflow.student.prompt import build_prompt, completion_text
@@ -102,7 +102,10 @@ def _loss(model: Any, batch: dict[str, Any], plan: DevicePlan) -> Any:
     import torch
 
     batch = {k: v.to(model.device) for k, v in batch.items()}
-    with torch.autocast("cuda", dtype=getattr(torch, plan.dtype), enabled=plan.device == "cuda"):
+    if plan.device == "cuda":
+        with torch.autocast("cuda", dtype=getattr(torch, plan.dtype)):
+            return model(**batch).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=plan.compute_dtype == "bfloat16"):
         return model(**batch).loss
 
 
@@ -259,7 +262,8 @@ def train_with_oom_fallback(cfg: Any, model_path: Path | str, pairs: list[tuple[
                                            "gradient_accumulation_steps": cfg.gradient_accumulation_steps * 2})
         retry_plan, change = plan, f"batch_size {cfg.batch_size} -> {retry_cfg.batch_size}"
     else:
-        retry_cfg, retry_plan = cfg, DevicePlan.cpu(plan.threshold_gib, "CPU fallback after CUDA out of memory")
+        retry_cfg, retry_plan = cfg, DevicePlan.cpu(plan.threshold_gib, "CPU fallback after CUDA out of memory",
+                                                    purpose="train", bf16=cpu_bf16(cfg))
         change = f"device {plan.device} -> cpu"
     log.warning("student training ran out of GPU memory (%s); retrying once with %s", first_error, change)
     result = train_adapter(retry_cfg, model_path, pairs, out_dir, plan=retry_plan, **kw)

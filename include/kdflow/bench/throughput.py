@@ -62,11 +62,10 @@ def throughput(cycles: int = 3, questions: int = 24, *, baseline: str = BASELINE
         work = Path(tmp)
         tree = baseline_worktree(ROOT, baseline, work / "baseline")
         try:
-            runs = {
-                "before": run_cli(work / "store-before", "bench", cycles, questions, code=tree / "include",
-                                   extra=extra),
-                "now": run_cli(work / "store-now", "bench", cycles, questions, extra=extra),
-            }
+            # This code first: a failure of the new code shows in minutes, not after the slower baseline.
+            now = run_cli(work / "store-now", "bench", cycles, questions, extra=extra)
+            before = run_cli(work / "store-before", "bench", cycles, questions, code=tree / "include", extra=extra)
+            runs = {"before": before, "now": now}
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
     asked = cycles * questions

@@ -30,7 +30,7 @@ def test_cheap_sections_write_json_and_markdown(tiny_phi_dir, tmp_path):
     json_path, md_path = bench.write_results(results, tmp_path)
     stored = json.loads(json_path.read_text())
     assert {"machine", "parse", "generation", "commands"} <= set(stored)
-    assert ("## Goals of issue 9" in md_path.read_text()
+    assert ("## Goals (issues 9 and 17)" in md_path.read_text()
             and "batched generation >= 3x one by one at batch 4" in md_path.read_text())
     assert {"nproc", "cpu_model", "memory_gib", "python", "torch", "load_avg"} <= set(stored["machine"])
     markdown = md_path.read_text()
@@ -111,3 +111,4 @@ def test_throughput_runs_the_baseline_commit_and_this_code_side_by_side(tiny_phi
     _, md_path = bench.write_results({"machine": bench.machine(), "measured_at": "now", "commands": [],
                                       "throughput": result}, tmp_path)
     assert "## Throughput: questions per minute, before issue 17 and now" in md_path.read_text()
+    assert "questions per minute >= 4x the code before issue 17 (1 x 1, side by side)" in md_path.read_text()

@@ -6,8 +6,9 @@ Two servers can do it (``teacher.embedded_server``):
 
 * ``llama_server`` (default): llama.cpp's own ``llama-server``, compiled by ``make setup`` from the
   source of the pinned llama-cpp-python. One process decodes ``teacher.embedded_slots`` requests
-  together (continuous batching), which on CPU turns many matrix-vector products into one
-  matrix-matrix product: several times the tokens per second of one request at a time.
+  together (continuous batching) and keeps each slot's prompt prefix cached. On 2 CPU cores that is
+  1.2-1.45x the pool's tokens per second at the same two threads, not more: a 135M model on CPU is
+  compute-bound, so batching saves little (docs/benchmarks/results.md).
 * ``llama_cpp_python``: ``python -m llama_cpp.server``, which answers one request at a time, so
   parallel calls need ``teacher.embedded_servers`` processes (:mod:`kdflow.llm.replicas`).
 

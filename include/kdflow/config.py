@@ -123,6 +123,7 @@ class TeacherConfig(_Section):
     price_per_mtok_input: float = Field(0.15, ge=0)
     price_per_mtok_output: float = Field(0.60, ge=0)
     max_attempts_per_question: int = Field(6, ge=1, le=50)
+    questions_per_passage: int = Field(1, ge=1, le=10)
     dedup_similarity: float = Field(0.92, gt=0.0, le=1.0)
     gate: GateConfig = Field(default_factory=GateConfig)
 

@@ -196,9 +196,9 @@ class LazyServers:
 
     A rerun whose calls are all cached therefore never pays a server start (~2 s per task)."""
 
-    def __init__(self, plan: ServerPlan, timeout_s: float = STARTUP_TIMEOUT_S):
+    def __init__(self, plan: ServerPlan, timeout_s: float = STARTUP_TIMEOUT_S, ports: list[int] | None = None):
         self.plan, self.timeout_s = plan, timeout_s
-        self.ports = [free_port() for _ in range(max(1, plan.processes))]
+        self.ports = list(ports) if ports else [free_port() for _ in range(max(1, plan.processes))]
         self.base_urls = [f"http://127.0.0.1:{port}/v1" for port in self.ports]
         self._lock = threading.Lock()
         self._launched: list[tuple[subprocess.Popen, str, Path]] = []
@@ -241,11 +241,11 @@ class LazyServers:
 
 
 @contextmanager
-def embedded_servers(plan: ServerPlan, *, lazy: bool = False,
-                     timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[LazyServers]:
+def embedded_servers(plan: ServerPlan, *, lazy: bool = False, timeout_s: float = STARTUP_TIMEOUT_S,
+                     ports: list[int] | None = None) -> Iterator[LazyServers]:
     """The servers of ``plan`` for the ``with`` block, started now (or on first need when ``lazy``)
-    and stopped after; ``servers.base_urls`` are their ``/v1`` URLs."""
-    servers = LazyServers(plan, timeout_s)
+    and stopped after; ``servers.base_urls`` are their ``/v1`` URLs (on ``ports``, else free ones)."""
+    servers = LazyServers(plan, timeout_s, ports)
     try:
         if not lazy:
             servers.ensure_started()

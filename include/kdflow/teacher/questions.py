@@ -24,6 +24,7 @@ from kdflow.config import GateConfig, TeacherConfig
 from kdflow.kb import KnowledgeBase, Passage
 from kdflow.llm.server import Endpoint
 from kdflow.records import Question, question_id
+from kdflow.teacher.faithfulness import split_sentences
 from kdflow.teacher.gate import AnswerabilityJudge, DuplicateIndex, TeacherError, check_question, llm_answerability
 from kdflow.teacher.structured import complete_json
 
@@ -42,6 +43,13 @@ USER_PROMPT = (
     "Passage ({section}):\n{text}\n\n"
     "Write one question that can be answered from this passage. Give only the question, not the answer."
 )
+# teacher.questions_per_passage > 1: each question of a passage points at one of its sentences, so the
+# tiny teacher asks about different facts (or the same fact in other words) instead of repeating itself.
+FOCUSED_PROMPT = (
+    "Passage ({section}):\n{text}\n\n"
+    "Write one question that this sentence of the passage answers: \"{sentence}\"\n"
+    "Give only the question, not the answer."
+)
 
 
 class QuestionDraft(BaseModel):
@@ -53,10 +61,18 @@ def stable_int(*parts: Any) -> int:
     return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
-def question_messages(kb_name: str, passage: Passage) -> list[dict[str, str]]:
+def question_messages(kb_name: str, passage: Passage, focus: int | None = None) -> list[dict[str, str]]:
+    """The request for one question on ``passage``; ``focus`` asks about its sentence ``focus``
+    (modulo the passage's sentence count)."""
+    if focus is None:
+        prompt = USER_PROMPT.format(section=passage.section, text=passage.text)
+    else:
+        sentences = split_sentences(passage.text)
+        prompt = FOCUSED_PROMPT.format(section=passage.section, text=passage.text,
+                                       sentence=sentences[focus % len(sentences)])
     return [
         {"role": "system", "content": SYSTEM_PROMPT.format(kb_name=kb_name)},
-        {"role": "user", "content": USER_PROMPT.format(section=passage.section, text=passage.text)},
+        {"role": "user", "content": prompt},
     ]
 
 
@@ -82,9 +98,10 @@ def generate_questions(
     teacher's own endpoint judges (cached and counted with the questions).
     ``citations`` (passage id -> questions already asked from it in this run) puts the least covered
     passages first, so a run of N questions covers as much of the topic as it can; ties keep a
-    seeded shuffle. The drafts of all open slots are asked for at once (``cfg.concurrency`` calls in
-    flight: llama-server's slots decode them together). Raises :class:`TeacherError` when a slot finds
-    no acceptable question within the bound."""
+    seeded shuffle. ``cfg.questions_per_passage`` = k gives k consecutive slots the same passage,
+    each asking about another of its sentences. The drafts of all open slots are asked for at once
+    (``cfg.concurrency`` calls in flight: llama-server's slots decode them together). Raises
+    :class:`TeacherError` when a slot finds no acceptable question within the bound."""
     passages = kb.passages_for(topic)
     order = list(range(len(passages)))
     random.Random(stable_int(seed, cycle, topic, split)).shuffle(order)
@@ -94,12 +111,17 @@ def generate_questions(
     judge = judge or (llm_answerability(client, endpoint) if gate.llm_check else None)
     seen = DuplicateIndex(existing, threshold=cfg.dedup_similarity)
 
+    per_passage = cfg.questions_per_passage
+    passages_read = -(-n // per_passage)
+
     def draft(slot: int, attempt: int) -> tuple[Passage, str]:
-        # Attempt a of slot s reads passage (s + a*n) of the order: the first round covers n different
-        # passages, retries move on to passages no other slot has read yet.
-        passage = passages[order[(slot + attempt * n) % len(order)]]
+        # Attempt a of slot s reads passage (s//k + a*ceil(n/k)) of the order (k questions per passage):
+        # the first round covers ceil(n/k) different passages, retries move on to passages no other slot
+        # has read yet.
+        passage = passages[order[(slot // per_passage + attempt * passages_read) % len(order)]]
+        focus = None if per_passage == 1 else slot % per_passage
         reply = complete_json(
-            client, endpoint, question_messages(kb.name, passage), QuestionDraft,
+            client, endpoint, question_messages(kb.name, passage, focus), QuestionDraft,
             temperature=cfg.temperature, max_tokens=QUESTION_MAX_TOKENS,
             seed=stable_int(seed, cycle, topic, split, slot, attempt),
         )

@@ -83,7 +83,23 @@ def dag(dagbag):
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert list(dagbag.dag_ids) == [DAG_ID]
+    assert sorted(dagbag.dag_ids) == ["kdflow_export", DAG_ID]
+
+
+def test_the_export_dag_is_scheduled_on_the_champion_alias_the_results_task_announces(dagbag):
+    """Issue #18: a promotion's results task adds its champion event through the alias; kdflow_export
+    runs on that alias (export, then the GGUF smoke test), and on nothing else."""
+    from airflow.sdk import AssetAlias
+
+    from kdflow.pipeline.airflow_tasks import ANNOUNCING_STEP, CHAMPION_ALIAS
+
+    export = dagbag.dags["kdflow_export"]
+    assert type(export.timetable).__name__ == "AssetTriggeredTimetable"
+    assert list(export.timetable.asset_condition.objects) == [AssetAlias(CHAMPION_ALIAS)]
+    assert [t.task_id for t in export.topological_sort()] == ["export_champion", "smoke_test"]
+    assert dagbag.dags[DAG_ID].get_task(ANNOUNCING_STEP).outlets == [AssetAlias(CHAMPION_ALIAS)]
+    others = [t.task_id for t in dagbag.dags[DAG_ID].tasks if t.outlets and t.task_id != ANNOUNCING_STEP]
+    assert others == []
 
 
 def test_parse_time_well_under_a_second(dagbag):

@@ -160,3 +160,63 @@ def test_export_without_a_champion_or_run_says_what_to_do(tmp_path):
     assert done.stderr.strip().splitlines()[-1] == (
         f"kdflow: SourceError: no champion of student 'embedded' in {(tmp_path / 'empty').resolve().as_uri()}: a run "
         "must promote one first (or export a run with --run-id)")
+
+
+def test_a_promotion_announces_the_champion_asset_and_a_refusal_announces_nothing():
+    """The results task's outcome -> the event Airflow records through the alias (Airflow's own
+    outlet-event accessors): one event for kdflow://champion/<student> with the run in its extra."""
+    from airflow.sdk import AssetAlias
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
+    from kdflow.pipeline.airflow_tasks import CHAMPION_ALIAS, announce_champion
+
+    summary = {"promoted": True, "student": "embedded", "cycles": [1, 2], "report_html": "file:///r/report.html"}
+    events = OutletEventAccessors()
+    assert announce_champion(events, {"summary": summary}, "scheduled__1") is True
+    [event] = events[AssetAlias(CHAMPION_ALIAS)].asset_alias_events
+    assert event.dest_asset_key.uri == "kdflow://champion/embedded"
+    assert event.extra == {"student": "embedded", "run_id": "scheduled__1", "cycle": 2,
+                           "report": "file:///r/report.html"}
+
+    refused = OutletEventAccessors()
+    assert announce_champion(refused, {"summary": {**summary, "promoted": False}}, "scheduled__2") is False
+    assert refused[AssetAlias(CHAMPION_ALIAS)].asset_alias_events == []
+
+
+@pytest.mark.slow
+def test_the_export_dag_exports_the_champion_and_its_gguf_passes_the_smoke_test(tmp_path, monkeypatch):
+    """kdflow_export under Airflow (dag.test): a store whose champion is a trained SmolLM2 adapter with
+    gold answers recorded by the pipeline's student -> the export published as the champion's, and
+    the Q8_0 GGUF's key-fact recall on those gold questions within the smoke test's tolerance."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from kdflow.gold import load_gold
+    from kdflow.pipeline.artifacts import champion_dir, champion_key
+    from kdflow.records import Answer
+    from kdflow.student.generate import answer_questions
+    from kdflow.student.models import resolve_student
+
+    base = resolve_student("embedded")
+    adapter = _trained_adapter(base, tmp_path / "adapter", lora_r=4, lora_alpha=8, learning_rate=1e-3)
+    ctx = _published_run(tmp_path / "store", "embedded", adapter)
+    items = load_gold(Path(__file__).parent / "data" / "gold-small.jsonl").items
+    ctx.publish(None, "gold.jsonl", ctx.stage_rows(None, "gold.jsonl", items))
+    answers = answer_questions(ctx.config.student, base, [i.question for i in items], adapter_dir=adapter, plan=CPU,
+                               max_new_tokens=[ctx.config.evaluation.gold_max_new_tokens] * len(items))
+    rows = [Answer(question_id=f"gold-{i.id}", question=i.question, answer=a.text, stage="finetuned", split="gold",
+                   model="embedded", new_tokens=a.new_tokens) for i, a in zip(items, answers, strict=True)]
+    ctx.publish(1, "finetuned_answers.jsonl", ctx.stage_rows(1, "finetuned_answers.jsonl", rows))
+    ctx.store.write_json(champion_key("embedded"), {
+        "run_id": RUN, "cycle": 1, "base_model": "embedded",
+        "adapter": ctx.store.copy_dir(ctx.checkpoint(1, "adapter"), f"{champion_dir('embedded')}/adapter").to_xcom()})
+
+    monkeypatch.setenv("KDFLOW__STORE__URL", str(tmp_path / "store"))
+    subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True, capture_output=True)
+    dag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags")).dags["kdflow_export"]
+    run = dag.test()
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states == {"export_champion": "success", "smoke_test": "success"}, states
+    record = ctx.store.read_json("models/embedded/champion.json")
+    assert (record["run_id"], record["cycle"], record["errors"]) == (RUN, 1, [])
+    smoke = run.get_task_instance("smoke_test").xcom_pull(task_ids="smoke_test")
+    assert smoke["questions"] == 6 and smoke["passed"] and abs(smoke["difference"]) <= smoke["tolerance"]

@@ -227,7 +227,7 @@ def save_pipeline_results(ctx: RunContext, cycle: None) -> dict[str, Any]:
     html_url = ctx.store.url_of(ctx.store.folder_key(report, files["html"].relative_to(tmp).as_posix()))
     ctx.record(None, "report", report)
     summary = {"report_html": html_url, "cycles": cycles, "promoted": results["promotion"]["promote"],
-               "all_cycles": all_cycles.url}
+               "all_cycles": all_cycles.url, "student": ctx.config.student.model}
     log.info("report: %s", html_url)
     return report.model_copy(update={"summary": summary}).to_xcom()
 

@@ -220,3 +220,31 @@ def test_the_export_dag_exports_the_champion_and_its_gguf_passes_the_smoke_test(
     assert (record["run_id"], record["cycle"], record["errors"]) == (RUN, 1, [])
     smoke = run.get_task_instance("smoke_test").xcom_pull(task_ids="smoke_test")
     assert smoke["questions"] == 6 and smoke["passed"] and abs(smoke["difference"]) <= smoke["tolerance"]
+
+
+def test_serve_answers_on_its_port_and_stops_its_server_when_terminated():
+    """``kdflow serve --gguf`` in the foreground: the printed base URL answers the OpenAI API; SIGTERM
+    (a supervisor, ``kill``) stops the llama.cpp server with it instead of orphaning it."""
+    import signal
+    import urllib.request
+
+    import psutil
+
+    from kdflow.integrity import packaged_smollm2_gguf
+
+    gguf = packaged_smollm2_gguf()
+    proc = subprocess.Popen([sys.executable, "-m", "kdflow", "serve", "--gguf", str(gguf), "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        started = json.loads(proc.stdout.readline())
+        assert started["model"] == gguf.stem and proc.stdout.readline().startswith("serving")
+        with urllib.request.urlopen(f"{started['base_url']}/models", timeout=10) as reply:
+            assert gguf.stem in reply.read().decode()
+        servers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "llama-server" in p.name()]
+        assert len(servers) == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        gone, alive = psutil.wait_procs(servers, timeout=20)
+        assert alive == [] and len(gone) == 1
+    finally:
+        proc.kill()

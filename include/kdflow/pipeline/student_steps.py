@@ -200,23 +200,57 @@ def prepare_training_dataset(ctx: RunContext, cycle: int) -> dict[str, Any]:
              coverage["passages"])
     summary = {"pairs": len(pairs), "dropped": len(dropped), "dropped_reasons": reasons, "dropped_items": dropped[:20],
                "decontaminated": decontaminated, "coverage": coverage}
+    summary["hf_dataset"] = publish_hf_dataset(ctx, cycle, pairs, cited, summary).to_xcom()
     pointer = ctx.store.write_jsonl(ctx.key(cycle, "dataset.jsonl"), pairs, summary=summary)
     ctx.record(cycle, "dataset.jsonl", pointer)
     return pointer.to_xcom()
 
 
+def _source_passages(pair: TrainingPair, cited: dict[str, list[str]]) -> list[str]:
+    """The KB passages a pair comes from: its question's, or the passage itself for a passage pair."""
+    if pair.question_id.startswith("passage:"):
+        return [pair.question_id.removeprefix("passage:")]
+    return cited.get(pair.question_id, [])
+
+
+def publish_hf_dataset(ctx: RunContext, cycle: int, pairs: list[TrainingPair], cited: dict[str, list[str]],
+                       summary: dict[str, Any]) -> Pointer:
+    """The cycle's pairs (with their source passages) and the run's evaluation sets as a Hugging Face
+    dataset folder (:mod:`kdflow.export.dataset`); the fine-tuning step trains on its ``train.parquet``."""
+    from kdflow.export.dataset import dataset_card, write_dataset_folder
+
+    train = [{**pair.model_dump(), "passage_ids": _source_passages(pair, cited)} for pair in pairs]
+    held_out = ctx.rows(ctx.checkpoint(None, "held_out.jsonl")) if ctx.has_checkpoint(None, "held_out.jsonl") else []
+    splits = {"train": train, "gold": [item.model_dump() for item in run_gold(ctx)], "held_out": held_out}
+    teacher = ctx.config.teacher
+    card = dataset_card(
+        kb_name=ctx.config.knowledge_base.name, topics=ctx.config.pipeline.topics, cycle=cycle, pairs=len(pairs),
+        teacher="SmolLM2-135M-Instruct (embedded)" if teacher.provider == "embedded" else teacher.model,
+        splits={name: len(rows) for name, rows in splits.items()}, gate=summary,
+        decontaminated=len(summary["decontaminated"]), coverage=summary["coverage"])
+    with tempfile.TemporaryDirectory(prefix="kdflow-dataset-") as tmp:
+        pointer = ctx.store.upload_dir(write_dataset_folder(Path(tmp), splits, card), ctx.key(cycle, "hf_dataset"),
+                                       summary={name: len(rows) for name, rows in splits.items()})
+    ctx.record(cycle, "hf_dataset", pointer)
+    ctx.store.retire_versions(pointer)
+    return pointer
+
+
 def finetune_student(ctx: RunContext, cycle: int) -> dict[str, Any]:
     """LoRA/QLoRA on the accumulated pairs, continuing from the adapter the cycle started from
     (one retry with a smaller batch or on the CPU after a CUDA out-of-memory error, recorded)."""
+    from kdflow.export.dataset import TRAIN_FILE, load_training_pairs
     from kdflow.student.device import plan_device
     from kdflow.student.models import resolve_student
     from kdflow.student.train import train_with_oom_fallback
 
-    rows = [TrainingPair.model_validate(r) for r in ctx.rows(ctx.pointer("prepare_training_dataset"))]
+    folder = ctx.pointer("prepare_training_dataset")["summary"]["hf_dataset"]
     plan = plan_device(ctx.config.student, "train")
     with tempfile.TemporaryDirectory(prefix="kdflow-train-") as tmp:
+        parquet = Path(tmp) / TRAIN_FILE
+        parquet.write_bytes(ctx.store.folder_file(folder, TRAIN_FILE))  # hash-checked against the folder marker
         result = train_with_oom_fallback(ctx.config.student, resolve_student(ctx.config.student.model),
-                                         [(r.prompt, r.completion) for r in rows], Path(tmp) / "out",
+                                         load_training_pairs(parquet), Path(tmp) / "out",
                                          init_adapter_dir=_adapter_dir(ctx, start_adapter(ctx, cycle), tmp), plan=plan,
                                          seed=ctx.config.seed + cycle)
         summary = {"steps": result.steps, "final_loss": result.final_loss, "initial_loss": result.initial_loss,

@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,20 +58,38 @@ class TrainResult(BaseModel):
     oom_fallback: dict[str, Any] | None = None  # what the one retry after a CUDA out-of-memory changed
 
 
-def encode_pairs(tokenizer: Any, pairs: list[tuple[str, str]], max_length: int,
+def pairs_dataset(pairs: Sequence[tuple[str, str]] | Any) -> Any:
+    """Training pairs as a ``datasets.Dataset`` with ``prompt`` and ``completion`` columns: a dataset
+    as given (the pipeline's published Parquet), (question, answer) tuples converted."""
+    import datasets
+
+    if isinstance(pairs, datasets.Dataset):
+        return pairs
+    pairs = list(pairs)
+    return datasets.Dataset.from_dict({"prompt": [q for q, _ in pairs], "completion": [a for _, a in pairs]})
+
+
+def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]] | Any, max_length: int,
                  system_prompt: str | None = None) -> list[dict[str, list[int]]]:
-    """Token ids and labels per pair, the prompt masked with -100 so only the answer is learned.
-    Too long examples lose the end of the answer; an example with no answer token left is dropped."""
+    """Token ids and labels per pair (``datasets`` ``.map``), the prompt masked with -100 so only the
+    answer is learned. Too long examples lose the end of the answer; an example with no answer token
+    left is dropped."""
+    data = pairs_dataset(pairs)
+
+    def encode(row: dict[str, str]) -> dict[str, list[int]]:
+        prompt_ids = tokenizer(build_prompt(tokenizer, row["prompt"], system_prompt),
+                               add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(completion_text(tokenizer, row["completion"]), add_special_tokens=False)["input_ids"]
+        return {"input_ids": (prompt_ids + answer_ids)[:max_length],
+                "labels": ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]}
+
+    encoded = data.map(encode, remove_columns=data.column_names, keep_in_memory=True, load_from_cache_file=False)
     examples = []
-    for question, answer in pairs:
-        prompt_ids = tokenizer(build_prompt(tokenizer, question, system_prompt), add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(completion_text(tokenizer, answer), add_special_tokens=False)["input_ids"]
-        ids = (prompt_ids + answer_ids)[:max_length]
-        labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]
-        if all(label == IGNORE_INDEX for label in labels):
-            log.warning("dropping a pair whose prompt fills student.max_length=%d: %.60s", max_length, question)
+    for row, example in zip(data, encoded, strict=True):
+        if all(label == IGNORE_INDEX for label in example["labels"]):
+            log.warning("dropping a pair whose prompt fills student.max_length=%d: %.60s", max_length, row["prompt"])
             continue
-        examples.append({"input_ids": ids, "labels": labels})
+        examples.append({"input_ids": example["input_ids"], "labels": example["labels"]})
     return examples
 
 

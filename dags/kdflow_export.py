@@ -12,7 +12,8 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import AssetAlias, dag, task
 
-from kdflow.pipeline.airflow_tasks import CHAMPION_ALIAS, export_announced_champion, smoke_test_export
+from kdflow.export.airflow_tasks import export_announced_champion, smoke_test_export
+from kdflow.pipeline.airflow_tasks import CHAMPION_ALIAS
 
 
 @dag(

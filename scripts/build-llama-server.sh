@@ -6,13 +6,10 @@
 set -euo pipefail
 DEST=$1
 PYTHON=${2:-python3}
-LLAMA_CPP_VERSION=${LLAMA_CPP_VERSION:-0.3.36}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-"$PYTHON" -m pip download -q --no-deps --no-binary :all: -d "$work" "llama-cpp-python==$LLAMA_CPP_VERSION"
-tar xzf "$work/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz" -C "$work"
+# shellcheck source=scripts/llama-cpp-source.sh
+source "$(dirname "$0")/llama-cpp-source.sh"
 # Non-native (the native build segfaults in llama_decode on some of our CPUs), static, server only.
-cmake -S "$work/llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
+cmake -S "$LLAMA_SRC" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
   -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
   -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF >"$work/cmake.log" 2>&1 \
   || { tail -30 "$work/cmake.log"; exit 1; }

@@ -6,15 +6,12 @@
 set -euo pipefail
 DEST=$1
 PYTHON=${2:-python3}
-LLAMA_CPP_VERSION=${LLAMA_CPP_VERSION:-0.3.36}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-"$PYTHON" -m pip download -q --no-deps --no-binary :all: -d "$work" "llama-cpp-python==$LLAMA_CPP_VERSION"
-src="llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp"
-tar xzf "$work/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz" -C "$work" \
-  "$src/convert_hf_to_gguf.py" "$src/conversion" "$src/gguf-py/gguf" "$src/LICENSE"
-mkdir -p "$(dirname "$DEST")"
+# shellcheck source=scripts/llama-cpp-source.sh
+source "$(dirname "$0")/llama-cpp-source.sh"
+mkdir -p "$(dirname "$DEST")" "$work/convert"
+cp -r "$LLAMA_SRC/convert_hf_to_gguf.py" "$LLAMA_SRC/conversion" "$LLAMA_SRC/LICENSE" "$work/convert/"
+mkdir -p "$work/convert/gguf-py" && cp -r "$LLAMA_SRC/gguf-py/gguf" "$work/convert/gguf-py/"
 rm -rf "$DEST.tmp.$$"
-mv "$work/$src" "$DEST.tmp.$$"
+mv "$work/convert" "$DEST.tmp.$$"
 rm -rf "$DEST"
 mv "$DEST.tmp.$$" "$DEST"

@@ -10,7 +10,7 @@ WHEELS=${KDFLOW_WHEEL_CACHE:-$HOME/.cache/kdflow/wheels}
 LLAMA_CPP_VERSION=0.3.36
 STAMP="$VENV/.kdflow-installed"
 REQ_HASH=$(cat requirements.txt requirements-dev.txt pyproject.toml scripts/setup.sh scripts/build-llama-server.sh \
-  scripts/fetch-llama-convert.sh | sha256sum | cut -c1-16)
+  scripts/fetch-llama-convert.sh scripts/llama-cpp-source.sh | sha256sum | cut -c1-16)
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$REQ_HASH" ]]; then
   echo "[setup] $VENV is up to date"

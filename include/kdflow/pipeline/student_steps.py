@@ -216,8 +216,8 @@ def _source_passages(pair: TrainingPair, cited: dict[str, list[str]]) -> list[st
 def publish_hf_dataset(ctx: RunContext, cycle: int, pairs: list[TrainingPair], cited: dict[str, list[str]],
                        summary: dict[str, Any]) -> Pointer:
     """The cycle's pairs (with their source passages) and the run's evaluation sets as a Hugging Face
-    dataset folder (:mod:`kdflow.export.dataset`); the fine-tuning step trains on its ``train.parquet``."""
-    from kdflow.export.dataset import dataset_card, write_dataset_folder
+    dataset folder (:mod:`kdflow.student.dataset`); the fine-tuning step trains on its ``train.parquet``."""
+    from kdflow.student.dataset import dataset_card, write_dataset_folder
 
     train = [{**pair.model_dump(), "passage_ids": _source_passages(pair, cited)} for pair in pairs]
     held_out = ctx.rows(ctx.checkpoint(None, "held_out.jsonl")) if ctx.has_checkpoint(None, "held_out.jsonl") else []
@@ -239,7 +239,7 @@ def publish_hf_dataset(ctx: RunContext, cycle: int, pairs: list[TrainingPair], c
 def finetune_student(ctx: RunContext, cycle: int) -> dict[str, Any]:
     """LoRA/QLoRA on the accumulated pairs, continuing from the adapter the cycle started from
     (one retry with a smaller batch or on the CPU after a CUDA out-of-memory error, recorded)."""
-    from kdflow.export.dataset import TRAIN_FILE, load_training_pairs
+    from kdflow.student.dataset import TRAIN_FILE, load_training_pairs
     from kdflow.student.device import plan_device
     from kdflow.student.models import resolve_student
     from kdflow.student.train import train_with_oom_fallback

@@ -248,3 +248,43 @@ def test_serve_answers_on_its_port_and_stops_its_server_when_terminated():
         assert alive == [] and len(gone) == 1
     finally:
         proc.kill()
+
+
+@pytest.mark.parametrize("architecture", ["PhiForCausalLM"])
+def test_a_phi_student_exports_to_a_gguf_llama_cpp_loads(architecture, tmp_path):
+    """A tiny random model of the production student's family (Phi-2; the Llama family is the embedded
+    SmolLM2, exported above) with SmolLM2's real tokenizer (llama.cpp's converter must recognise the
+    tokenizer), trained one epoch: the transformers export and both GGUF types are made and llama.cpp
+    answers from them. (Qwen2 with this borrowed tokenizer is refused by the converter's pre-tokenizer
+    check, which a real Qwen tokenizer passes; no Qwen tokenizer is available offline here.)"""
+    import shutil
+
+    import torch
+    import transformers
+
+    from kdflow.export.publish import export_model
+    from kdflow.export.source import run_source
+    from kdflow.student.models import resolve_student
+
+    smollm2 = resolve_student("embedded")
+    model_dir = tmp_path / f"tiny-{architecture}"
+    model_dir.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (smollm2 / name).is_file():
+            shutil.copy(smollm2 / name, model_dir / name)
+    config_class = getattr(transformers, architecture.replace("ForCausalLM", "Config"))
+    # intermediate 4 x hidden: llama.cpp's phi2 loader expects the FFN width phi-2 has (4 x 2560)
+    config = config_class(vocab_size=49152, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                          bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    torch.manual_seed(0)
+    getattr(transformers, architecture)(config).save_pretrained(model_dir)
+    adapter = _trained_adapter(model_dir, tmp_path / "adapter", epochs=1, lora_r=4, lora_alpha=8, learning_rate=1e-3)
+    ctx = _published_run(tmp_path / "store", str(model_dir), adapter)
+    record = export_model(ctx, run_source(ctx, RUN), out_root=tmp_path / "exports")
+    merge = record["checks"]["merge"]
+    assert record["errors"] == [] and merge["identical_answers"] == merge["prompts"] == 3
+    assert {"gguf_f16", "gguf_q8_0"} <= set(record["checks"])  # llama.cpp loaded each GGUF and answered
+    local = Path(record["local_dir"])
+    assert json.loads((local / "hf" / "config.json").read_text())["architectures"] == [architecture]
+    assert len(list((local / "gguf").glob("*.gguf"))) == 2

@@ -97,7 +97,7 @@ def export_model(ctx: RunContext, source: ExportSource, *, formats: Sequence[str
         progress(f"export {name}: merging the adapter of run {source.run.run_id} cycle {source.cycle} into {base_path}")
         model, tokenizer = merged_model(base_path, adapter)
         questions = source.check_questions()
-        reference = greedy_tokens(model, tokenizer, questions, CHECK_NEW_TOKENS)
+        reference = greedy_tokens(model, tokenizer, questions, CHECK_NEW_TOKENS) if check else []
         if check:
             checks["merge"] = check_merge(base_path, adapter, model, tokenizer, questions, CHECK_NEW_TOKENS)
         seconds["merge_and_check"] = round(time.perf_counter() - clock, 1)

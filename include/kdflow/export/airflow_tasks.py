@@ -54,7 +54,8 @@ def smoke_test_export(record: dict[str, Any]) -> dict[str, Any]:
     result = smoke_test(source, gguf, max_new_tokens=config.evaluation.gold_max_new_tokens)
     if not result["passed"]:
         raise AirflowFailException(
-            f"the export {record['name']} answers unlike the pipeline: key-fact recall "
-            f"{result['key_fact_recall_export']} vs {result['key_fact_recall_pipeline']} on {result['questions']} "
-            f"gold questions (tolerance {result['tolerance']})")
+            f"the export {record['name']} answers unlike the pipeline on {result['questions']} gold questions: "
+            f"key-fact recall {result['key_fact_recall_export']} vs {result['key_fact_recall_pipeline']} (tolerance "
+            f"{result['tolerance']}), wording agreement {result['prefix_agreement']} (at least "
+            f"{result['min_prefix_agreement']})")
     return result

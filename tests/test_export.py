@@ -220,6 +220,14 @@ def test_the_export_dag_exports_the_champion_and_its_gguf_passes_the_smoke_test(
     assert (record["run_id"], record["cycle"], record["errors"]) == (RUN, 1, [])
     smoke = run.get_task_instance("smoke_test").xcom_pull(task_ids="smoke_test")
     assert smoke["questions"] == 6 and smoke["passed"] and abs(smoke["difference"]) <= smoke["tolerance"]
+    assert smoke["prefix_agreement"] >= smoke["min_prefix_agreement"]
+
+    served = subprocess.run([sys.executable, "-m", "kdflow", "serve", "--champion", "--check"],
+                            capture_output=True, text=True, timeout=300)  # the store from KDFLOW__STORE__URL
+    assert served.returncode == 0, served.stderr[-2000:]
+    started, answered = (json.loads(line) for line in served.stdout.strip().splitlines()[-2:])
+    assert started["gguf"].endswith("-q8_0.gguf") and "exporting" not in served.stdout  # the DAG's export
+    assert answered["question"] == "What is the default restartPolicy of a Pod?" and answered["answer"]
 
 
 def test_serve_answers_on_its_port_and_stops_its_server_when_terminated():

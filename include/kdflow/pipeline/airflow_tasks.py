@@ -98,4 +98,3 @@ def mask_in_task_logs(config: KdflowConfig) -> frozenset[str]:
     for value in secrets:
         mask_secret(value)
     return secrets
-

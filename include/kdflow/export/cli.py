@@ -43,6 +43,10 @@ def register(subparsers: Any) -> None:
     serve.set_defaults(func=run_serve)
 
 
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
 def _context(config: Any) -> Any:
     from kdflow.pipeline.context import RunContext
     from kdflow.store import ArtifactStore
@@ -63,7 +67,7 @@ def run_export(args: argparse.Namespace, config: Any) -> int:
     record = export_model(ctx, _source(args, ctx), formats=[f.strip() for f in args.format.split(",") if f.strip()],
                           gguf_types=[t.strip() for t in args.gguf_types.split(",") if t.strip()],
                           dtype=args.dtype, check=not args.no_check, out_root=args.out,
-                          progress=lambda line: print(line, flush=True))
+                          progress=_print)
     print(json.dumps({k: record[k] for k in ("name", "url", "local_dir", "sizes_mb", "seconds", "checks", "errors")},
                      indent=2))
     return 1 if record["errors"] else 0
@@ -71,7 +75,7 @@ def run_export(args: argparse.Namespace, config: Any) -> int:
 
 def run_serve(args: argparse.Namespace, config: Any) -> int:
     from kdflow.export.publish import DEFAULT_EXPORT_DIR
-    from kdflow.export.serve import ask, champion_export, gguf_of, serving
+    from kdflow.export.serve import ask, champion_export, gguf_of, run_export_record, serving
 
     if args.gguf:
         gguf = args.gguf
@@ -79,16 +83,7 @@ def run_serve(args: argparse.Namespace, config: Any) -> int:
             raise FileNotFoundError(f"--gguf {gguf} is not a file")
     else:
         ctx = _context(config)
-        progress = lambda line: print(line, flush=True)  # noqa: E731
-        if args.run_id:
-            from kdflow.export.publish import export_model, record_key
-
-            source = _source(args, ctx)
-            key = record_key(source)
-            record = (ctx.store.read_json(key) if ctx.store.exists(key)
-                      else export_model(ctx, source, formats=("gguf",), progress=progress))
-        else:
-            record = champion_export(ctx, progress)
+        record = run_export_record(ctx, args.run_id, _print) if args.run_id else champion_export(ctx, _print)
         gguf = gguf_of(ctx, record, DEFAULT_EXPORT_DIR / "serve")
     with serving(gguf, port=args.port, threads=args.threads) as endpoint:
         print(json.dumps({"base_url": endpoint.base_url, "model": endpoint.model, "gguf": str(gguf)}), flush=True)

@@ -16,7 +16,6 @@ adapter again replaces its folder (a new version, the old one retired after the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from kdflow.export.card import model_card
 from kdflow.export.gguf import ExportError, convert_to_gguf, gguf_greedy_tokens
 from kdflow.export.merge import agreement, check_merge, greedy_tokens, merged_model, save_merged
 from kdflow.export.source import ExportSource
+from kdflow.integrity import file_sha256
 from kdflow.pipeline.context import RunContext
 
 log = logging.getLogger(__name__)
@@ -58,15 +58,13 @@ def champion_record_key(models_prefix: str) -> str:
     return f"{models_prefix}/champion.json"
 
 
+def _file_entry(file: Path) -> dict[str, Any]:
+    return {"sha256": file_sha256(file), "bytes": file.stat().st_size}
+
+
 def _manifest(folder: Path) -> dict[str, dict[str, Any]]:
-    files = {}
-    for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"):
-        digest = hashlib.sha256()
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        files[file.relative_to(folder).as_posix()] = {"sha256": digest.hexdigest(), "bytes": file.stat().st_size}
-    return files
+    return {file.relative_to(folder).as_posix(): _file_entry(file)
+            for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json")}
 
 
 def _retokenized(tokenizer: Any, ids: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -138,7 +136,8 @@ def export_model(ctx: RunContext, source: ExportSource, *, formats: Sequence[str
         (staging / "export.json").write_text(json.dumps(record, indent=2) + "\n")
         record["files"] = _manifest(staging)
         (staging / "README.md").write_text(model_card(source, record))
-        record["files"] = _manifest(staging)
+        record["files"]["README.md"] = _file_entry(staging / "README.md")  # the only file the card added
+        record["files"] = dict(sorted(record["files"].items()))
         (staging / "manifest.json").write_text(json.dumps(record["files"], indent=2) + "\n")
         _replace_dir(staging, target)
     except BaseException:

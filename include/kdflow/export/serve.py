@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from kdflow.export.gguf import ExportError
-from kdflow.export.publish import champion_record_key, export_model
-from kdflow.export.source import champion_source
+from kdflow.export.publish import champion_record_key, export_model, record_key
+from kdflow.export.source import champion_source, run_source
 from kdflow.llm.server import Endpoint, ServerPlan, embedded_servers
 from kdflow.pipeline.artifacts import stored_champion
 from kdflow.pipeline.context import RunContext
@@ -36,6 +36,15 @@ def champion_export(ctx: RunContext, progress: Callable[[str], None] = log.info)
         if (record.get("run_id"), record.get("cycle")) == (champion.get("run_id"), champion.get("cycle")):
             return record
     progress(f"the champion (run {source.run.run_id}, cycle {source.cycle}) has no export yet: exporting it")
+    return export_model(ctx, source, formats=("gguf",), progress=progress)
+
+
+def run_export_record(ctx: RunContext, run_id: str, progress: Callable[[str], None] = log.info) -> dict[str, Any]:
+    """The export record of run ``run_id``'s last adapter, exporting it (GGUF only) when it has none."""
+    source = run_source(ctx, run_id)
+    key = record_key(source)
+    if ctx.store.exists(key):
+        return ctx.store.read_json(key)
     return export_model(ctx, source, formats=("gguf",), progress=progress)
 
 

@@ -57,19 +57,26 @@ def test_unknown_section_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_teacher_server_section_measures_both_servers_side_by_side(tmp_path):
-    from kdflow.bench.teacher import teacher_servers
+def test_teacher_server_section_measures_every_layout_on_both_workloads_side_by_side(tmp_path):
+    from kdflow.bench.teacher import JUDGE_DRAWS, teacher_servers
 
-    result = teacher_servers(repeats=1, calls=4, slots=4, max_tokens=16)
-    assert set(result["by_server"]) == {"pool", "llama_server"}
-    assert result["by_server"]["pool"]["processes"] == 2 and result["by_server"]["llama_server"]["concurrency"] == 4
-    assert all(row["runs"][0]["tokens"] > 0 and row["median_s"] > 0 for row in result["by_server"].values())
-    by = result["by_server"]
-    assert result["speedup"] == round(by["pool"]["median_s"] / by["llama_server"]["median_s"], 2)
+    result = teacher_servers(repeats=1, calls=4, slots=4, max_tokens=16, judge_answers=2)
+    assert set(result["by_workload"]) == {"references", "judge"}
+    assert result["judge_calls_per_round"] == 2 * JUDGE_DRAWS
+    for block in result["by_workload"].values():
+        by = block["by_server"]
+        assert set(by) == {"pool", "llama_server", "llama_server_per_core"}
+        assert (by["pool"]["processes"], by["llama_server"]["processes"], by["llama_server_per_core"]["processes"]) \
+            == (2, 1, 2)
+        assert by["llama_server_per_core"]["threads"] == 1 and by["llama_server_per_core"]["concurrency"] == 4
+        assert all(row["runs"][0]["tokens"] > 0 and row["median_s"] > 0 for row in by.values())
+        assert block["per_core_over_single"] == round(by["llama_server"]["median_s"]
+                                                      / by["llama_server_per_core"]["median_s"], 2)
     (tmp_path / "results.json").write_text('{"teacher_pool": {"speedup": 1.0}}')
     json_path, md_path = bench.write_results({"machine": bench.machine(), "measured_at": "now", "commands": [],
                                               "teacher_server": result}, tmp_path)
-    assert "## Embedded teacher: llama-server with slots vs a pool" in md_path.read_text()
+    text = md_path.read_text()
+    assert "## Embedded teacher: server layouts at the same threads" in text and "| judge: server |" in text
     assert "teacher_pool" not in json_path.read_text()  # the section it replaced is dropped, not shown twice
 
 

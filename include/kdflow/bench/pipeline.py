@@ -315,16 +315,22 @@ def render_markdown(results: dict[str, Any]) -> str:
              f"{now['load_avg_before']} / {now['load_avg_after']}", None]])
         lines += [f"Speed-up in questions per minute: {rate['speedup']}x (goal: 4x).", ""]
     if server := results.get("teacher_server"):
-        lines += ["## Embedded teacher: llama-server with slots vs a pool of llama-cpp-python servers", "",
-                  f"{server['calls_per_round']} reference calls ({server['max_tokens']} tokens max, greedy) through "
-                  f"the real client with an empty cache, {server['threads']} threads in all on each side, median of "
-                  f"{server['repeats']} rounds, each round measuring both back to back (`teacher.embedded_server`).",
-                  ""]
-        lines += _table(["server", "processes", "concurrency", "seconds (median)", "tokens/s", "runs", "load avg"], [
-            [name, row["processes"], row["concurrency"], row["median_s"], [r["tokens_per_s"] for r in row["runs"]],
-             [r["seconds"] for r in row["runs"]], [r["load_avg"] for r in row["runs"]]]
-            for name, row in server["by_server"].items()])
-        lines += [f"llama-server speedup over the pool: {server['speedup']}x.", ""]
+        lines += ["## Embedded teacher: server layouts at the same threads", "",
+                  f"Through the real client with an empty cache, {server['threads']} threads in all on each side, "
+                  f"median of {server['repeats']} rounds, each round measuring every layout back to back: "
+                  f"{server['calls_per_round']} free-text reference calls ({server['max_tokens']} tokens max, greedy), "
+                  f"and {server['judge_calls_per_round']} RAGAS answer-relevancy judge calls with the judge's JSON "
+                  "schema (3 draws of each answer in sequence, temperature 0.7). `teacher.embedded_server`, "
+                  "`teacher.embedded_servers`.", ""]
+        for workload, block in server.get("by_workload", {}).items():
+            lines += _table([f"{workload}: server", "processes x threads", "concurrency", "seconds (median)",
+                             "tokens/s", "runs", "load avg"], [
+                [name, f"{row['processes']} x {row['threads']}", row["concurrency"], row["median_s"],
+                 [r["tokens_per_s"] for r in row["runs"]], [r["seconds"] for r in row["runs"]],
+                 [r["load_avg"] for r in row["runs"]]]
+                for name, row in block["by_server"].items()])
+            lines += [f"{workload}: one llama-server per core is {block['per_core_over_single']}x one llama-server of "
+                      f"{server['threads']} threads, {block['per_core_over_pool']}x the pool.", ""]
     if load := results.get("load"):
         lines += ["## Student model load", ""]
         lines += _table(["load", "seconds", "runs", "load avg"], [

@@ -66,4 +66,7 @@ def run_step(ctx: RunContext) -> dict[str, Any]:
         raise InjectedFailure(f"{qualified} failed on purpose ({FAIL_STEP_ENV} is set)")
     result = spec.func(ctx, cycle)
     log.info("step %s: done in %.1fs", spec.id, time.perf_counter() - started)
+    from kdflow.tracking import after_step
+
+    after_step(ctx, result)  # MLflow: what the step published (never raises)
     return result

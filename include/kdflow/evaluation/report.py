@@ -155,6 +155,7 @@ def compute_report(results: dict[str, Any] | RunResults, *,
         "promotion": parsed.promotion,
         "samples": _samples(parsed, samples_per_cycle),
         "failures": _failures(parsed),
+        "health": list(parsed.health),
     }
 
 

@@ -4,7 +4,7 @@ The store stays the record of a run; MLflow is where a team compares runs. So tr
 step: :func:`after_step` (called by :func:`kdflow.pipeline.run_step` once a step has succeeded) logs what
 the step published and, when the tracker is down or refuses, logs a warning and writes a failure record
 under the run's key in the store, which the report's health section lists. ``python -m kdflow track
---run-id ID`` (:func:`kdflow.tracking.hooks.backfill`) logs a finished run again from the store, also
+--run-id ID`` (:func:`kdflow.tracking.backfill.backfill`) logs a finished run again from the store, also
 a run made before tracking existed.
 
 This module imports nothing heavy: the DAG file reaches it through the pipeline package at parse

@@ -1,0 +1,201 @@
+"""Every run in MLflow (issue 19): a `make run`-sized run (2 cycles, embedded teacher, tiny student) tracks
+into the embedded SQLite store beside its store, read back through ``MlflowClient``: params, per-cycle
+metrics, the loss history, artifacts, the champion's registered version with alias ``champion``; tasks
+rerun leave one MLflow run and no repeated points; a tracker that is down costs a warning and a health
+line, never the run; ``python -m kdflow track`` backfills a run from the store alone."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fixtures_reliability import smallest_overrides
+from kdflow.pipeline.spec import DAG_ID
+from kdflow.tracking.client import CHAMPION_ALIAS, flatten
+from kdflow.tracking.hooks import champion_name
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = "manual__tracked"
+SECRET = "sk-tracking-SECRET-0123456789abcdef"
+
+
+def _client(store: Path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{store / 'mlflow' / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _runs(client, run_id: str, level: str):
+    experiment = client.get_experiment_by_name("kdflow")
+    return client.search_runs([experiment.experiment_id],
+                              f"tags.`kdflow.run_id` = '{run_id}' and tags.`kdflow.level` = '{level}'")
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory, tiny_phi_dir):
+    """The run, tracked with the defaults (tracking.mlflow_uri: embedded), promoted whatever it scores
+    (margin -1); a secret in the environment that also appears in the knowledge base's name."""
+    from kdflow.pipeline.runner import run_pipeline
+
+    store = tmp_path_factory.mktemp("tracked") / "store"
+    overrides = smallest_overrides(str(store), str(tiny_phi_dir), pipeline={"cycles": 2},
+                                   knowledge_base={"name": f"Kubernetes {SECRET}"},
+                                   promotion={"margin": -1.0, "topic_tolerance": 1.0},
+                                   tracking={"mlflow_uri": "embedded"})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OPENAI_API_KEY", SECRET)
+        outputs = run_pipeline(overrides, run_id=RUN)
+    assert outputs["save_pipeline_results"]["summary"]["promoted"] is True
+    return {"store": store, "overrides": overrides, "outputs": outputs, "client": _client(store)}
+
+
+def test_one_mlflow_run_per_pipeline_run_with_tags_and_the_effective_config(tracked):
+    from kdflow.store import ArtifactStore, run_key
+
+    client = tracked["client"]
+    (run,) = _runs(client, RUN, "run")
+    assert run.info.run_name == RUN and run.info.status == "FINISHED"
+    tags = run.data.tags
+    kb = ArtifactStore(str(tracked["store"])).read_json(run_key(RUN, "knowledge_base.json"))
+    assert tags["kdflow.dag_id"] == DAG_ID and tags["kdflow.kb_hash"] == kb["kb_hash"]
+    assert tags["kdflow.student"] == tracked["overrides"]["student"]["model"]
+    assert tags["kdflow.teacher"].startswith("embedded llama.cpp") and tags["kdflow.judge"] == tags["kdflow.teacher"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if head.returncode == 0:
+        assert tags["mlflow.source.git.commit"] == head.stdout.strip()
+    params = run.data.params
+    assert params["pipeline.cycles"] == "2" and params["student.epochs"] == "1"
+    assert params["evaluation.metrics"] == '["semantic_similarity", "rouge_l"]'
+    assert params["promotion.margin"] == "-1.0" and params["tracking.mlflow_uri"] == "embedded"
+    assert len(params) == len(flatten(ArtifactStore(str(tracked["store"])).read_json(run_key(RUN, "config.json"))))
+    everything = json.dumps([params, tags])
+    assert SECRET not in everything and "***" in params["knowledge_base.name"]
+
+
+def test_each_cycle_is_a_nested_run_with_its_numbers_and_loss_history(tracked):
+    from kdflow.store import ArtifactStore
+
+    client, store = tracked["client"], ArtifactStore(str(tracked["store"]))
+    (parent,) = _runs(client, RUN, "run")
+    cycles = sorted(_runs(client, RUN, "cycle"), key=lambda r: int(r.data.tags["kdflow.cycle"]))
+    assert [r.data.tags["kdflow.cycle"] for r in cycles] == ["1", "2"]
+    for n, run in enumerate(cycles, 1):
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.info.status == "FINISHED"
+        improvement = store.read_json(store.checkpoint_pointer(RUN, f"cycle_{n}.improvement"))
+        row = improvement["held_out.semantic_similarity"]
+        metrics = run.data.metrics
+        for field in ("baseline_mean", "finetuned_mean", "mean_delta", "ci_low", "ci_high"):
+            if row[field] is not None:
+                assert metrics[f"held_out.semantic_similarity.{field}"] == pytest.approx(row[field])
+        assert "gold.key_fact_recall.mean_delta" in metrics or "gold.key_fact_recall.finetuned_mean" in metrics
+        training = store.read_json(store.checkpoint_pointer(RUN, f"cycle_{n}.training"))
+        history = client.get_metric_history(run.info.run_id, "train.loss")
+        assert [(p.step, p.value) for p in history] == pytest.approx(list(enumerate(training["losses"], 1)))
+        assert len(history) >= 1 and metrics["train.steps"] == training["steps"]
+        assert metrics["dataset.pairs"] >= 1 and "gate.questions_kept" in metrics
+        artifacts = {f.path for f in client.list_artifacts(run.info.run_id)}
+        assert {"adapter", "dataset", "hf_dataset"} <= artifacts
+        adapter = {f.path for f in client.list_artifacts(run.info.run_id, "adapter")}
+        assert "adapter/adapter_model.safetensors" in adapter
+        assert run.data.tags["kdflow.store.adapter"].startswith(store.url)
+    # the run itself charts each cycle's numbers at step = cycle
+    across = client.get_metric_history(parent.info.run_id, "held_out.semantic_similarity.finetuned_mean")
+    assert sorted(p.step for p in across) == [1, 2]
+    assert parent.data.metrics["usage.teacher.calls"] > 0 and "promotion.promoted" in parent.data.metrics
+
+
+def test_the_report_and_results_are_artifacts_and_the_champion_is_registered(tracked):
+    client = tracked["client"]
+    (parent,) = _runs(client, RUN, "run")
+    top = {f.path for f in client.list_artifacts(parent.info.run_id)}
+    assert {"report", "results.json"} <= top
+    report = {f.path for f in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/report.html" in report
+    html = Path(client.download_artifacts(parent.info.run_id, "report/report.html")).read_text()
+    assert "Tracked in MLflow at sqlite:///" in html and parent.info.run_id in html  # the health section
+    assert parent.data.tags["kdflow.promotion"] == "promoted"
+    name = champion_name(tracked["overrides"]["student"]["model"])
+    version = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    assert version.run_id == parent.info.run_id and version.tags["kdflow.run_id"] == RUN
+    assert version.tags["kdflow.cycle"] == "2" and version.source.endswith("/adapter")
+    (last_cycle,) = [r for r in _runs(client, RUN, "cycle") if r.data.tags["kdflow.cycle"] == "2"]
+    assert version.source.startswith(last_cycle.info.artifact_uri)
+
+
+def test_rerun_tasks_log_into_the_same_runs_without_repeating_points(tracked):
+    from kdflow.pipeline import execute
+
+    client, outputs, overrides = tracked["client"], tracked["outputs"], tracked["overrides"]
+    (parent,) = _runs(client, RUN, "run")
+    before = {r.info.run_id: r.data.metrics for r in _runs(client, RUN, "cycle")}
+    loss = {rid: len(client.get_metric_history(rid, "train.loss")) for rid in before}
+    execute("start_pipeline", run_id=RUN, overrides=overrides)
+    execute("cycle_start", run_id=RUN, overrides=overrides, cycle=1)
+    execute("finetuning_complete", run_id=RUN, overrides=overrides, cycle=1,
+            inputs={"save_adapter": outputs["cycle_1.save_adapter"]})
+    execute("save_cycle_results", run_id=RUN, overrides=overrides, cycle=1,
+            inputs={k: outputs[f"cycle_1.{k}"] for k in ("compare_performance", "calculate_improvement_metrics")})
+    final = {k: outputs[k] for k in ("compare_all_cycles", "calculate_overall_improvement")}
+    execute("save_pipeline_results", run_id=RUN, overrides=overrides, inputs=final)
+    assert [r.info.run_id for r in _runs(client, RUN, "run")] == [parent.info.run_id]
+    after = _runs(client, RUN, "cycle")
+    assert {r.info.run_id for r in after} == set(before)
+    for run in after:
+        assert run.data.metrics == pytest.approx(before[run.info.run_id])
+        assert len(client.get_metric_history(run.info.run_id, "train.loss")) == loss[run.info.run_id]
+    across = client.get_metric_history(parent.info.run_id, "held_out.semantic_similarity.finetuned_mean")
+    assert sorted(p.step for p in across) == [1, 2]
+    versions = client.search_model_versions(f"name = '{champion_name(overrides['student']['model'])}'")
+    assert len(versions) == 1  # the rerun promoted the same run again: its one version
+
+
+def test_a_tracker_that_is_down_costs_a_warning_and_a_health_line_then_backfill_logs_the_run(
+        tracked, caplog):
+    """The tracker at a closed port: the run succeeds, each logging step warns, the report says so.
+    Then the store as a run made before tracking left it (no tracking records): the backfill logs it."""
+    from conftest import free_port
+    from kdflow.pipeline.runner import run_pipeline
+    from kdflow.store import ArtifactStore, run_key
+
+    down = f"http://127.0.0.1:{free_port()}"
+    overrides = {**tracked["overrides"], "pipeline": {**tracked["overrides"]["pipeline"], "cycles": 1},
+                 "tracking": {"mlflow_uri": down, "timeout_s": 2}}
+    run_id = "manual__untracked"
+    caplog.set_level(logging.WARNING, logger="kdflow.tracking")
+    outputs = run_pipeline(overrides, run_id=run_id)
+    assert outputs["pipeline_complete"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "kdflow.tracking"]
+    assert len(warnings) >= 8 and all(down in w and f"track --run-id {run_id}" in w for w in warnings)
+    store = ArtifactStore(str(tracked["store"]))
+    report = store.folder_file(store.checkpoint_pointer(run_id, "report"), "report.html").decode()
+    assert f"MLflow tracking at {down} failed" in report and f"python -m kdflow track --run-id {run_id}" in report
+    assert store.list_keys(run_key(run_id, "tracking", "failures"))
+    assert not _runs(tracked["client"], run_id, "run")
+
+    store.delete_prefix(run_key(run_id, "tracking"))  # as a run from before this change left the store
+    done = subprocess.run([sys.executable, "-m", "kdflow", "track", "--run-id", run_id, "--store",
+                           str(tracked["store"]), "--set", "tracking.mlflow_uri=embedded",
+                           "--set", f"student.model={overrides['student']['model']}"],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"run {run_id}: MLflow run" in done.stdout
+    client = tracked["client"]
+    (run,) = _runs(client, run_id, "run")
+    (cycle,) = _runs(client, run_id, "cycle")
+    training = store.read_json(store.checkpoint_pointer(run_id, "cycle_1.training"))
+    assert len(client.get_metric_history(cycle.info.run_id, "train.loss")) == len(training["losses"])
+    assert run.data.params["pipeline.cycles"] == "1" and run.info.status == "FINISHED"
+    assert "held_out.semantic_similarity.finetuned_mean" in cycle.data.metrics
+    assert {"report", "results.json"} <= {f.path for f in client.list_artifacts(run.info.run_id)}
+    # promoted over the first run's champion: its version now holds the alias
+    version = client.get_model_version_by_alias(champion_name(overrides["student"]["model"]), CHAMPION_ALIAS)
+    assert version.tags["kdflow.run_id"] == run_id and version.version == "2"
+    assert not store.list_keys(run_key(run_id, "tracking", "failures"))

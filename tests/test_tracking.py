@@ -199,3 +199,45 @@ def test_a_tracker_that_is_down_costs_a_warning_and_a_health_line_then_backfill_
     version = client.get_model_version_by_alias(champion_name(overrides["student"]["model"]), CHAMPION_ALIAS)
     assert version.tags["kdflow.run_id"] == run_id and version.version == "2"
     assert not store.list_keys(run_key(run_id, "tracking", "failures"))
+
+
+def test_a_steps_lineage_names_the_store_objects_it_read_and_published(tracked):
+    """Cycle 2 starts from cycle 1's adapter: that folder is its input, its start record its output."""
+    from kdflow.pipeline import run_step
+    from kdflow.pipeline.context import RunContext
+    from kdflow.pipeline.registry import ALL_STEPS
+    from kdflow.store import ArtifactStore
+    from kdflow.tracking.lineage import step_datasets
+
+    overrides = {**tracked["overrides"], "tracking": {"mlflow_uri": None}}
+    ctx = RunContext.create(RUN, overrides).for_step(ALL_STEPS["cycle_start"], 2)
+    run_step(ctx)
+    inputs, outputs = step_datasets(ctx)
+    store = ArtifactStore(str(tracked["store"]))
+    adapter = store.checkpoint_pointer(RUN, "cycle_1.adapter")
+    assert inputs == [store.folder_url(adapter)] and store.folder_url(adapter).startswith("file:///")
+    assert outputs == [store.checkpoint_pointer(RUN, "cycle_2.start").url]
+
+
+def test_openlineage_events_of_a_task_name_the_store_objects(tmp_path):
+    """A real task run (`airflow tasks test`) with the OpenLineage provider's file transport: its COMPLETE
+    event names the run record it published as an output dataset."""
+    import os
+
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    events = tmp_path / "events.jsonl"
+    store = tmp_path / "store"
+    env = {**os.environ, "KDFLOW__STORE__URL": str(store), "AIRFLOW__OPENLINEAGE__NAMESPACE": "kdflow",
+           "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps({"type": "file", "log_file_path": str(events),
+                                                          "append": True})}
+    subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, env=env, timeout=300)
+    done = subprocess.run([airflow, "tasks", "test", DAG_ID, "start_pipeline", "2026-11-20"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    emitted = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+    complete = [e for e in emitted if e["eventType"] == "COMPLETE" and e["job"]["name"].endswith(".start_pipeline")]
+    assert complete, [e["eventType"] for e in emitted]
+    outputs = [(d["namespace"], d["name"]) for d in complete[-1]["outputs"]]
+    (run_json,) = [name for namespace, name in outputs if namespace == "file" and name.endswith("/run.json")]
+    assert run_json.startswith(f"{store.resolve()}/runs/") and Path(run_json).is_file()
+    assert complete[-1]["job"]["namespace"] == "kdflow"

@@ -50,6 +50,8 @@ class Tracker:
     """An MLflow tracking store, the experiment of the configuration, and the runs of one pipeline run."""
 
     def __init__(self, uri: str, experiment: str, *, timeout_s: float, artifact_root: str | None = None):
+        # No usage telemetry to MLflow's vendor (kdflow promises no egress); set before mlflow is imported.
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         # No retries and a short timeout: a tracker that is down costs a task seconds, not minutes of backoff.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, math.ceil(timeout_s))))

@@ -160,13 +160,15 @@ def test_rerun_tasks_log_into_the_same_runs_without_repeating_points(tracked):
 def test_a_tracker_that_is_down_costs_a_warning_and_a_health_line_then_backfill_logs_the_run(
         tracked, caplog):
     """The tracker at a closed port: the run succeeds, each logging step warns, the report says so.
-    Then the store as a run made before tracking left it (no tracking records): the backfill logs it."""
+    Then the store as a run made before tracking left it (no tracking records): the backfill logs it,
+    and its refused promotion registers no model version."""
     from conftest import free_port
     from kdflow.pipeline.runner import run_pipeline
     from kdflow.store import ArtifactStore, run_key
 
     down = f"http://127.0.0.1:{free_port()}"
     overrides = {**tracked["overrides"], "pipeline": {**tracked["overrides"]["pipeline"], "cycles": 1},
+                 "promotion": {"margin": 1.0},  # refused: a delta's lower bound never exceeds 1
                  "tracking": {"mlflow_uri": down, "timeout_s": 2}}
     run_id = "manual__untracked"
     caplog.set_level(logging.WARNING, logger="kdflow.tracking")
@@ -195,9 +197,11 @@ def test_a_tracker_that_is_down_costs_a_warning_and_a_health_line_then_backfill_
     assert run.data.params["pipeline.cycles"] == "1" and run.info.status == "FINISHED"
     assert "held_out.semantic_similarity.finetuned_mean" in cycle.data.metrics
     assert {"report", "results.json"} <= {f.path for f in client.list_artifacts(run.info.run_id)}
-    # promoted over the first run's champion: its version now holds the alias
-    version = client.get_model_version_by_alias(champion_name(overrides["student"]["model"]), CHAMPION_ALIAS)
-    assert version.tags["kdflow.run_id"] == run_id and version.version == "2"
+    # a refused promotion registers nothing: the first run's version keeps the alias
+    assert run.data.tags["kdflow.promotion"] == "refused" and run.data.metrics["promotion.promoted"] == 0
+    name = champion_name(overrides["student"]["model"])
+    assert [v.tags["kdflow.run_id"] for v in client.search_model_versions(f"name = '{name}'")] == [RUN]
+    assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).tags["kdflow.run_id"] == RUN
     assert not store.list_keys(run_key(run_id, "tracking", "failures"))
 
 

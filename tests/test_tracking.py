@@ -1,8 +1,9 @@
 """Every run in MLflow (issue 19): a `make run`-sized run (2 cycles, embedded teacher, tiny student) tracks
 into the embedded SQLite store beside its store, read back through ``MlflowClient``: params, per-cycle
 metrics, the loss history, artifacts, the champion's registered version with alias ``champion``; tasks
-rerun leave one MLflow run and no repeated points; a tracker that is down costs a warning and a health
-line, never the run; ``python -m kdflow track`` backfills a run from the store alone."""
+rerun leave one MLflow run and no repeated points; tasks run with the tracker down succeed with a warning
+and a health line; ``python -m kdflow track`` backfills the run from the store alone into the same MLflow
+runs the live steps made; a refused promotion registers nothing; lineage names the store objects."""
 
 from __future__ import annotations
 
@@ -68,9 +69,11 @@ def test_one_mlflow_run_per_pipeline_run_with_tags_and_the_effective_config(trac
     assert tags["kdflow.dag_id"] == DAG_ID and tags["kdflow.kb_hash"] == kb["kb_hash"]
     assert tags["kdflow.student"] == tracked["overrides"]["student"]["model"]
     assert tags["kdflow.teacher"].startswith("embedded llama.cpp") and tags["kdflow.judge"] == tags["kdflow.teacher"]
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    if head.returncode == 0:
-        assert tags["mlflow.source.git.commit"] == head.stdout.strip()
+    commit = tags.get("mlflow.source.git.commit")
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True).returncode == 0:
+        # the checkout's commit when the run started (an ancestor of HEAD, or HEAD itself)
+        ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", str(commit), "HEAD"], cwd=REPO)
+        assert commit and ancestor.returncode == 0, commit
     params = run.data.params
     assert params["pipeline.cycles"] == "2" and params["student.epochs"] == "1"
     assert params["evaluation.metrics"] == '["semantic_similarity", "rouge_l"]'
@@ -157,52 +160,96 @@ def test_rerun_tasks_log_into_the_same_runs_without_repeating_points(tracked):
     assert len(versions) == 1  # the rerun promoted the same run again: its one version
 
 
-def test_a_tracker_that_is_down_costs_a_warning_and_a_health_line_then_backfill_logs_the_run(
-        tracked, caplog):
-    """The tracker at a closed port: the run succeeds, each logging step warns, the report says so.
-    Then the store as a run made before tracking left it (no tracking records): the backfill logs it,
-    and its refused promotion registers no model version."""
+def test_tasks_run_with_the_tracker_down_succeed_with_a_warning_and_a_health_line(tracked, caplog):
+    """The tracker at a closed port: the tasks rerun and succeed, each warns (with the backfill command),
+    leaves a failure record, and the rebuilt report's health section says which steps could not log."""
     from conftest import free_port
-    from kdflow.pipeline.runner import run_pipeline
+    from kdflow.pipeline import execute
     from kdflow.store import ArtifactStore, run_key
 
     down = f"http://127.0.0.1:{free_port()}"
-    overrides = {**tracked["overrides"], "pipeline": {**tracked["overrides"]["pipeline"], "cycles": 1},
-                 "promotion": {"margin": 1.0},  # refused: a delta's lower bound never exceeds 1
-                 "tracking": {"mlflow_uri": down, "timeout_s": 2}}
-    run_id = "manual__untracked"
+    overrides = {**tracked["overrides"], "tracking": {"mlflow_uri": down, "timeout_s": 2}}
+    outputs = tracked["outputs"]
     caplog.set_level(logging.WARNING, logger="kdflow.tracking")
-    outputs = run_pipeline(overrides, run_id=run_id)
-    assert outputs["pipeline_complete"]
+    execute("finetuning_complete", run_id=RUN, overrides=overrides, cycle=1,
+            inputs={"save_adapter": outputs["cycle_1.save_adapter"]})
+    final = {k: outputs[k] for k in ("compare_all_cycles", "calculate_overall_improvement")}
+    result = execute("save_pipeline_results", run_id=RUN, overrides=overrides, inputs=final)
     warnings = [r.getMessage() for r in caplog.records if r.name == "kdflow.tracking"]
-    assert len(warnings) >= 8 and all(down in w and f"track --run-id {run_id}" in w for w in warnings)
+    assert len(warnings) == 2 and all(down in w and f"python -m kdflow track --run-id {RUN}" in w for w in warnings)
     store = ArtifactStore(str(tracked["store"]))
-    report = store.folder_file(store.checkpoint_pointer(run_id, "report"), "report.html").decode()
-    assert f"MLflow tracking at {down} failed" in report and f"python -m kdflow track --run-id {run_id}" in report
-    assert store.list_keys(run_key(run_id, "tracking", "failures"))
-    assert not _runs(tracked["client"], run_id, "run")
+    failures = store.list_keys(run_key(RUN, "tracking", "failures"))
+    assert [k.rsplit("/", 1)[-1] for k in failures] == ["cycle_1.finetuning_complete.json"]  # the report came first
+    report = store.folder_file(result, "report.html").decode()
+    assert f"MLflow tracking at {down} failed in 1 step(s) (cycle_1.finetuning_complete)" in report
+    assert f"python -m kdflow track --run-id {RUN}" in report
+    # back up: the next try of the task logs, and its failure record goes
+    execute("finetuning_complete", run_id=RUN, overrides=tracked["overrides"], cycle=1,
+            inputs={"save_adapter": outputs["cycle_1.save_adapter"]})
+    assert store.list_keys(run_key(RUN, "tracking", "failures")) == []
 
-    store.delete_prefix(run_key(run_id, "tracking"))  # as a run from before this change left the store
-    done = subprocess.run([sys.executable, "-m", "kdflow", "track", "--run-id", run_id, "--store",
-                           str(tracked["store"]), "--set", "tracking.mlflow_uri=embedded",
-                           "--set", f"student.model={overrides['student']['model']}"],
-                          capture_output=True, text=True, cwd=REPO, timeout=600)
+
+def _snapshot(client, run_id: str) -> dict:
+    """Everything a run holds that a backfill must reproduce, per level and cycle (ids left out)."""
+    experiment = client.get_experiment_by_name("kdflow")
+    found = client.search_runs([experiment.experiment_id], f"tags.`kdflow.run_id` = '{run_id}'")
+    snapshot = {}
+    for run in found:
+        label = run.data.tags["kdflow.level"] + run.data.tags.get("kdflow.cycle", "")
+        tags = {k: v for k, v in run.data.tags.items() if k.startswith("kdflow.") or k == "mlflow.source.git.commit"}
+        snapshot[label] = {"name": run.info.run_name, "status": run.info.status, "params": run.data.params,
+                           "metrics": run.data.metrics, "tags": tags,
+                           "loss": [(p.step, p.value)
+                                    for p in client.get_metric_history(run.info.run_id, "train.loss")],
+                           "artifacts": sorted(f.path for f in client.list_artifacts(run.info.run_id))}
+    return snapshot
+
+
+def test_backfill_logs_a_run_from_the_store_alone_as_the_live_steps_did(tracked, tmp_path):
+    """The store as a run from before this change left it (no tracking records), logged into a fresh
+    MLflow store by `python -m kdflow track`: the same runs, params, metrics, curves, artifacts, champion."""
+    from kdflow.store import ArtifactStore, run_key
+
+    store = ArtifactStore(str(tracked["store"]))
+    store.delete_prefix(run_key(RUN, "tracking"))
+    fresh = f"sqlite:///{tmp_path / 'backfill' / 'mlflow.db'}"
+    (tmp_path / "backfill").mkdir()
+    done = subprocess.run([sys.executable, "-m", "kdflow", "track", "--run-id", RUN, "--store", str(tracked["store"]),
+                           "--set", f"tracking.mlflow_uri={fresh}",
+                           "--set", f"student.model={tracked['overrides']['student']['model']}"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"run {run_id}: MLflow run" in done.stdout
-    client = tracked["client"]
-    (run,) = _runs(client, run_id, "run")
-    (cycle,) = _runs(client, run_id, "cycle")
-    training = store.read_json(store.checkpoint_pointer(run_id, "cycle_1.training"))
-    assert len(client.get_metric_history(cycle.info.run_id, "train.loss")) == len(training["losses"])
-    assert run.data.params["pipeline.cycles"] == "1" and run.info.status == "FINISHED"
-    assert "held_out.semantic_similarity.finetuned_mean" in cycle.data.metrics
-    assert {"report", "results.json"} <= {f.path for f in client.list_artifacts(run.info.run_id)}
-    # a refused promotion registers nothing: the first run's version keeps the alias
-    assert run.data.tags["kdflow.promotion"] == "refused" and run.data.metrics["promotion.promoted"] == 0
-    name = champion_name(overrides["student"]["model"])
-    assert [v.tags["kdflow.run_id"] for v in client.search_model_versions(f"name = '{name}'")] == [RUN]
+    assert f"run {RUN}: MLflow run" in done.stdout and "left out" not in done.stdout
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=fresh, registry_uri=fresh)
+    live, backfilled = _snapshot(tracked["client"], RUN), _snapshot(client, RUN)
+    assert set(backfilled) == {"run", "cycle1", "cycle2"} == set(live)
+    for label, entry in live.items():
+        for part in ("name", "status", "params", "tags", "loss", "artifacts"):
+            assert backfilled[label][part] == entry[part], (label, part)
+        assert backfilled[label]["metrics"] == pytest.approx(entry[part := "metrics"]), (label, part)
+    assert not (tmp_path / "mlruns").exists()  # the artifacts went beside the database
+    name = champion_name(tracked["overrides"]["student"]["model"])
     assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).tags["kdflow.run_id"] == RUN
-    assert not store.list_keys(run_key(run_id, "tracking", "failures"))
+
+
+def test_a_refused_promotion_registers_nothing(tracked, tmp_path):
+    """The final step again, with a margin no delta clears, logging into an empty MLflow store."""
+    from mlflow import MlflowClient
+
+    from kdflow.pipeline import execute
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = {**tracked["overrides"], "promotion": {"margin": 1.0}, "tracking": {"mlflow_uri": uri}}
+    final = {k: tracked["outputs"][k] for k in ("compare_all_cycles", "calculate_overall_improvement")}
+    result = execute("save_pipeline_results", run_id=RUN, overrides=overrides, inputs=final)
+    assert result["summary"]["promoted"] is False
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    (run,) = _runs(client, RUN, "run")
+    assert run.data.tags["kdflow.promotion"] == "refused" and run.data.metrics["promotion.promoted"] == 0
+    assert client.search_registered_models() == []
+    execute("save_pipeline_results", run_id=RUN, overrides=tracked["overrides"], inputs=final)  # as it was
 
 
 def test_a_steps_lineage_names_the_store_objects_it_read_and_published(tracked):

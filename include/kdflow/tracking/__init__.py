@@ -56,6 +56,23 @@ def embedded_home(store: ArtifactStore) -> Any:
     return home
 
 
+def git_revision() -> str | None:
+    """The project's git commit when the code runs from a checkout (``KDFLOW_GIT_REVISION`` wins, for an
+    image built from one); None when unknown. start_pipeline records it with the run, for the tracker."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    if revision := os.environ.get("KDFLOW_GIT_REVISION"):
+        return revision
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
 def record_key(run_id: str, *parts: str) -> str:
     """Tracking records of a run in the store: ``runs/<run_id>/tracking/...``."""
     return run_key(run_id, "tracking", *parts)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -49,9 +48,14 @@ def hook(step_id: str) -> Callable[[Hook], Hook]:
 
 
 def open_tracker(ctx: RunContext, uri: str) -> Tracker:
+    """The tracker at ``uri``. A SQLite store keeps the artifacts of the experiment it creates beside its
+    database (``<folder>/artifacts``; MLflow's own default is ``./mlruns`` under whatever folder the task runs
+    in); a server decides for itself."""
     root = None
     if ctx.config.tracking.mlflow_uri == "embedded":
         root = (embedded_home(ctx.store) / "artifacts").as_uri()
+    elif uri.startswith("sqlite:///"):
+        root = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
     return Tracker(uri, ctx.config.tracking.experiment, timeout_s=ctx.config.tracking.timeout_s, artifact_root=root)
 
 
@@ -65,25 +69,12 @@ def _ms(iso: str | None) -> int | None:
     return int(dt.datetime.fromisoformat(iso).timestamp() * 1000) if iso else None
 
 
-def git_revision() -> str | None:
-    """The project's git commit when the code runs from a checkout (KDFLOW_GIT_REVISION wins)."""
-    import os
-
-    if revision := os.environ.get("KDFLOW_GIT_REVISION"):
-        return revision
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
-
-
 # -- setup ---------------------------------------------------------------------------------------
 @hook("start_pipeline")
 def _start(t: Tracker, ctx: RunContext, cycle: None, outputs: Mapping[str, Pointer]) -> None:
     started = ctx.store.read_json(outputs["run"]) if "run" in outputs else {}
-    tags = {"kdflow.dag_id": DAG_ID, "kdflow.store": ctx.store.url, "mlflow.source.git.commit": git_revision()}
+    tags = {"kdflow.dag_id": DAG_ID, "kdflow.store": ctx.store.url,
+            "mlflow.source.git.commit": started.get("git_revision")}  # the code that ran; unknown for older runs
     run = t.run(ctx.run_id, start_ms=_ms(started.get("started_at")))
     t.set_tags(run, {k: v for k, v in tags.items() if v})
     experiment = ctx.config.tracking.experiment

@@ -197,6 +197,20 @@ def usage_metrics(usage: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return {f"usage.{role}.{k}": v for role, totals in usage.items() for k, v in totals.items()}
 
 
+def gold_per_cycle(all_cycles: Mapping[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """The gold set per cycle, named like the cycle's other splits: ``gold.<metric>.baseline_mean`` (the
+    model the cycle started from, scored where the gold set was last answered), ``finetuned_mean``, the
+    paired ``mean_delta`` and its interval. Computed across cycles (compare_all_cycles), so logged here."""
+    fields = {"before_mean": "baseline_mean", "after_mean": "finetuned_mean", "mean_delta": "mean_delta",
+              "ci_low": "ci_low", "ci_high": "ci_high", "p_value": "p_value", "n": "paired"}
+    found = []
+    for entry in (all_cycles.get("gold") or {}).get("per_cycle", []):
+        found.append((int(entry["cycle"]), {f"gold.{metric}.{name}": row.get(key)
+                                            for metric, row in entry["metrics"].items()
+                                            for key, name in fields.items()}))
+    return found
+
+
 def champion_name(student: str) -> str:
     """The registered model of a student base model's champions: ``kdflow-<model as its champion folder>``."""
     from kdflow.pipeline.artifacts import champion_dir
@@ -212,6 +226,9 @@ def _results(t: Tracker, ctx: RunContext, cycle: None, outputs: Mapping[str, Poi
         gate = cycle_result.get("gate") or {}
         t.log_metrics(t.cycle_run(ctx.run_id, cycle_result["cycle"]), {f"gate.{k}": v for k, v in gate.items()})
         t.log_metrics(run, {f"gate.{k}": v for k, v in gate.items()}, step=cycle_result["cycle"])
+    for n, values in gold_per_cycle(ctx.store.read_json(outputs["all_cycles"]) if "all_cycles" in outputs else {}):
+        t.log_metrics(t.cycle_run(ctx.run_id, n), values)
+        t.log_metrics(run, values, step=n)
     t.log_metrics(run, usage_metrics(results.get("usage") or {}))
     if "overall" in outputs:
         overall = ctx.store.read_json(outputs["overall"])

@@ -98,7 +98,7 @@ def after_step(ctx: RunContext, result: dict[str, Any]) -> None:
     try:
         from kdflow.tracking.hooks import run_hook
 
-        run_hook(ctx, uri, access.spec.id, access.cycle, dict(access.outputs), dict(access.pointers))
+        run_hook(ctx, uri, access.spec.id, access.cycle, dict(access.outputs))
     except Exception as exc:  # noqa: BLE001 - the tracker must never fail the pipeline
         error = ctx.mask(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500])
         where = ctx.mask(uri)

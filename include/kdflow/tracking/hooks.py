@@ -1,5 +1,5 @@
-"""What each step logs to MLflow, read from the checkpoints it published (so a live step and a backfill
-log the same numbers), and the backfill that walks a finished run's steps.
+"""What each step logs to MLflow, read from the checkpoints it published (so a live step and a backfill,
+:mod:`kdflow.tracking.backfill`, log the same numbers).
 
 - start_pipeline (run): created, named after the run id, started at the run's start; dag id, git tags.
 - load_configuration (run): the effective config as params (secrets masked); teacher/judge/student tags.
@@ -59,8 +59,7 @@ def open_tracker(ctx: RunContext, uri: str) -> Tracker:
     return Tracker(uri, ctx.config.tracking.experiment, timeout_s=ctx.config.tracking.timeout_s, artifact_root=root)
 
 
-def run_hook(ctx: RunContext, uri: str, step_id: str, cycle: int | None, outputs: Mapping[str, Pointer],
-             pointers: Mapping[str, Any] | None = None) -> None:
+def run_hook(ctx: RunContext, uri: str, step_id: str, cycle: int | None, outputs: Mapping[str, Pointer]) -> None:
     """Log what step ``step_id`` of ``cycle`` published (``outputs``: checkpoint name -> pointer)."""
     STEP_HOOKS[step_id](open_tracker(ctx, uri), ctx, cycle, outputs)
 

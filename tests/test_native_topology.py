@@ -246,3 +246,18 @@ def test_a_middle_task_failing_mid_run_is_cleared_and_reruns_to_the_same_checkpo
     assert after_tis["cycle_1.finetune_student"]["state"] == "success"  # the adapter was trained again
     assert set(_manifest(topo, run_id)) == names_before  # nothing new, nothing lost
     assert _cycle_checkpoints(topo, run_id) == before
+
+
+def test_the_rerun_logged_into_the_same_mlflow_runs(finished_run):
+    """After the drill above reran half the run's tasks on the workers: still one MLflow run for the pipeline
+    run and one for its cycle, and no training-loss point logged twice."""
+    from mlflow import MlflowClient
+
+    topo, run, _ = finished_run
+    client = MlflowClient(tracking_uri=topo.mlflow_uri)
+    experiment = client.get_experiment_by_name("kdflow")
+    found = client.search_runs([experiment.experiment_id], f"tags.`kdflow.run_id` = '{run['dag_run_id']}'")
+    assert sorted(r.data.tags["kdflow.level"] for r in found) == ["cycle", "run"]
+    (cycle,) = [r for r in found if r.data.tags["kdflow.level"] == "cycle"]
+    steps = [p.step for p in client.get_metric_history(cycle.info.run_id, "train.loss")]
+    assert steps and len(steps) == len(set(steps)), steps

@@ -262,6 +262,9 @@ def register_champion(t: Tracker, ctx: RunContext, results: Mapping[str, Any]) -
     cycle_run = t.cycle_run(ctx.run_id, last)
     champion = ctx.store.read_json(champion_key(student)) if ctx.store.exists(champion_key(student)) else {}
     copied = any(f.path == "adapter" for f in t.client.list_artifacts(cycle_run.info.run_id))
+    # The version's run is the one holding its source (a tracking server refuses a run artifact as the
+    # source of a version of another run): the last cycle's run, or the run itself for a store URL.
+    source_run = cycle_run if copied else t.run(ctx.run_id)
     if copied:
         source = t.artifact_uri(cycle_run, "adapter")
     elif champion.get("run_id") == ctx.run_id:
@@ -271,7 +274,7 @@ def register_champion(t: Tracker, ctx: RunContext, results: Mapping[str, Any]) -
     promotion = results.get("promotion") or {}
     tags = {RUN_TAG: ctx.run_id, "kdflow.cycle": str(last), "kdflow.base_model": student,
             "kdflow.metric": str(promotion.get("metric")), "kdflow.delta": str(promotion.get("delta"))}
-    version = t.register_champion(champion_name(student), source, t.run(ctx.run_id), tags,
+    version = t.register_champion(champion_name(student), source, source_run, tags,
                                   make_champion=champion.get("run_id") == ctx.run_id)
     log.info("registered %s version %s (%s)", champion_name(student), version.version, source)
     return version

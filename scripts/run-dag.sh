@@ -15,6 +15,7 @@ export KDFLOW__STORE__URL=${KDFLOW__STORE__URL:-$ROOT/artifacts}
 export KDFLOW__EVALUATION__CEILING_PER_TOPIC=${KDFLOW__EVALUATION__CEILING_PER_TOPIC:-4}
 export RAGAS_DO_NOT_TRACK=true HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export AIRFLOW__USAGE_DATA_COLLECTION__ENABLED=False  # no usage data to Airflow's vendor (as docker-compose.yaml)
+export MLFLOW_DISABLE_TELEMETRY=true  # nor to MLflow's (the run is tracked in <store>/mlflow/mlflow.db)
 mkdir -p "$AIRFLOW_HOME"
 BIN=$ROOT/.venv/bin
 LOG=$AIRFLOW_HOME/last-dag-test.log
@@ -31,3 +32,6 @@ if ! grep -q "DagRun Finished: .*state=success" "$LOG"; then
   exit 1
 fi
 "$BIN/python" -m kdflow report --latest
+if [[ -f "$KDFLOW__STORE__URL/mlflow/mlflow.db" ]]; then
+  echo "[run] MLflow: $BIN/mlflow ui --backend-store-uri sqlite:///$KDFLOW__STORE__URL/mlflow/mlflow.db  (http://127.0.0.1:5000)"
+fi

@@ -70,11 +70,13 @@ class AirflowTopology:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     commands: dict[str, tuple[tuple[str, ...], dict[str, str]]] = field(default_factory=dict)
     store_prefix: str = "artifacts"
+    mlflow_uri: str = ""  # the `mlflow server` every task logs to (docker-compose's mlflow service)
 
     # -- processes ---------------------------------------------------------------------------
-    def start(self, name: str, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start(self, name: str, *args: str, extra_env: dict[str, str] | None = None,
+              program: str = "airflow") -> subprocess.Popen:
         log = open(self.home / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), *args],
+        proc = subprocess.Popen([str(Path(sys.executable).with_name(program)), *args],
                                 env={**self.env, **(extra_env or {})},
                                 stdout=log, stderr=subprocess.STDOUT, cwd=self.home, start_new_session=True)
         log.close()
@@ -110,7 +112,8 @@ class AirflowTopology:
         ``extra_env`` adds to that environment for this start only (the next restart drops it)."""
         assert self.processes[name].poll() is not None, f"{name} is still running"
         args, first_env = self.commands[name]
-        proc = self.start(name, *args, extra_env={**first_env, **(extra_env or {})})
+        program = "mlflow" if name == "mlflow" else "airflow"
+        proc = self.start(name, *args, extra_env={**first_env, **(extra_env or {})}, program=program)
         self.commands[name] = (args, first_env)
         return proc
 
@@ -273,7 +276,28 @@ def topology_env(*, home: Path, database: str, redis_db: int, port: int, s3_endp
         "OMP_NUM_THREADS": "1",
         **FAST_PIPELINE_ENV,
         "KDFLOW__AIRFLOW__SCHEDULE": "null",  # no nightly run on unpause: the test's runs are the only ones
+        "MLFLOW_DISABLE_TELEMETRY": "true",  # as docker-compose.yaml
     }
+
+
+def start_mlflow_server(topo: AirflowTopology, s3_endpoint: str) -> None:
+    """What docker-compose's mlflow service is: `mlflow server` with its runs in a Postgres database of its
+    own and its artifacts proxied to the bucket's ``mlflow/`` prefix; every task logs to it
+    (``KDFLOW__TRACKING__MLFLOW_URI``, set before the workers start)."""
+    from conftest import free_port
+
+    database = f"{topo.database}_mlflow"
+    _psql(f"CREATE DATABASE {database}")
+    port = free_port()
+    backend = f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{database}"
+    proc = topo.start("mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                      "--backend-store-uri", backend, "--serve-artifacts",
+                      "--artifacts-destination", f"s3://{topo.bucket}/mlflow", program="mlflow",
+                      extra_env={"MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
+    topo.mlflow_uri = f"http://127.0.0.1:{port}"
+    topo.env["KDFLOW__TRACKING__MLFLOW_URI"] = topo.mlflow_uri
+    _wait_http(f"{topo.mlflow_uri}/health", 180, proc)
 
 
 def _audit_sockets(topo: AirflowTopology) -> None:
@@ -320,6 +344,7 @@ def airflow_topology(s3_server, tiny_phi_dir):
         topo.airflow_cli("db", "migrate")
         pool = topo.airflow_config
         topo.airflow_cli("pools", "set", pool.gpu_pool, str(pool.gpu_pool_slots), "GPU slots: student steps")
+        start_mlflow_server(topo, s3_server)
         api = topo.start("api-server", "api-server", "-H", "127.0.0.1", "-p", str(port), "-w", "1")
         topo.start("scheduler", "scheduler", "--skip-serve-logs")
         topo.start("dag-processor", "dag-processor")
@@ -334,10 +359,11 @@ def airflow_topology(s3_server, tiny_phi_dir):
         yield topo
     finally:
         topo.stop()
-        try:
-            _psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-        except subprocess.CalledProcessError:
-            pass
+        for name in (database, f"{database}_mlflow"):
+            try:
+                _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            except subprocess.CalledProcessError:
+                pass
 
 
 def _wait_for_dag(topo: AirflowTopology, api, timeout: float = 180) -> None:

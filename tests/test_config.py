@@ -216,3 +216,23 @@ def test_profiles_and_student_config_built_in_code_agree_with_the_yaml():
     assert StudentConfig(model="microsoft/phi-2", epochs=1).learning_rate == 2.0e-4
     with pytest.raises(ValueError, match="no student.profiles pattern matches model 'embedded'"):
         StudentConfig(profiles={"phi-2": {"learning_rate": 1e-4, "epochs": 1}})
+
+
+def test_tracking_defaults_to_an_embedded_store_beside_a_local_store_and_null_switches_it_off(tmp_path):
+    from kdflow.store import ArtifactStore
+    from kdflow.tracking import resolve_uri
+
+    store = ArtifactStore(str(tmp_path / "store"))
+    cfg = load_config(environ={})
+    assert cfg.tracking.mlflow_uri == "embedded" and cfg.tracking.experiment == "kdflow"
+    assert resolve_uri(cfg, store) == f"sqlite:///{tmp_path / 'store' / 'mlflow' / 'mlflow.db'}"
+    assert resolve_uri(load_config(environ={"KDFLOW__TRACKING__MLFLOW_URI": "null"}), store) is None
+    server = load_config({"tracking": {"mlflow_uri": "http://mlflow:5000"}}, environ={})
+    assert resolve_uri(server, store) == "http://mlflow:5000"
+
+
+def test_a_password_in_the_tracking_uri_is_a_secret():
+    secret = "tracking-password-0123456789"
+    cfg = load_config({"tracking": {"mlflow_uri": f"postgresql://mlflow:{secret}@db/mlflow"}}, environ={})
+    assert secret in cfg.secret_values()
+    assert cfg.public_dict(environ={})["tracking"]["mlflow_uri"] == "postgresql://mlflow:***@db/mlflow"

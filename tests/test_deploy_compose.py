@@ -25,7 +25,8 @@ ENV_EXAMPLE = (REPO / ".env.example").read_text()
 AIRFLOW_CFG = load_config(environ={}).airflow
 AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
                     "airflow-worker", "airflow-worker-gpu", "airflow-init"]
-LONG_RUNNING = ["postgres", "redis", "minio", *[s for s in AIRFLOW_SERVICES if s != "airflow-init"], "local-teacher"]
+LONG_RUNNING = ["postgres", "redis", "minio", *[s for s in AIRFLOW_SERVICES if s != "airflow-init"], "local-teacher",
+                "mlflow"]
 VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?][^}]*)?\}")
 # The config's own override variables for airflow.gpu_pool / gpu_pool_slots, with their defaults.
 GPU_POOL_VARS = {"KDFLOW__AIRFLOW__GPU_POOL": AIRFLOW_CFG.gpu_pool,
@@ -48,7 +49,7 @@ def _queues(service: str) -> list[str]:
 
 
 def test_every_service_of_the_topology_is_there():
-    assert set(SERVICES) == {"postgres", "redis", "minio", "minio-init", *AIRFLOW_SERVICES, "local-teacher"}
+    assert set(SERVICES) == {"postgres", "redis", "minio", "minio-init", *AIRFLOW_SERVICES, "local-teacher", "mlflow"}
     for service in AIRFLOW_SERVICES:
         assert _env(service)["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", service
     assert _command("airflow-apiserver").startswith("api-server")
@@ -236,3 +237,19 @@ def test_everything_referenced_exists_in_the_repo():
     for script in re.findall(r"(scripts/[\w.-]+)", (REPO / "docker-compose.yaml").read_text() + DOCKERFILE):
         assert (REPO / script).exists(), script
     assert (REPO / "dags" / "knowledge_distillation.py").exists() and (REPO / "plugins" / "kdflow_reports.py").exists()
+
+
+def test_mlflow_keeps_runs_in_its_own_postgres_database_and_artifacts_in_minio():
+    """The tracker of every run: Postgres database ``mlflow`` (created by airflow-init), artifacts proxied to
+    the bucket's ``mlflow/`` prefix, bound like the other services, and the URI every Airflow service logs to."""
+    command = _command("mlflow")
+    assert "mlflow server" in command and "@postgres/mlflow" in command and "--serve-artifacts" in command
+    assert '--artifacts-destination "s3://$${KDFLOW_BUCKET:-kdflow}/mlflow"' in command
+    assert "--allowed-hosts" in command and "mlflow:5000" in command  # the Host header the workers send
+    assert 'CREATE DATABASE mlflow' in _command("airflow-init")
+    assert _env("mlflow")["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    (port,) = SERVICES["mlflow"]["ports"]
+    assert port.startswith("${KDFLOW_BIND_ADDRESS:-127.0.0.1}:")
+    for service in AIRFLOW_SERVICES:
+        assert _env(service)["KDFLOW__TRACKING__MLFLOW_URI"] == "${KDFLOW__TRACKING__MLFLOW_URI:-http://mlflow:5000}"
+        assert json.loads(_env(service)["AIRFLOW__OPENLINEAGE__TRANSPORT"])["type"] == "file"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 KDFLOW = REPO / "include" / "kdflow"
-GROUP_NAMES = ["run", "config", "report", "teacher", "student", "gold", "export", "serve"]
+GROUP_NAMES = ["run", "config", "report", "teacher", "student", "gold", "export", "serve", "track"]
 
 
 def _module_name(path: Path) -> str:

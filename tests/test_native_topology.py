@@ -135,6 +135,30 @@ def test_artifacts_are_in_the_bucket(finished_run):
         assert len(found) == 1, f"{name}: {found}; bucket has {sorted(keys)[:40]}"
 
 
+def test_the_workers_log_the_run_to_a_real_mlflow_server(finished_run):
+    """docker-compose's mlflow service, natively: the Celery workers' tasks log the run to `mlflow server`
+    (runs in Postgres, artifacts proxied to the bucket); read back through MlflowClient over HTTP."""
+    from mlflow import MlflowClient
+
+    topo, run, _ = finished_run
+    client = MlflowClient(tracking_uri=topo.mlflow_uri, registry_uri=topo.mlflow_uri)
+    experiment = client.get_experiment_by_name("kdflow")
+    query = f"tags.`kdflow.run_id` = '{run['dag_run_id']}'"
+    found = client.search_runs([experiment.experiment_id], query)
+    (parent,) = [r for r in found if r.data.tags["kdflow.level"] == "run"]
+    (cycle,) = [r for r in found if r.data.tags["kdflow.level"] == "cycle"]
+    assert parent.info.run_name == run["dag_run_id"] and parent.info.status == "FINISHED"
+    assert parent.data.tags["kdflow.dag_id"] == DAG_ID and parent.data.params["pipeline.cycles"] == "1"
+    assert cycle.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert client.get_metric_history(cycle.info.run_id, "train.loss")
+    assert "held_out.semantic_similarity.finetuned_mean" in cycle.data.metrics or any(
+        k.endswith(".finetuned_mean") for k in cycle.data.metrics)
+    assert {"adapter", "dataset"} <= {f.path for f in client.list_artifacts(cycle.info.run_id)}
+    assert any(k.endswith("/adapter/adapter_config.json") for k in topo.s3_keys("mlflow/"))  # proxied to the bucket
+    failures = topo.s3_keys(f"{topo.store_prefix}/{run_key(run['dag_run_id'], 'tracking', 'failures')}/")
+    assert failures == [], failures
+
+
 def test_airflow_processes_open_no_socket_off_loopback(finished_run):
     """No telemetry: every socket of every Airflow process (api-server, scheduler, dag-processor, the
     workers and their task processes) stays on loopback for a whole run, as the evaluation egress test
@@ -222,3 +246,18 @@ def test_a_middle_task_failing_mid_run_is_cleared_and_reruns_to_the_same_checkpo
     assert after_tis["cycle_1.finetune_student"]["state"] == "success"  # the adapter was trained again
     assert set(_manifest(topo, run_id)) == names_before  # nothing new, nothing lost
     assert _cycle_checkpoints(topo, run_id) == before
+
+
+def test_the_rerun_logged_into_the_same_mlflow_runs(finished_run):
+    """After the drill above reran half the run's tasks on the workers: still one MLflow run for the pipeline
+    run and one for its cycle, and no training-loss point logged twice."""
+    from mlflow import MlflowClient
+
+    topo, run, _ = finished_run
+    client = MlflowClient(tracking_uri=topo.mlflow_uri)
+    experiment = client.get_experiment_by_name("kdflow")
+    found = client.search_runs([experiment.experiment_id], f"tags.`kdflow.run_id` = '{run['dag_run_id']}'")
+    assert sorted(r.data.tags["kdflow.level"] for r in found) == ["cycle", "run"]
+    (cycle,) = [r for r in found if r.data.tags["kdflow.level"] == "cycle"]
+    steps = [p.step for p in client.get_metric_history(cycle.info.run_id, "train.loss")]
+    assert steps and len(steps) == len(set(steps)), steps

@@ -25,7 +25,8 @@ def test_the_readme_run_command_runs_the_dag_and_prints_the_report(tmp_path, tin
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "KDFLOW__STORE__URL": str(store),
            "KDFLOW_CONF": json.dumps(conf), "KDFLOW__STUDENT__MAX_NEW_TOKENS": "12", "KDFLOW__STUDENT__EPOCHS": "1",
            "KDFLOW__EVALUATION__METRICS": "[semantic_similarity, rouge_l]",
-           "KDFLOW__EVALUATION__TEACHER_CEILING": "false"}  # the DAG end-to-end test covers the ceiling
+           "KDFLOW__EVALUATION__TEACHER_CEILING": "false",  # the DAG end-to-end test covers the ceiling
+           "KDFLOW__TRACKING__MLFLOW_URI": "embedded"}  # make run's default (the test session switches it off)
     env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)  # the script's own SQLite, as on a fresh machine
     done = subprocess.run(["bash", "scripts/run-dag.sh"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=1500)
@@ -44,3 +45,13 @@ def test_the_readme_run_command_runs_the_dag_and_prints_the_report(tmp_path, tin
     verdict = re.search(r"^VERDICT: Gold set \((\d+) questions\), key_fact_recall: base model", out, re.MULTILINE)
     assert verdict and int(verdict.group(1)) == 24, out[-3000:]
     assert verdict.start() < out.index("split  metric")
+    # tracked with no server: MLflow's SQLite store beside the store, one finished run named after the DAG run
+    from mlflow import MlflowClient
+
+    from kdflow.store import safe_part
+
+    database = store / "mlflow" / "mlflow.db"
+    assert f"[run] MLflow: {ROOT / '.venv' / 'bin' / 'mlflow'} ui --backend-store-uri sqlite:///{database}" in out
+    client = MlflowClient(f"sqlite:///{database}")
+    (run,) = client.search_runs([client.get_experiment_by_name("kdflow").experiment_id], "tags.`kdflow.level` = 'run'")
+    assert safe_part(run.info.run_name) == report.parts[-4] and run.info.status == "FINISHED"

@@ -1,5 +1,5 @@
 """Command line: ``python -m kdflow <group> <command>``: run, config, report, teacher, student, gold,
-export, serve.
+export, serve, track.
 
 Everything the DAG does is reachable here without Airflow. It is the only command line of the
 library: each group module (``kdflow.teacher.cli``, ``kdflow.student.cli``, ``kdflow.gold_cli``) has
@@ -24,11 +24,12 @@ from kdflow.config import ConfigError, KdflowConfig, load_config
 from kdflow.export import cli as export_cli
 from kdflow.student import cli as student_cli
 from kdflow.teacher import cli as teacher_cli
+from kdflow.tracking import cli as tracking_cli
 
 Handler = Callable[[argparse.Namespace, KdflowConfig], int]
 # Every group of commands besides run/config/report, each registered by its module's register(subparsers).
 # Imported at the top: a group module that fails to import fails the command line, loudly.
-GROUPS: tuple[ModuleType, ...] = (teacher_cli, student_cli, gold_cli, export_cli)
+GROUPS: tuple[ModuleType, ...] = (teacher_cli, student_cli, gold_cli, export_cli, tracking_cli)
 
 
 def _configure_environment() -> None:

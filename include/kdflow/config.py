@@ -316,6 +316,18 @@ class AirflowConfig(_Section):
     default_queue: str = Field("default", min_length=1)
 
 
+class TrackingConfig(_Section):
+    # MLflow tracking URI: "embedded" = a SQLite tracking store (and its artifacts) beside a local store,
+    # so a run tracks with no server; any MLflow URI (http://mlflow:5000, sqlite:///..., postgresql://...);
+    # None = tracking off. Resolved by :func:`kdflow.tracking.resolve_uri`.
+    mlflow_uri: str | None = "embedded"
+    experiment: str = Field("kdflow", min_length=1)
+    # Seconds per tracker request, without retries: a tracker that is down costs a task this, then a warning.
+    timeout_s: float = Field(5.0, gt=0, le=300)
+    # Folders (adapter, dataset) larger than this are linked to the store instead of copied into MLflow.
+    artifact_max_mb: float = Field(50.0, ge=0)
+
+
 class KdflowConfig(_Section):
     seed: int = Field(42, ge=0)
     knowledge_base: KnowledgeBaseConfig = Field(default_factory=KnowledgeBaseConfig)
@@ -326,6 +338,7 @@ class KdflowConfig(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     airflow: AirflowConfig = Field(default_factory=AirflowConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _promotion_metric_is_measured(self) -> KdflowConfig:
@@ -374,9 +387,24 @@ class KdflowConfig(_Section):
                 found.add(str(node))
 
         collect(self.store.storage_options, False)
+        if password := uri_password(self.tracking.mlflow_uri):  # postgresql://user:PASSWORD@host/db
+            found.add(password)
         if api_key := environ.get(self.teacher.api_key_env):
             found.add(api_key)
         return frozenset(found)
+
+
+def uri_password(uri: str | None) -> str | None:
+    """The password of a URI's userinfo (``scheme://user:password@host``), or None."""
+    from urllib.parse import unquote, urlsplit
+
+    if not uri or "@" not in uri:
+        return None
+    try:
+        password = urlsplit(uri).password
+    except ValueError:
+        return None
+    return unquote(password) if password else None
 
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")

@@ -155,6 +155,7 @@ def compute_report(results: dict[str, Any] | RunResults, *,
         "promotion": parsed.promotion,
         "samples": _samples(parsed, samples_per_cycle),
         "failures": _failures(parsed),
+        "health": list(parsed.health),
     }
 
 
@@ -391,7 +392,8 @@ def render_tables(results: dict[str, Any] | RunResults) -> dict[str, str]:
         for r in report["across"]["table"]
     ]
     return {
-        "final_results": "\n\n".join(verdict_text(report)) + "\n\n" + text_table(*_metric_rows(report)) + decision,
+        "final_results": "\n\n".join(verdict_text(report)) + "\n\n" + text_table(*_metric_rows(report)) + decision
+                         + "".join(f"\nhealth: {line}" for line in report["health"]),
         "performance_comparison": ("held-out set: start -> last fine-tuned, paired\n"
                                    + text_table(*_overall_rows(report))),
         "improvement_statistics": "\n\n".join([

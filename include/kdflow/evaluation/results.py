@@ -101,6 +101,8 @@ class RunResults(_Model):
     statistics: dict[str, Any] = Field(default_factory=dict)
     # who played which part: [{"role", "model", "provider", "where"}]
     roles: list[dict[str, str]] = Field(default_factory=list)
+    # the run's health: one line each (experiment tracking: where, or which steps could not log)
+    health: list[str] = Field(default_factory=list)
 
 
 def parse_results(results: dict[str, Any] | RunResults) -> RunResults:

@@ -2,8 +2,11 @@
 
 Each step is ``step(ctx: RunContext, cycle: int | None) -> dict``: ``ctx`` is bound to the step and
 hands out exactly the inputs its registry entry declares (other steps' pointers, published
-checkpoints); it returns a small pointer/summary dict (what XCom carries). :func:`execute` is the
-one entry point of an Airflow task, :func:`run_step` the one the CLI runner calls for each step.
+checkpoints); it returns a small pointer/summary dict (what XCom carries). :func:`run_step` runs a
+step bound to its context: the CLI runner calls it for each step, an Airflow task through
+:func:`kdflow.pipeline.airflow_tasks.run_step_in_airflow` (which then reports the step's lineage), and
+:func:`execute` builds the context for library use and tests. After a step succeeds, :func:`run_step`
+hands it to :func:`kdflow.tracking.after_step` (MLflow; never fails the step).
 
 This package module imports none of its submodules at import time (they import it as their
 package): the registry is imported when a step runs.
@@ -66,4 +69,7 @@ def run_step(ctx: RunContext) -> dict[str, Any]:
         raise InjectedFailure(f"{qualified} failed on purpose ({FAIL_STEP_ENV} is set)")
     result = spec.func(ctx, cycle)
     log.info("step %s: done in %.1fs", spec.id, time.perf_counter() - started)
+    from kdflow.tracking import after_step
+
+    after_step(ctx, result)  # MLflow: what the step published (never raises)
     return result

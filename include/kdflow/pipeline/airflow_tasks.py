@@ -68,16 +68,20 @@ def run_step_in_airflow(step_id: str, cycle: int | None, inputs: dict[str, Any])
     from kdflow.config import ConfigError, load_config
     from kdflow.integrity import IntegrityError
     from kdflow.kb import KnowledgeBaseError
-    from kdflow.pipeline import execute
+    from kdflow.pipeline import run_step
+    from kdflow.pipeline.context import RunContext
     from kdflow.pipeline.params import params_to_overrides
+    from kdflow.pipeline.registry import ALL_STEPS
 
     context = get_current_context()
     overrides = params_to_overrides(context["params"])
     try:
         config = load_config(overrides)
         mask_in_task_logs(config)
-        result = execute(step_id, run_id=context["run_id"], overrides=overrides, cycle=cycle, inputs=inputs,
-                         config=config)
+        ctx = RunContext.create(context["run_id"], overrides, config=config).for_step(ALL_STEPS[step_id], cycle,
+                                                                                     inputs)
+        result = run_step(ctx)
+        report_lineage(ctx)
     except (ConfigError, KnowledgeBaseError, IntegrityError) as exc:
         raise AirflowFailException(str(exc)) from None  # bad input: retrying cannot help
     if "skipped" in result:
@@ -98,3 +102,26 @@ def mask_in_task_logs(config: KdflowConfig) -> frozenset[str]:
     for value in secrets:
         mask_secret(value)
     return secrets
+
+
+def report_lineage(ctx: Any) -> int:
+    """Hand the store objects the step read and published (:func:`kdflow.tracking.lineage.step_datasets`) to
+    Airflow's hook lineage collector: the OpenLineage provider, when a transport is configured, reports them
+    as the task's input and output datasets (without one the collector is a no-op). Never fails the task."""
+    import logging
+
+    try:
+        from airflow.sdk.lineage import get_hook_lineage_collector
+
+        from kdflow.tracking.lineage import step_datasets
+
+        inputs, outputs = step_datasets(ctx)
+        collector = get_hook_lineage_collector()
+        for uri in inputs:
+            collector.add_input_asset(ctx.store.root, uri=uri)
+        for uri in outputs:
+            collector.add_output_asset(ctx.store.root, uri=uri)
+        return len(inputs) + len(outputs)
+    except Exception:  # noqa: BLE001 - lineage is advisory
+        logging.getLogger(__name__).warning("could not report the lineage of this task", exc_info=True)
+        return 0

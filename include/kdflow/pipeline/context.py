@@ -53,6 +53,7 @@ class StepAccess:
     pointers: dict[str, Any]
     reads: list[tuple[int | None, str]] = field(default_factory=list)
     published: list[tuple[int | None, str]] = field(default_factory=list)
+    outputs: dict[str, Pointer] = field(default_factory=dict)  # checkpoint name -> the pointer published
 
     def read(self, cycle: int | None, name: str) -> None:
         if not self.spec.declares_read(self.cycle, cycle, name):
@@ -66,9 +67,11 @@ class StepAccess:
             raise UndeclaredInputError(f"step {self.spec.id} published {name}, "
                                        "which its registry entry does not declare")
 
-    def publish(self, cycle: int | None, name: str) -> None:
+    def publish(self, cycle: int | None, name: str, pointer: Pointer | None = None) -> None:
         self.check_publish(name)
         self.published.append((cycle, name))
+        if pointer is not None:
+            self.outputs[name] = pointer
 
 
 @dataclass
@@ -175,7 +178,7 @@ class RunContext:
     def record(self, cycle: int | None, name: str, pointer: Pointer) -> None:
         """Record ``pointer`` in the run manifest as checkpoint ``name`` (written under its final key)."""
         if self.access is not None:
-            self.access.publish(cycle, _stem(name))
+            self.access.publish(cycle, _stem(name), pointer)
         self.store.record_checkpoint(self.run_id, self.checkpoint_name(cycle, name), pointer)
 
     @staticmethod

@@ -199,6 +199,16 @@ def model_family(name: str) -> str:
     return re.sub(r"([-_.](instruct|chat|it|q\d\w*|f16|bf16|fp16|gguf))+$", "", stem)
 
 
+def tracking_health(ctx: RunContext) -> list[str]:
+    """The report's health lines about experiment tracking; reading them must not fail the report."""
+    from kdflow.tracking import health_lines
+
+    try:
+        return health_lines(ctx)
+    except Exception as exc:  # noqa: BLE001 - the store records are advisory
+        return [f"MLflow tracking status unknown ({type(exc).__name__})."]
+
+
 def save_pipeline_results(ctx: RunContext, cycle: None) -> dict[str, Any]:
     from kdflow.evaluation.report import build_report
 
@@ -218,6 +228,7 @@ def save_pipeline_results(ctx: RunContext, cycle: None) -> dict[str, Any]:
         "start_model": start_model(ctx),
         "statistics": statistics_of(ctx),
         "roles": _roles(ctx),
+        "health": tracking_health(ctx),
     }
     results = ctx.mask(results)  # the report is rendered from these: a base URL's credentials never reach it
     ctx.publish_json(None, "results.json", results)

@@ -15,11 +15,14 @@ log = logging.getLogger(__name__)
 
 
 def start_pipeline(ctx: RunContext, cycle: None) -> dict[str, Any]:
+    from kdflow.tracking import git_revision
+
     record = {
         "run_id": ctx.run_id,
         "started_at": dt.datetime.now(dt.UTC).isoformat(),
         "overrides": ctx.overrides,
         "store": ctx.store.url,
+        "git_revision": git_revision(),  # the code that ran (the tracker's mlflow.source.git.commit)
     }
     return ctx.publish_json(None, "run.json", record, summary={"store": ctx.store.url}).to_xcom()
 

@@ -58,11 +58,12 @@ def test_unknown_section_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_teacher_server_section_measures_every_layout_on_both_workloads_side_by_side(tmp_path):
-    from kdflow.bench.teacher import JUDGE_DRAWS, teacher_servers
+    from kdflow.bench.teacher import teacher_servers
+    from kdflow.config import load_config
 
     result = teacher_servers(repeats=1, calls=4, slots=4, max_tokens=16, judge_answers=2)
     assert set(result["by_workload"]) == {"references", "judge"}
-    assert result["judge_calls_per_round"] == 2 * JUDGE_DRAWS
+    assert result["judge_calls_per_round"] == 2 * load_config(environ={}).evaluation.relevancy_strictness
     for block in result["by_workload"].values():
         by = block["by_server"]
         assert set(by) == {"pool", "llama_server", "llama_server_per_core"}

@@ -21,10 +21,14 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdflow.bench.runner import load_average
+
+if TYPE_CHECKING:
+    from kdflow.config import EvaluationConfig
 
 POOL_QUESTIONS = [
     "What does a Service of type ClusterIP do?", "What does a NodePort Service expose?",
@@ -36,66 +40,60 @@ POOL_QUESTIONS = [
     "What does externalTrafficPolicy control?", "What is a Service without a selector?",
     "What is a ClusterIP of None?", "How does kube-proxy route Service traffic?",
 ]
-JUDGE_DRAWS = 3  # evaluation.relevancy_strictness: the same prompt, one call per draw, draws in sequence
-
-
-def _timed_round(client: Any, model: str, prompts: list[Any], concurrency: int, max_tokens: int) -> dict[str, float]:
-    def call(messages: Any) -> int:
-        reply = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0.0)
-        return reply.usage.completion_tokens
-
+def _timed_round(call: Callable[[Any], int], items: list[Any], concurrency: int) -> dict[str, float]:
+    """Run ``call`` (returns completion tokens) over ``items``, ``concurrency`` at once, timed."""
     load, started = load_average(), time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        tokens = sum(pool.map(call, prompts))
+        tokens = sum(pool.map(call, items))
     seconds = time.perf_counter() - started
     return {"seconds": round(seconds, 2), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
             "load_avg": load}
 
 
-def _judge_calls(kb: Any, answers: int) -> list[tuple[str, int]]:
-    """(answer-relevancy prompt, draw) pairs as the judge sends them: ``JUDGE_DRAWS`` draws of each
-    answer in sequence; the "answers" are the first sentences of knowledge-base passages."""
+def _reference_call(client: Any, model: str, max_tokens: int) -> Callable[[Any], int]:
+    def call(messages: Any) -> int:
+        reply = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0.0)
+        return reply.usage.completion_tokens
+
+    return call
+
+
+def _judge_prompts(kb: Any, answers: int) -> list[str]:
+    """RAGAS answer-relevancy prompts as the judge sends them; the "answers" are the first sentences
+    of knowledge-base passages."""
     from ragas.metrics.collections.answer_relevancy.util import AnswerRelevanceInput, AnswerRelevancePrompt
 
     from kdflow.evaluation.judge import ragas_environment
 
     ragas_environment()
     prompt = AnswerRelevancePrompt()
-    texts = [" ".join(p.text.split(". ")[:2]) for p in kb.passages[:answers]]
-    return [(prompt.to_string(AnswerRelevanceInput(response=text)), draw)
-            for text in texts for draw in range(JUDGE_DRAWS)]
+    return [prompt.to_string(AnswerRelevanceInput(response=" ".join(p.text.split(". ")[:2])))
+            for p in kb.passages[:answers]]
 
 
-def _judge_round(client: Any, model: str, calls: list[tuple[str, int]], concurrency: int) -> dict[str, float]:
-    """Each answer's draws one after another (ragas awaits them in a loop), ``concurrency`` answers at once."""
+def _judge_call(client: Any, model: str, cfg: EvaluationConfig) -> Callable[[str], int]:
+    """One answer's score: ``relevancy_strictness`` draws of the same prompt one after another (ragas
+    awaits them in a loop), seeded per draw, with the judge's sampling settings and JSON schema."""
     from ragas.metrics.collections.answer_relevancy.util import AnswerRelevanceOutput
 
     schema = {"type": "json_object", "schema": AnswerRelevanceOutput.model_json_schema()}
-    by_answer: dict[str, list[int]] = {}
-    for prompt, draw in calls:
-        by_answer.setdefault(prompt, []).append(draw)
 
-    def score(item: tuple[str, list[int]]) -> int:
-        prompt, draws = item
+    def call(prompt: str) -> int:
         tokens = 0
-        for draw in draws:
-            reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
-                                                   max_tokens=256, temperature=0.7, top_p=1.0, seed=draw,
-                                                   response_format=schema)
+        for draw in range(cfg.relevancy_strictness):
+            reply = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": prompt}], max_tokens=cfg.judge_max_tokens,
+                temperature=cfg.judge_temperature, top_p=1.0, seed=draw, response_format=schema)
             tokens += reply.usage.completion_tokens
         return tokens
 
-    load, started = load_average(), time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        tokens = sum(pool.map(score, by_answer.items()))
-    seconds = time.perf_counter() - started
-    return {"seconds": round(seconds, 2), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
-            "load_avg": load}
+    return call
 
 
 def teacher_servers(repeats: int = 3, calls: int = 16, threads: int = 2, slots: int = 8,
                     max_tokens: int = 48, judge_answers: int = 16) -> dict[str, Any]:
-    """Seconds for ``calls`` reference calls and for ``judge_answers`` x 3 judge calls on each layout
+    """Seconds for ``calls`` reference calls and for ``judge_answers`` x ``evaluation.relevancy_strictness``
+    judge calls on each layout
     of ``threads`` threads in all: a pool of one-thread llama-cpp-python servers (concurrency
     ``threads``), one llama-server of ``threads`` threads and ``slots`` slots, and ``threads``
     llama-servers of one thread sharing the ``slots`` (concurrency ``slots`` for both)."""
@@ -108,9 +106,10 @@ def teacher_servers(repeats: int = 3, calls: int = 16, threads: int = 2, slots: 
     from kdflow.store import ArtifactStore
     from kdflow.teacher.references import reference_messages
 
-    kb = load_from_config(load_config(environ={}))
+    config = load_config(environ={})
+    kb = load_from_config(config)
     passages = [p for p in kb.passages if p.topic == "services"][:3]
-    judge_calls = _judge_calls(kb, judge_answers)
+    judge_prompts = _judge_prompts(kb, judge_answers)
     gguf = packaged_gguf()
     setups = {
         "pool": (ServerPlan(gguf, "llama_cpp_python", processes=threads, threads=1), threads),
@@ -130,11 +129,13 @@ def teacher_servers(repeats: int = 3, calls: int = 16, threads: int = 2, slots: 
                     client = make_client(endpoint, ArtifactStore(cache), UsageLedger(), task="bench")
                     prompts = [reference_messages(kb.name, f"{q} (round {round_})", passages)
                                for q in POOL_QUESTIONS[:calls]]
-                    runs["references"][name].append(_timed_round(client, endpoint.model, prompts, concurrency,
-                                                                 max_tokens))
-                    seeded = [(f"{prompt}\n(round {round_})", draw) for prompt, draw in judge_calls]
-                    runs["judge"][name].append(_judge_round(client, endpoint.model, seeded, concurrency))
-    result: dict[str, Any] = {"calls_per_round": calls, "judge_calls_per_round": len(judge_calls), "threads": threads,
+                    runs["references"][name].append(
+                        _timed_round(_reference_call(client, endpoint.model, max_tokens), prompts, concurrency))
+                    runs["judge"][name].append(
+                        _timed_round(_judge_call(client, endpoint.model, config.evaluation),
+                                     [f"{prompt}\n(round {round_})" for prompt in judge_prompts], concurrency))
+    judge_calls = len(judge_prompts) * config.evaluation.relevancy_strictness
+    result: dict[str, Any] = {"calls_per_round": calls, "judge_calls_per_round": judge_calls, "threads": threads,
                               "slots": slots, "max_tokens": max_tokens, "repeats": repeats, "by_workload": {}}
     for workload, by_server in runs.items():
         medians = {name: statistics.median(r["seconds"] for r in rows) for name, rows in by_server.items()}

@@ -183,10 +183,11 @@ class AirflowTopology:
         return httpx.Client(base_url=f"{self.base_url}/api/v2",
                             headers={"Authorization": f"Bearer {token}"}, timeout=60)
 
-    def wait_for_run(self, api, run_id: str, timeout: float, states=("success", "failed")) -> dict:
+    def wait_for_run(self, api, run_id: str, timeout: float, states=("success", "failed"),
+                     dag_id: str = DAG_ID) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            run = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}").raise_for_status().json()
+            run = api.get(f"/dags/{dag_id}/dagRuns/{run_id}").raise_for_status().json()
             if run["state"] in states:
                 return run
             self.assert_alive()
@@ -194,8 +195,8 @@ class AirflowTopology:
         raise TimeoutError(f"run {run_id} not in {states} after {timeout}s; scheduler "
                            f"log:\n{self.log_tail('scheduler')}")
 
-    def task_instances(self, api, run_id: str) -> list[dict]:
-        return api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances",
+    def task_instances(self, api, run_id: str, dag_id: str = DAG_ID) -> list[dict]:
+        return api.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
                        params={"limit": 1000}).raise_for_status().json()[
             "task_instances"]
 

@@ -34,6 +34,12 @@ def _export_runs(api) -> list[dict]:
     return api.get(f"/dags/{EXPORT_DAG}/dagRuns", params={"limit": 100}).raise_for_status().json()["dag_runs"]
 
 
+def _asset_events(api, run_id: str) -> list[dict]:
+    """The asset events the pipeline run ``run_id`` emitted (the results task's champion event, if any)."""
+    return api.get("/assets/events", params={"source_dag_id": DAG_ID, "source_run_id": run_id}
+                   ).raise_for_status().json()["asset_events"]
+
+
 def _pipeline_run(topo, api) -> dict:
     run = api.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": CONF}).raise_for_status().json()
     run = topo.wait_for_run(api, run["dag_run_id"], timeout=900)
@@ -77,8 +83,7 @@ def test_a_refused_promotion_announces_nothing_and_schedules_no_export(export_da
         run = _pipeline_run(topo, api)
         promotion = _promotion(topo, run["dag_run_id"])
         assert promotion["promote"] is False, promotion
-        events = api.get("/assets/events", params={"source_dag_id": DAG_ID, "source_run_id": run["dag_run_id"]})
-        assert events.raise_for_status().json()["asset_events"] == []
+        assert _asset_events(api, run["dag_run_id"]) == []
         assert _wait_for_export_run(topo, api, before, QUEUE_WAIT_S) is None
 
 
@@ -97,8 +102,7 @@ def test_a_promotion_schedules_kdflow_export_which_publishes_the_new_champion(ex
         promotion = _promotion(topo, run["dag_run_id"])
         assert promotion["promote"] is True, promotion
 
-        [event] = api.get("/assets/events", params={"source_dag_id": DAG_ID, "source_run_id": run["dag_run_id"]}
-                          ).raise_for_status().json()["asset_events"]
+        [event] = _asset_events(api, run["dag_run_id"])
         assert event["uri"] == champion_asset_uri(student)
         assert event["source_task_id"] == "save_pipeline_results"
         assert event["extra"]["run_id"] == run["dag_run_id"] and event["extra"]["cycle"] == 1
@@ -112,16 +116,10 @@ def test_a_promotion_schedules_kdflow_export_which_publishes_the_new_champion(ex
                            ).raise_for_status().json()["asset_events"]
         assert [e["extra"]["run_id"] for e in upstream] == [run["dag_run_id"]]
 
-        deadline = time.monotonic() + 600
-        while (export := api.get(f"/dags/{EXPORT_DAG}/dagRuns/{export['dag_run_id']}").raise_for_status().json()
-               )["state"] not in ("success", "failed") and time.monotonic() < deadline:
-            topo.assert_alive()
-            time.sleep(3)
-        [event] = api.get("/assets/events", params={"source_dag_id": DAG_ID, "source_run_id": run["dag_run_id"]}
-                          ).raise_for_status().json()["asset_events"]
+        export = topo.wait_for_run(api, export["dag_run_id"], timeout=600, dag_id=EXPORT_DAG)
+        [event] = _asset_events(api, run["dag_run_id"])
         assert [(d["dag_id"], d["run_id"]) for d in event["created_dagruns"]] == [(EXPORT_DAG, export["dag_run_id"])]
-        tis = {ti["task_id"]: ti for ti in api.get(f"/dags/{EXPORT_DAG}/dagRuns/{export['dag_run_id']}/taskInstances"
-                                                   ).raise_for_status().json()["task_instances"]}
+        tis = {ti["task_id"]: ti for ti in topo.task_instances(api, export["dag_run_id"], dag_id=EXPORT_DAG)}
     assert tis["export_champion"]["state"] == "success", f"logs in {topo.home / 'logs'}"
     assert export["state"] == "success", {t: ti["state"] for t, ti in tis.items()}
     # the export is the promoted run's adapter, published under models/ in the same bucket

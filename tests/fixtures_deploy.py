@@ -20,8 +20,10 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -116,6 +118,16 @@ class AirflowTopology:
         proc = self.start(name, *args, extra_env={**first_env, **(extra_env or {})}, program=program)
         self.commands[name] = (args, first_env)
         return proc
+
+    @contextmanager
+    def mlflow_client(self):
+        """An MlflowClient of the topology's server, logged in as the tasks are (MLflow's client reads the
+        login from the environment, so it is set only while the block runs)."""
+        from mlflow import MlflowClient
+
+        login = {k: v for k, v in self.env.items() if k.startswith("MLFLOW_TRACKING_")}
+        with mock.patch.dict(os.environ, login):
+            yield MlflowClient(tracking_uri=self.mlflow_uri, registry_uri=self.mlflow_uri)
 
     def log_size(self, name: str) -> int:
         return (self.home / "logs" / f"{name}.log").stat().st_size
@@ -282,22 +294,32 @@ def topology_env(*, home: Path, database: str, redis_db: int, port: int, s3_endp
 
 
 def start_mlflow_server(topo: AirflowTopology, s3_endpoint: str) -> None:
-    """What docker-compose's mlflow service is: `mlflow server` with its runs in a Postgres database of its
-    own and its artifacts proxied to the bucket's ``mlflow/`` prefix; every task logs to it
-    (``KDFLOW__TRACKING__MLFLOW_URI``, set before the workers start)."""
+    """What docker-compose's mlflow service is: `mlflow server` behind its basic-auth app, with its runs in a
+    Postgres database of its own and its artifacts proxied to the bucket's ``mlflow/`` prefix; every task
+    logs to it (``KDFLOW__TRACKING__MLFLOW_URI`` and the login, set before the workers start)."""
     from conftest import free_port
 
     database = f"{topo.database}_mlflow"
     _psql(f"CREATE DATABASE {database}")
     port = free_port()
     backend = f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{database}"
-    proc = topo.start("mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                      "--backend-store-uri", backend, "--serve-artifacts",
+    login = {"MLFLOW_TRACKING_USERNAME": "kdflow", "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(12)}
+    auth_config = topo.home / "mlflow-auth.ini"
+    auth_config.write_text(
+        f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{topo.home / 'mlflow-auth.db'}\n"
+        f"admin_username = {login['MLFLOW_TRACKING_USERNAME']}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    proc = topo.start("mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port),
+                      "--workers", "1", "--backend-store-uri", backend, "--serve-artifacts",
                       "--artifacts-destination", f"s3://{topo.bucket}/mlflow", program="mlflow",
                       extra_env={"MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
+                                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                                 "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
+                                 "MLFLOW_AUTH_ADMIN_PASSWORD": login["MLFLOW_TRACKING_PASSWORD"],
+                                 "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)})
     topo.mlflow_uri = f"http://127.0.0.1:{port}"
     topo.env["KDFLOW__TRACKING__MLFLOW_URI"] = topo.mlflow_uri
+    topo.env.update(login)
     _wait_http(f"{topo.mlflow_uri}/health", 180, proc)
 
 

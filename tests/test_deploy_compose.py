@@ -246,7 +246,15 @@ def test_mlflow_keeps_runs_in_its_own_postgres_database_and_artifacts_in_minio()
     assert "mlflow server" in command and "@postgres/mlflow" in command and "--serve-artifacts" in command
     assert '--artifacts-destination "s3://$${KDFLOW_BUCKET:-kdflow}/mlflow"' in command
     assert "--allowed-hosts" in command and "mlflow:5000" in command  # the Host header the workers send
-    assert 'CREATE DATABASE mlflow' in _command("airflow-init")
+    assert 'CREATE DATABASE {db}' in _command("airflow-init") and '("mlflow", "mlflow_auth")' in _command("airflow-init")
+    # published like the others, so behind a password: MLflow's basic-auth app, users in Postgres, the
+    # admin (the tasks' login, which MLflow's client reads from the environment) created from .env
+    assert "--app-name basic-auth" in command and "MLFLOW_AUTH_CONFIG_PATH=" in command
+    assert "@postgres/mlflow_auth" in command and 'MLFLOW_AUTH_ADMIN_PASSWORD="$${MLFLOW_TRACKING_PASSWORD}"' in command
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert _env("mlflow")[name].startswith(f"${{{name}:?")
+    example = (REPO / ".env.example").read_text()
+    assert "MLFLOW_TRACKING_PASSWORD=change-me" in example and "MLFLOW_FLASK_SERVER_SECRET_KEY=change-me" in example
     assert _env("mlflow")["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     (port,) = SERVICES["mlflow"]["ports"]
     assert port.startswith("${KDFLOW_BIND_ADDRESS:-127.0.0.1}:")

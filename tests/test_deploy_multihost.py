@@ -30,8 +30,10 @@ NEEDED = {
     "AIRFLOW__CELERY__BROKER_URL": ("redis", 6379),
     "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": ("airflow-apiserver", 8080),
     "AIRFLOW_CONN_MINIO": ("minio", 9000),
+    "KDFLOW__TRACKING__MLFLOW_URI": ("mlflow", 5000),
 }
-PASSWORDS = ["POSTGRES_PASSWORD", "REDIS_PASSWORD", "MINIO_ROOT_PASSWORD", "AIRFLOW_ADMIN_PASSWORD"]
+PASSWORDS = ["POSTGRES_PASSWORD", "REDIS_PASSWORD", "MINIO_ROOT_PASSWORD", "AIRFLOW_ADMIN_PASSWORD",
+             "MLFLOW_TRACKING_PASSWORD"]
 
 
 class RenderError(RuntimeError):
@@ -39,7 +41,8 @@ class RenderError(RuntimeError):
 
 
 # -- rendering -------------------------------------------------------------------------------------
-_VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?)([-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+# ${NAME:-default} where the default may itself hold one ${...} (compose nests them)
+_VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?)([-?])((?:[^${}]|\$\{[^}]*\})*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
 def _interpolate(value, env: dict[str, str]):
@@ -59,7 +62,7 @@ def _interpolate(value, env: dict[str, str]):
         unset = have is None or (colon == ":" and have == "")
         if op == "?" and unset:
             raise RenderError(f"required variable {name} is missing a value: {arg}")
-        return arg if op == "-" and unset else (have or "")
+        return _interpolate(arg, env) if op == "-" and unset else (have or "")
 
     return _VAR.sub(one, value)
 
@@ -148,10 +151,16 @@ def test_every_address_the_remote_gpu_worker_needs_is_published_on_the_bind_addr
 def test_everything_is_published_on_loopback_unless_the_bind_address_is_set(tmp_path):
     rendered = render([MAIN], {**EXAMPLE_ENV, **REAL, "KDFLOW_BIND_ADDRESS": ""}, tmp_path)
     published = _published(rendered)
-    assert {service for service, _ in published.values()} >= {"postgres", "redis", "minio", "airflow-apiserver"}
+    assert {service for service, _ in published.values()} >= {"postgres", "redis", "minio", "airflow-apiserver", "mlflow"}
     assert {host for host, _ in published} == {"127.0.0.1"}, published
     main = (REPO / MAIN).read_text()
-    assert main.count("${KDFLOW_BIND_ADDRESS:-127.0.0.1}:") == 4 and "AIRFLOW_BIND_ADDRESS" not in main
+    written = {(service, port) for service, spec in yaml.safe_load(main)["services"].items()
+               for port in spec.get("ports", [])}
+    on_bind_address = {service for service, port in written if port.startswith("${KDFLOW_BIND_ADDRESS:-127.0.0.1}:")}
+    assert on_bind_address == {"postgres", "redis", "minio", "airflow-apiserver", "mlflow"}, written
+    # the rest (MinIO's console) stays on loopback whatever the bind address
+    assert all(port.startswith("127.0.0.1:") for service, port in written if service not in on_bind_address), written
+    assert "AIRFLOW_BIND_ADDRESS" not in main
     assert "KDFLOW_BIND_ADDRESS=127.0.0.1" in (REPO / ".env.example").read_text()
 
 

@@ -137,11 +137,18 @@ def test_artifacts_are_in_the_bucket(finished_run):
 
 def test_the_workers_log_the_run_to_a_real_mlflow_server(finished_run):
     """docker-compose's mlflow service, natively: the Celery workers' tasks log the run to `mlflow server`
-    (runs in Postgres, artifacts proxied to the bucket); read back through MlflowClient over HTTP."""
-    from mlflow import MlflowClient
+    (runs in Postgres, artifacts proxied to the bucket) behind its basic-auth app; read back through MlflowClient
+    over HTTP with the tasks' login, and refused without it."""
+    import httpx
 
     topo, run, _ = finished_run
-    client = MlflowClient(tracking_uri=topo.mlflow_uri, registry_uri=topo.mlflow_uri)
+    refused = httpx.get(f"{topo.mlflow_uri}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": "kdflow"})
+    assert refused.status_code == 401, refused.text
+    with topo.mlflow_client() as client:
+        _assert_run_logged(topo, run, client)
+
+
+def _assert_run_logged(topo, run, client) -> None:
     experiment = client.get_experiment_by_name("kdflow")
     query = f"tags.`kdflow.run_id` = '{run['dag_run_id']}'"
     found = client.search_runs([experiment.experiment_id], query)
@@ -251,10 +258,12 @@ def test_a_middle_task_failing_mid_run_is_cleared_and_reruns_to_the_same_checkpo
 def test_the_rerun_logged_into_the_same_mlflow_runs(finished_run):
     """After the drill above reran half the run's tasks on the workers: still one MLflow run for the pipeline
     run and one for its cycle, and no training-loss point logged twice."""
-    from mlflow import MlflowClient
-
     topo, run, _ = finished_run
-    client = MlflowClient(tracking_uri=topo.mlflow_uri)
+    with topo.mlflow_client() as client:
+        _assert_rerun_logged_once(run, client)
+
+
+def _assert_rerun_logged_once(run, client) -> None:
     experiment = client.get_experiment_by_name("kdflow")
     found = client.search_runs([experiment.experiment_id], f"tags.`kdflow.run_id` = '{run['dag_run_id']}'")
     assert sorted(r.data.tags["kdflow.level"] for r in found) == ["cycle", "run"]

@@ -246,7 +246,8 @@ def test_mlflow_keeps_runs_in_its_own_postgres_database_and_artifacts_in_minio()
     assert "mlflow server" in command and "@postgres/mlflow" in command and "--serve-artifacts" in command
     assert '--artifacts-destination "s3://$${KDFLOW_BUCKET:-kdflow}/mlflow"' in command
     assert "--allowed-hosts" in command and "mlflow:5000" in command  # the Host header the workers send
-    assert 'CREATE DATABASE {db}' in _command("airflow-init") and '("mlflow", "mlflow_auth")' in _command("airflow-init")
+    init = _command("airflow-init")
+    assert 'CREATE DATABASE {db}' in init and '("mlflow", "mlflow_auth")' in init
     # published like the others, so behind a password: MLflow's basic-auth app, users in Postgres, the
     # admin (the tasks' login, which MLflow's client reads from the environment) created from .env
     assert "--app-name basic-auth" in command and "MLFLOW_AUTH_CONFIG_PATH=" in command

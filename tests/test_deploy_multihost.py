@@ -42,7 +42,8 @@ class RenderError(RuntimeError):
 
 # -- rendering -------------------------------------------------------------------------------------
 # ${NAME:-default} where the default may itself hold one ${...} (compose nests them)
-_VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?)([-?])((?:[^${}]|\$\{[^}]*\})*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+_VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?)([-?])((?:[^${}]|\$\{[^}]*\})*))?\}"
+                  r"|([A-Za-z_][A-Za-z0-9_]*))")
 
 
 def _interpolate(value, env: dict[str, str]):
@@ -151,7 +152,8 @@ def test_every_address_the_remote_gpu_worker_needs_is_published_on_the_bind_addr
 def test_everything_is_published_on_loopback_unless_the_bind_address_is_set(tmp_path):
     rendered = render([MAIN], {**EXAMPLE_ENV, **REAL, "KDFLOW_BIND_ADDRESS": ""}, tmp_path)
     published = _published(rendered)
-    assert {service for service, _ in published.values()} >= {"postgres", "redis", "minio", "airflow-apiserver", "mlflow"}
+    needed = {"postgres", "redis", "minio", "airflow-apiserver", "mlflow"}
+    assert {service for service, _ in published.values()} >= needed
     assert {host for host, _ in published} == {"127.0.0.1"}, published
     main = (REPO / MAIN).read_text()
     written = {(service, port) for service, spec in yaml.safe_load(main)["services"].items()

@@ -142,7 +142,8 @@ def test_the_workers_log_the_run_to_a_real_mlflow_server(finished_run):
     import httpx
 
     topo, run, _ = finished_run
-    refused = httpx.get(f"{topo.mlflow_uri}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": "kdflow"})
+    refused = httpx.get(f"{topo.mlflow_uri}/api/2.0/mlflow/experiments/get-by-name",
+                        params={"experiment_name": "kdflow"})
     assert refused.status_code == 401, refused.text
     with topo.mlflow_client() as client:
         _assert_run_logged(topo, run, client)

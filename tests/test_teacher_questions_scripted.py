@@ -155,35 +155,78 @@ def _config(server: ScriptedServer, kb_path, tmp_path, monkeypatch):
         "store": {"url": str(tmp_path / "store")},
         "knowledge_base": {"path": str(kb_path)},
         "pipeline": {"topics": ["pods"], "questions_per_cycle": 1, "cycles": 1},
+        "tracking": {"mlflow_uri": None},  # not under test here (an MLflow database per store costs seconds)
         "teacher": {"provider": "openai", "base_url": server.url, "model": "fake-model",
                     "api_key_env": "KDFLOW_TEST_KEY", "structured_output": "json_object_schema", "max_retries": 0},
     }, environ={})
 
 
-def test_a_question_of_an_earlier_run_is_a_duplicate_in_a_new_run(kb_path, tmp_path, monkeypatch):
-    """Two runs in one store through the pipeline steps. Run B's first draw is the same request as run
-    A's, so the cache replays run A's question; the bank from run A's checkpoint rejects it."""
+def _question_runs(config, run_ids, cycle: int = 1) -> dict[str, list[Question]]:
+    """Cycle ``cycle``'s questions of each run in ``run_ids``, one after the other in one store, through the
+    pipeline's steps (the cycle's start record pins the question bank, as in a DAG run)."""
     from kdflow.pipeline import execute
+    from kdflow.pipeline.context import RunContext
+
+    store, runs = ArtifactStore.from_config(config), {}
+    for run_id in run_ids:
+        ctx = RunContext(config=config, store=store, run_id=run_id)
+        execute("cycle_start", run_id=run_id, config=config, cycle=cycle)
+        staged = execute("generate_questions", run_id=run_id, config=config, cycle=cycle)
+        execute("save_questions", run_id=run_id, config=config, cycle=cycle, inputs={"generate_questions": staged})
+        runs[run_id] = [Question.model_validate(r) for r in ctx.rows(ctx.checkpoint(cycle, "questions.jsonl"))]
+    return runs
+
+
+def test_a_question_of_an_earlier_run_is_a_duplicate_in_a_new_run(kb_path, tmp_path, monkeypatch):
+    """Two runs in one store through the pipeline steps. The teacher writes run A's question again for run
+    B (a new request: run B's draws differ, the store holds a question more); the bank from run A's
+    checkpoint rejects it and run B asks once more."""
     from kdflow.pipeline.artifacts import start_record
     from kdflow.pipeline.context import RunContext
 
-    with ScriptedServer(draft(OLD), draft(GOOD)) as server:
+    with ScriptedServer(draft(OLD), draft(OLD), draft(GOOD)) as server:
         config = _config(server, kb_path, tmp_path, monkeypatch)
-        store = ArtifactStore.from_config(config)
-        runs = {}
-        for run_id in ("run-a", "run-b"):
-            ctx = RunContext(config=config, store=store, run_id=run_id)
-            execute("cycle_start", run_id=run_id, config=config, cycle=1)
-            staged = execute("generate_questions", run_id=run_id, config=config, cycle=1)
-            execute("save_questions", run_id=run_id, config=config, cycle=1, inputs={"generate_questions": staged})
-            runs[run_id] = [Question.model_validate(r) for r in ctx.rows(ctx.checkpoint(1, "questions.jsonl"))]
+        runs = _question_runs(config, ("run-a", "run-b"))
     assert [q.question for q in runs["run-a"]] == [OLD]
+    store = ArtifactStore.from_config(config)
     assert start_record(RunContext(config=config, store=store, run_id="run-b"), 1)["question_bank"] == [OLD]
     [new] = runs["run-b"]
     assert new.question == GOOD
     assert [(r["question"], r["reason"])
             for r in new.gate["rejected"]] == [(OLD, "exact duplicate of an earlier question")]
-    assert len(server.bodies) == 2  # run A's draw, then run B's second draw; run B's first came from the cache
+    assert len({body["seed"] for body in server.bodies}) == len(server.bodies) == 3  # nothing replayed
+
+
+def test_nightly_runs_with_one_config_keep_finding_new_questions(kb_path, tmp_path, monkeypatch):
+    """A schedule runs the same config every night into one store. Each run asks with draws of its own, so
+    an endpoint that answers a request the same way every time (a cache, a deterministic model) still gives
+    every night a new question: more runs than attempts per question, and none is called exhausted. A
+    rerun of a cycle sends the same requests again (served from the cache)."""
+    pool = ["What values can the restartPolicy field of a Pod take?",
+            "Which restartPolicy does a Pod get when none is set?",
+            "How does the kubelet delay restarts of failed containers?",
+            "Does the restartPolicy of a Pod apply to each of its containers?",
+            "What does the Never restart policy mean for a failed container?",
+            "When does the OnFailure policy restart a container?"]
+    seeds: list[int] = []
+
+    def by_seed(body: dict) -> str:  # the same request, the same reply; a new one, the next question
+        if body["seed"] not in seeds:
+            seeds.append(body["seed"])
+        return draft(pool[seeds.index(body["seed"]) % len(pool)])
+
+    with ScriptedServer(by_seed) as server:
+        config = _config(server, kb_path, tmp_path, monkeypatch)
+        config = config.model_copy(update={"teacher": config.teacher.model_copy(
+            update={"max_attempts_per_question": 2})})
+        nights = [f"scheduled-{night}" for night in range(5)]
+        runs = _question_runs(config, nights)
+        asked = len(server.bodies)
+        rerun = _question_runs(config, nights[-1:])
+    texts = [q.question for night in nights for q in runs[night]]
+    assert len(texts) == len(set(texts)) == 5
+    assert all(q.gate["attempts"] == 1 for night in nights for q in runs[night])
+    assert rerun[nights[-1]] == runs[nights[-1]] and len(server.bodies) == asked
 
 
 def test_cli_questions_skip_questions_already_in_the_store(kb_path, tmp_path, monkeypatch, capsys):

@@ -2,11 +2,12 @@
 
 A tiny teacher (SmolLM2-135M) follows "write one question about this passage" but not "write N
 questions about a topic", so each call sees one passage, chosen deterministically from
-(seed, cycle, topic, split, slot, attempt): a rerun sends identical requests and is served from
-the cache. Every candidate passes the question checks of :mod:`kdflow.teacher.gate`
-(form, duplicates of earlier questions and of each other, answerability: the embedding floor, and
-the judge when ``teacher.gate.llm_check`` is on) or is asked for again, within
-``max_attempts_per_question``; the rejected drafts and their reasons are kept in ``Question.gate``.
+(seed, cycle, topic, split, the number of questions the store already holds, slot, attempt): a
+rerun sends identical requests and is served from the cache, a later run asks afresh. Every
+candidate passes the question checks of :mod:`kdflow.teacher.gate` (form, duplicates of earlier
+questions and of each other, answerability: the embedding floor, and the judge when
+``teacher.gate.llm_check`` is on) or is asked for again, within ``max_attempts_per_question``;
+the rejected drafts and their reasons are kept in ``Question.gate``.
 """
 
 from __future__ import annotations
@@ -103,8 +104,14 @@ def generate_questions(
     (``cfg.concurrency`` calls in flight: llama-server's slots decode them together). Raises
     :class:`TeacherError` when a slot finds no acceptable question within the bound."""
     passages = kb.passages_for(topic)
+    # The draws also depend on how many questions the store holds already. Without it a later run with the
+    # same config (a nightly schedule) sent its predecessors' requests again, got their drafts back (the
+    # cache, or a deterministic endpoint), lost one attempt per earlier run to the duplicate check and
+    # called the topic "exhausted" after max_attempts_per_question runs. A rerun of a cycle still sends
+    # the same requests: the cycle's start record pins the bank it reads.
+    bank_size = len(existing)
     order = list(range(len(passages)))
-    random.Random(stable_int(seed, cycle, topic, split)).shuffle(order)
+    random.Random(stable_int(seed, cycle, topic, split, bank_size)).shuffle(order)
     if citations:
         order.sort(key=lambda i: citations.get(passages[i].id, 0))  # stable: the shuffle breaks ties
     gate = gate or cfg.gate
@@ -123,7 +130,7 @@ def generate_questions(
         reply = complete_json(
             client, endpoint, question_messages(kb.name, passage, focus), QuestionDraft,
             temperature=cfg.temperature, max_tokens=QUESTION_MAX_TOKENS,
-            seed=stable_int(seed, cycle, topic, split, slot, attempt),
+            seed=stable_int(seed, cycle, topic, split, bank_size, slot, attempt),
         )
         return passage, " ".join(reply.question.split())
 

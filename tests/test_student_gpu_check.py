@@ -60,3 +60,20 @@ def test_the_table_is_markdown_with_one_row_per_check():
         "| step | model | status | detail | s |", "|---|---|---|---|---|",
         "| device plan | H200 | ok | train: cuda nf4 | 0.1 |",
         "| 4-bit NF4 QLoRA training | qwen3 | skipped | 4-bit: skipped, a/b | 0.0 |"]
+
+
+def test_a_model_s_rows_run_through_kdflow_s_functions(monkeypatch, tmp_path):
+    """The training and answering rows of one model, on CPU plans standing in for the GPU's (bf16 answers),
+    as a machine without bitsandbytes runs them: the 4-bit row says so, training runs in 16-bit LoRA."""
+    import kdflow.student.device
+
+    monkeypatch.setattr(kdflow.student.device, "plan_device",
+                        lambda cfg, purpose, **_: DevicePlan.cpu(purpose=purpose, bf16=True, reason="test"))
+    monkeypatch.setattr(gpu_check, "CHECKED_DEVICE", "cpu")
+    cfg = gpu_check.check_settings().model_copy(update={"torch_threads": 1, "epochs": 2, "max_new_tokens": 8})
+    rows: list[gpu_check.Row] = []
+    gpu_check._check_family(rows, "phi-2", tmp_path, cfg, gpu_check.NO_BITSANDBYTES)
+    assert [(r.step, r.status) for r in rows] == [
+        ("4-bit NF4 QLoRA training", "skipped"), ("bf16 LoRA training", "ok"), ("memory released after training", "ok"),
+        ("bf16 batched answers with the adapter", "ok"), ("memory released after answering", "ok")]
+    assert rows[1].detail.startswith("cpu float32: loss ") and "8 questions in batches of 8" in rows[3].detail

@@ -31,6 +31,7 @@ CHECK_FAMILIES = ("phi-2", "qwen3", "llama-3.2")
 OOM_FAMILY = "llama-3.2"
 OOM_VOCAB = 32768  # a large output layer: the loss's logits grow with the batch, so batch 2b needs far more than b
 OOM_BATCH = 8
+CHECKED_DEVICE = "cuda"  # where the training and answering rows must have run (tests run the rows on "cpu")
 RELEASED_MAX_MB = 8.0  # CUDA memory still allocated after a step's release that counts as released
 QUESTIONS = [
     "What is a Pod?", "What does a Service do?", "What is a PersistentVolume?", "How does a Deployment roll out?",
@@ -124,7 +125,7 @@ def _check_family(rows: list[Row], family: str, work: Path, cfg: Any, missing_4b
         result = train_adapter(cfg, model_dir, list(TINY_PAIRS), adapter, plan=plan, seed=0)
         trained["result"] = result
         learned = result.final_loss < result.initial_loss
-        return ("ok" if learned and result.plan.device == "cuda" else "FAILED",
+        return ("ok" if learned and result.plan.device == CHECKED_DEVICE else "FAILED",
                 f"{result.plan.device} {result.plan.quantization or result.plan.dtype}: loss {result.initial_loss:.2f}"
                 f" -> {result.final_loss:.2f} in {result.steps} steps, peak {result.peak_memory_mb} MiB")
 
@@ -143,7 +144,7 @@ def _check_family(rows: list[Row], family: str, work: Path, cfg: Any, missing_4b
                                   adapter_dir=adapter, plan=answer_plan)
         answered["stats"] = batched.stats
         same = sum(a.text == b.text for a, b in zip(batched, single, strict=False))
-        ok = answer_plan.device == "cuda" and answer_plan.dtype == "bfloat16" and batched.stats.new_tokens > 0
+        ok = answer_plan.device == CHECKED_DEVICE and answer_plan.dtype == "bfloat16" and batched.stats.new_tokens > 0
         stats = batched.stats
         return ("ok" if ok else "FAILED", f"{len(batched)} questions in batches of {cfg.generation_batch_size}: "
                 f"{stats.new_tokens} tokens, {stats.tokens_per_s} tokens/s; {same}/3 equal to one by one")

@@ -8,7 +8,7 @@ import pytest
 
 from kdflow.config import StudentConfig
 from kdflow.student.device import GIB, DevicePlan, plan_device, read_free_gpu_bytes, release_memory
-from kdflow.student.models import StudentModelError, check_adapter, resolve_student, target_modules_for
+from kdflow.student.models import StudentModelError, check_adapter, resolve_student
 
 
 def test_plan_reads_the_real_device_when_no_reading_is_given():
@@ -99,14 +99,6 @@ def test_resolve_local_folder_and_errors(tmp_path, monkeypatch):
         resolve_student("microsoft/phi-2")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     assert resolve_student("microsoft/phi-2") == "microsoft/phi-2"  # hub ids stay strings
-
-
-def test_target_modules_by_architecture():
-    assert target_modules_for("phi") == ["q_proj", "k_proj", "v_proj", "dense"]
-    assert target_modules_for("llama") == target_modules_for("qwen2") == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert target_modules_for("phi", ["fc1"]) == ["fc1"]
-    with pytest.raises(StudentModelError, match="student.target_modules"):
-        target_modules_for("mamba")
 
 
 def test_adapter_for_another_base_is_refused(tmp_path):

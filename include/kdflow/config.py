@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from kdflow.config_errors import field_conflict, format_validation_error
 
@@ -173,11 +173,28 @@ class TrainingProfile(_Section):
 LORA_DEFAULTS = {"lora_r": 16, "lora_alpha": 32}
 
 
+class ArchitectureProfile(_Section):
+    """Defaults for every student of one architecture (the ``model_type`` of its config.json), whatever
+    its name: they apply where no ``student.profiles`` pattern other than ``*`` matches the name."""
+
+    family: str = Field(min_length=1)  # the model family, as the report and the docs name it
+    target_modules: list[str] = Field(min_length=1)
+    learning_rate: LearningRate
+    epochs: Epochs
+
+
 @functools.cache
 def _default_profiles() -> dict[str, TrainingProfile]:
     """The profiles of defaults.yaml, so the measured numbers live in one place only."""
     return {name: TrainingProfile.model_validate(p)
             for name, p in _read_yaml(DEFAULTS_FILE)["student"]["profiles"].items()}
+
+
+@functools.cache
+def _default_architectures() -> dict[str, ArchitectureProfile]:
+    """The architecture profiles of defaults.yaml."""
+    return {name: ArchitectureProfile.model_validate(p)
+            for name, p in _read_yaml(DEFAULTS_FILE)["student"]["architectures"].items()}
 
 
 def match_profile(model: str, patterns: Iterable[str]) -> str | None:
@@ -206,6 +223,9 @@ class StudentConfig(_Section):
     epochs: Epochs | None = None
     learning_rate: LearningRate | None = None
     profiles: dict[str, TrainingProfile] = Field(default_factory=lambda: copy.deepcopy(_default_profiles()))
+    # By config.json model_type; resolved when the model is loaded (kdflow.student.profiles).
+    architectures: dict[str, ArchitectureProfile] = Field(
+        default_factory=lambda: copy.deepcopy(_default_architectures()))
     max_length: int = Field(512, ge=32, le=32768)
     batch_size: int = Field(4, ge=1, le=512)
     gradient_accumulation_steps: int = Field(1, ge=1, le=512)
@@ -220,6 +240,9 @@ class StudentConfig(_Section):
     # "all" every passage of the selected topics (docs/benchmarks/evaluation.md: more gold facts, worse
     # answer form, ~50 min of CPU training per cycle for the shipped KB). true/false mean cited/off.
     passage_pairs: Literal["off", "cited", "all"] = "off"
+    # The values the validator took from the generic ``*`` profile: the model's architecture profile
+    # replaces them once the model's config is read (kdflow.student.profiles.resolve_profile).
+    _from_generic_profile: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @field_validator("passage_pairs", mode="before")
     @classmethod
@@ -248,14 +271,25 @@ class StudentConfig(_Section):
             message = f"is not set and no student.profiles pattern matches model {self.model!r}"
             raise field_conflict(unset, f"{message} (add a {GENERIC_PROFILE!r} profile)", None)
         profile = self.profiles[name] if name is not None else None
+        generic: dict[str, Any] = {}
         for key in ("learning_rate", "epochs", "lora_r", "lora_alpha", "target_modules"):
             if getattr(self, key) is None:
                 value = getattr(profile, key, None) if profile is not None else None
+                if value is not None and name == GENERIC_PROFILE:
+                    generic[key] = copy.deepcopy(value)
                 if value is None:
                     value = LORA_DEFAULTS.get(key)
                 if value is not None:  # assignment validates again: set only what changes
                     setattr(self, key, copy.deepcopy(value))
+        if generic:  # merged: each assignment above runs this validator again, which records its own fills
+            self._from_generic_profile = {**self._from_generic_profile, **generic}
         return self
+
+    @property
+    def from_generic_profile(self) -> frozenset[str]:
+        """Fields that still hold the ``*`` profile's value (not set by the user, a name pattern or a
+        later ``model_copy(update=...)``): the model's architecture profile may replace them."""
+        return frozenset(k for k, v in self._from_generic_profile.items() if getattr(self, k) == v)
 
 
 EvaluationMetric = Literal[

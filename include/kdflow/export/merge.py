@@ -16,7 +16,7 @@ from typing import Any
 
 from kdflow.student.device import DevicePlan
 from kdflow.student.models import load_student
-from kdflow.student.prompt import build_prompt
+from kdflow.student.prompt import build_prompt, stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ def merged_model(base_path: Path | str, adapter_dir: Path | str) -> tuple[Any, A
 def save_merged(model: Any, tokenizer: Any, out_dir: Path, *, dtype: str = "bfloat16",
                 max_new_tokens: int = 128) -> Path:
     """Write the merged model as safetensors in ``dtype``, with its tokenizer (chat template
-    guaranteed) and a greedy generation config that stops at the tokenizer's end token."""
+    guaranteed) and a greedy generation config that stops where training ended each answer (the eos
+    token and the chat template's end of turn, e.g. Gemma-3's ``<end_of_turn>``)."""
     import torch
 
     if dtype not in EXPORT_DTYPES:
@@ -50,7 +51,7 @@ def save_merged(model: Any, tokenizer: Any, out_dir: Path, *, dtype: str = "bflo
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to(getattr(torch, dtype))
     model.generation_config.update(do_sample=False, temperature=None, top_p=None, top_k=None,
-                                   max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                   max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tokenizer),
                                    pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(out_dir, safe_serialization=True)
     if not getattr(tokenizer, "chat_template", None):
@@ -71,7 +72,7 @@ def greedy_tokens(model: Any, tokenizer: Any, questions: Sequence[str], max_new_
         encoded = tokenizer(build_prompt(tokenizer, question), return_tensors="pt", add_special_tokens=False)
         with torch.inference_mode():
             ids = model.generate(**encoded, do_sample=False, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_token_ids(tokenizer))
         out.append(ids[0, encoded["input_ids"].shape[1]:].tolist())
     return out
 

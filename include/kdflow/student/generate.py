@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from kdflow.student.device import DevicePlan, release_memory
 from kdflow.student.models import load_student
-from kdflow.student.prompt import build_prompt
+from kdflow.student.prompt import build_prompt, stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,13 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list[str], max_new_token
     import torch
 
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    stops = stop_token_ids(tokenizer)
     with torch.inference_mode():
         output = model.generate(
             **encoded, do_sample=False, max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=stops,
         )
-    stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    stop_ids = {*stops, tokenizer.pad_token_id}
     results = []
     for row in output[:, encoded["input_ids"].shape[1] :].tolist():
         count = _count_new_tokens(row, stop_ids)

@@ -22,12 +22,7 @@ EMBEDDED = "embedded"
 DEFAULT_CACHE_DIR = Path("~/.cache/kdflow/models")
 BASE_INFO_FILE = "kdflow_base.json"  # written beside a saved adapter: which base it belongs to
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-# LoRA targets by architecture (the attention projections); student.target_modules overrides.
-TARGET_MODULES = {
-    "phi": ["q_proj", "k_proj", "v_proj", "dense"],
-    **{arch: ["q_proj", "k_proj", "v_proj", "o_proj"]
-       for arch in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text")},
-}
+
 
 
 class StudentModelError(ValueError):
@@ -108,16 +103,6 @@ def resolve_student(model: str, cache_dir: str | Path | None = None) -> Path | s
             raise StudentModelError(f"student model {model!r} is not in the local Hugging Face cache and "
                                     "HF_HUB_OFFLINE is set")
     return model
-
-
-def target_modules_for(model_type: str, override: list[str] | None = None) -> list[str]:
-    """LoRA target modules: the config override, else the attention projections of the architecture."""
-    if override:
-        return list(override)
-    if model_type not in TARGET_MODULES:
-        raise StudentModelError(f"no default LoRA target modules for architecture {model_type!r}; set "
-                                "student.target_modules")
-    return TARGET_MODULES[model_type]
 
 
 def base_info(model_path: Path | str, config: Any) -> dict[str, Any]:

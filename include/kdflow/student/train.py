@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict
 
 from kdflow.student.device import DevicePlan, cpu_bf16, memory_snapshot, release_memory
 from kdflow.student.generate import set_torch_threads
-from kdflow.student.models import BASE_INFO_FILE, base_info, load_student, target_modules_for
+from kdflow.student.models import BASE_INFO_FILE, StudentModelError, base_info, load_student
+from kdflow.student.profiles import StudentProfile, linear_layer_names, resolve_profile
 from kdflow.student.prompt import build_prompt, completion_text
 
 log = logging.getLogger(__name__)
@@ -49,13 +50,14 @@ class TrainResult(BaseModel):
     peak_memory_mb: float  # peak CUDA allocation on the GPU, peak process RSS on the CPU
     plan: DevicePlan
     init_adapter: str | None
-    target_modules: list[str]
+    target_modules: list[str]  # layer names (the last part: "all-linear" resolves to full paths)
     lora_r: int
     lora_alpha: int
     seed: int
     adapter_bytes: int
     memory: dict[str, dict[str, float]] = {}
     oom_fallback: dict[str, Any] | None = None  # what the one retry after a CUDA out-of-memory changed
+    profile: StudentProfile | None = None  # architecture, learning rate, epochs, max length it ran with
 
 
 def pairs_dataset(pairs: Sequence[tuple[str, str]] | Any) -> Any:
@@ -107,14 +109,20 @@ def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]
     }
 
 
-def _attach_lora(cfg: Any, model: Any) -> Any:
+def _attach_lora(cfg: Any, model: Any, profile: StudentProfile) -> Any:
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none", task_type="CAUSAL_LM",
-        target_modules=target_modules_for(model.config.model_type, cfg.target_modules),
+        target_modules=profile.target_modules,
     )
-    return get_peft_model(model, lora)
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as exc:
+        if "not found in the base model" not in str(exc):
+            raise
+        raise StudentModelError(f"student.target_modules {profile.target_modules} match no layer of this "
+                                f"{profile.model_type} model; its linear layers: {linear_layer_names(model)}") from None
 
 
 def _loss(model: Any, batch: dict[str, Any], plan: DevicePlan) -> Any:
@@ -194,24 +202,25 @@ def train_adapter(
     model, tokenizer = load_student(model_path, plan, init_adapter_dir, trainable=True)
     try:
         _simulated_oom(cfg.batch_size)
+        profile = resolve_profile(cfg, model.config)
         if init_adapter_dir is None:
-            model = _attach_lora(cfg, model)
-        examples = encode_pairs(tokenizer, pairs, cfg.max_length, system_prompt)
+            model = _attach_lora(cfg, model, profile)
+        examples = encode_pairs(tokenizer, pairs, profile.max_length, system_prompt)
         if not examples:
-            raise ValueError(f"no training pair fits student.max_length={cfg.max_length}")
+            raise ValueError(f"no training pair fits student.max_length={profile.max_length}")
         pad_id = tokenizer.pad_token_id
         initial_loss = _mean_loss(model, examples, pad_id, cfg.batch_size, plan)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
+        optimizer = torch.optim.AdamW(params, lr=profile.learning_rate)
         accumulate = cfg.gradient_accumulation_steps
         order = random.Random(seed)
         losses: list[float] = []
         tokens = 0
         rss_peak = memory_snapshot()["rss_mb"]
         started = time.perf_counter()
-        for epoch in range(cfg.epochs):
+        for epoch in range(profile.epochs):
             if epoch:  # progress on long CPU runs: one line per epoch
-                log.info("student training: epoch %d/%d done, %d steps, last loss %.3f, %.0f s", epoch, cfg.epochs,
+                log.info("student training: epoch %d/%d done, %d steps, last loss %.3f, %.0f s", epoch, profile.epochs,
                          len(losses), losses[-1], time.perf_counter() - started)
             batches = length_grouped_batches(examples, cfg.batch_size, order)
             for first in range(0, len(batches), accumulate):
@@ -243,12 +252,13 @@ def train_adapter(
     adapter_bytes = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())
     result = TrainResult(
         losses=losses, initial_loss=round(initial_loss, 5), final_loss=round(final_loss, 5), steps=len(losses),
-        epochs=cfg.epochs, pairs=len(examples),
+        epochs=profile.epochs, pairs=len(examples),
         train_tokens=sum(sum(1 for t in e["labels"] if t != IGNORE_INDEX) for e in examples),
         wall_s=round(wall, 3), s_per_step=round(wall / max(len(losses), 1), 3), tokens_per_s=round(tokens / wall, 1),
         peak_memory_mb=peak, plan=plan, init_adapter=str(init_adapter_dir) if init_adapter_dir else None,
-        target_modules=sorted(lora.target_modules), lora_r=lora.r, lora_alpha=lora.lora_alpha, seed=seed,
-        adapter_bytes=adapter_bytes, memory=memory,
+        target_modules=sorted({name.rsplit(".", 1)[-1] for name in lora.target_modules}), lora_r=lora.r,
+        lora_alpha=lora.lora_alpha, seed=seed,
+        adapter_bytes=adapter_bytes, memory=memory, profile=profile,
     )
     (out_dir / RESULT_FILE).write_text(result.model_dump_json(indent=2))
     log.info("student trained %d steps in %.1f s: loss %.3f -> %.3f", result.steps, wall, initial_loss, final_loss)

@@ -1,12 +1,13 @@
 """Issue 22 under the real scheduler and triggerer: teacher calls through the (fake) Batch API.
 
 The native Celery topology of tests/fixtures_deploy.py plus a triggerer, the default worker started
-with ``teacher.batch: on`` against :class:`fixtures_batch.FakeBatchServer` (each batch ends
-``BATCH_DELAY_S`` after it was created). One pipeline run, triggered through the REST API: the teacher
-tasks are deferred while their batch runs; a waiting task whose triggerer was killed and which was
-cleared waits for the same batch again (no second submission); the run then succeeds, and its question
-and reference checkpoints are the ones the synchronous path writes on the same scripted replies
-(the two steps run again in-process, synchronously, on a copy of the run's inputs).
+with ``teacher.batch: on`` against :class:`fixtures_batch.FakeBatchServer` (no batch ends until the
+test has cleared the waiting question task, then each ends ``BATCH_DELAY_S`` after it was created).
+One pipeline run, triggered through the REST API: the teacher tasks are deferred while their batch
+runs; a waiting task whose triggerer was killed and which was cleared waits for the same batch again
+(no second submission); the run then succeeds, and its question and reference checkpoints are the
+ones the synchronous path writes on the same scripted replies (the two steps run again in-process,
+synchronously, on a copy of the run's inputs).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from kdflow.store import ArtifactStore, run_key
 
 pytestmark = pytest.mark.slow
 
-BATCH_DELAY_S = 25
+BATCH_DELAY_S = 30
 BATCH_ENV = {"KDFLOW__TEACHER__BATCH": "on", "KDFLOW__TEACHER__BATCH_POLL_S": "2", "OPENAI_API_KEY": "sk-fake"}
 QUESTIONS, REFERENCES = "cycle_1.generate_questions", "cycle_1.generate_reference_answers"
 
@@ -30,7 +31,7 @@ QUESTIONS, REFERENCES = "cycle_1.generate_questions", "cycle_1.generate_referenc
 @pytest.fixture(scope="module")
 def batch_topology(airflow_topology):
     topo = airflow_topology
-    fake = FakeBatchServer(kb_teacher_reply, delay_s=BATCH_DELAY_S).__enter__()
+    fake = FakeBatchServer(kb_teacher_reply, delay_s=3600).__enter__()  # no batch ends until the test says so
     topo.start("triggerer", "triggerer", "--skip-serve-logs", extra_env=BATCH_ENV)
     topo.kill("worker-default", signal.SIGTERM)
     topo.restart("worker-default", extra_env=BATCH_ENV)
@@ -85,10 +86,12 @@ def test_teacher_tasks_wait_in_the_triggerer_resume_their_batch_and_match_the_sy
         api.post(f"/dags/{DAG_ID}/clearTaskInstances", json={
             "dry_run": False, "dag_run_id": run_id, "task_ids": [QUESTIONS], "include_downstream": False,
             "only_failed": False, "reset_dag_runs": True}).raise_for_status()
+        topo.restart("triggerer")
         _wait_for_task(topo, api, run_id, QUESTIONS, "deferred", after_try=waiting["try_number"])
         assert list(fake.batches) == [first_batch]
-        topo.restart("triggerer")
-        # 3. the reference task is deferred on its own batch in turn, and the run completes
+        # 3. batches now end BATCH_DELAY_S after they were sent (the first at once): the reference task
+        # is deferred on its own batch in turn, and the run completes
+        fake.delay_s = BATCH_DELAY_S
         _wait_for_task(topo, api, run_id, REFERENCES, "deferred")
         run = topo.wait_for_run(api, run_id, timeout=900)
         tis = {ti["task_id"]: ti for ti in topo.task_instances(api, run_id)}

@@ -204,3 +204,34 @@ def test_batch_switch_in_the_config():
     local = load_config({"teacher": {"provider": "openai", "base_url": "http://127.0.0.1:8000/v1"}}, environ={})
     assert not local.teacher.batch_active(scheduled=True)
     assert not load_config(environ={}).teacher.batch_active(scheduled=True)
+
+
+def test_a_waiting_airflow_task_defers_to_the_batch_trigger_and_resumes_by_running_again():
+    from airflow.sdk import DAG
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from kdflow.llm.batch_trigger import BatchTrigger
+    from kdflow.pipeline.airflow_batch import step_task
+    from kdflow.pipeline.airflow_tasks import RESUME_METHOD, defer_to_batch, is_scheduled
+
+    with DAG("batch_defer_check", schedule=None) as dag:
+        step_task(task_id="teacher_step")(lambda: {"done": True})()
+    task = dag.get_task("teacher_step")
+    pending = BatchWait("batch-7", step="teacher_step", requests=3, base_url="http://fake/v1",
+                        api_key_env="OPENAI_API_KEY", poll_s=5.0)
+    with pytest.raises(TaskDeferred) as deferred:
+        defer_to_batch(task, pending)
+    assert deferred.value.method_name == RESUME_METHOD
+    assert isinstance(deferred.value.trigger, BatchTrigger) and deferred.value.trigger.batch_id == "batch-7"
+    ran = []
+    task.execute = lambda context: ran.append(context) or {"done": True}
+    assert task.resume_after_batch({"ti": None}, event={"batch_id": "batch-7", "status": "completed"}) == {
+        "done": True}
+    assert ran == [{"ti": None}]
+    with pytest.raises(TypeError, match="step_task"):
+        defer_to_batch(object.__new__(type("PlainTask", (), {"task_id": "plain"})), pending)
+
+    class Run:
+        run_type = "scheduled"
+
+    assert is_scheduled({"dag_run": Run()}) and not is_scheduled({"dag_run": None})

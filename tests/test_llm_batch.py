@@ -198,7 +198,11 @@ def test_the_trigger_fires_once_the_batch_has_ended(tmp_path, fake_batch_server)
 def test_batch_switch_in_the_config():
     assert load_config({"teacher": {"batch": False}}, environ={}).teacher.batch == "off"  # YAML's bare off
     with pytest.raises(ConfigError, match=r"teacher\.batch"):
-        load_config({"teacher": {"batch": "on"}}, environ={})  # the embedded teacher has no Batch API
+        load_config({"teacher": {"batch": "sometimes"}}, environ={})
+    embedded = load_config({"teacher": {"batch": "on"}}, environ={}).teacher
+    assert not embedded.batch_active(scheduled=True)  # the embedded teacher has no Batch API
+    assert load_config({"teacher": {"provider": "openai", "batch": "on"}}, environ={}).teacher.batch_active(
+        scheduled=False)
     hosted = load_config({"teacher": {"provider": "openai"}}, environ={}).teacher
     assert hosted.batch == "auto" and hosted.batch_active(scheduled=True) and not hosted.batch_active(scheduled=False)
     local = load_config({"teacher": {"provider": "openai", "base_url": "http://127.0.0.1:8000/v1"}}, environ={})

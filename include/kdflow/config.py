@@ -139,19 +139,14 @@ class TeacherConfig(_Section):
         """YAML 1.1 reads a bare ``off``/``on`` as false/true."""
         return {False: "off", True: "on"}.get(value, value) if isinstance(value, bool) else value
 
-    @model_validator(mode="after")
-    def _batch_needs_openai(self) -> TeacherConfig:
-        if self.batch == "on" and self.provider != "openai":
-            raise field_conflict("batch", "'on' needs provider: openai (the embedded server has no Batch API)",
-                                 self.batch)
-        return self
-
     def batch_active(self, *, scheduled: bool) -> bool:
-        """Whether teacher and judge calls go through the Batch API: ``on``, or ``auto`` in a scheduled
-        run against a provider that bills (a manual run wants its answers now; a local server has no batches)."""
-        if self.batch == "auto":
-            return scheduled and self.provider == "openai" and not self.is_local
-        return self.batch == "on"
+        """Whether teacher and judge calls go through the Batch API: with provider openai, ``on``, or ``auto``
+        in a scheduled run against a provider that bills (a manual run wants its answers now). Never for the
+        embedded teacher, which has no Batch API (``on`` is not refused there: a run's params may pick
+        either provider under the same worker settings)."""
+        if self.provider != "openai":
+            return False
+        return self.batch == "on" or (self.batch == "auto" and scheduled and not self.is_local)
 
     @field_validator("base_url")
     @classmethod

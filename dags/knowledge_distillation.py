@@ -1,6 +1,7 @@
 """Knowledge distillation DAG: every box of the design diagram is a task.
 
-Wiring only: each task runs one step of ``kdflow.pipeline`` (see include/kdflow/pipeline/registry.py),
+Wiring only: each task runs one step of ``kdflow.pipeline`` (see include/kdflow/pipeline/registry.py;
+a teacher or judge task may wait for its OpenAI batch in the triggerer, see kdflow.pipeline.airflow_batch),
 cycles are task groups generated from the config. A task's upstream edges are the diagram's order
 (one line through every box) and one edge per input its registry entry declares: from the step whose
 pointer it reads (carried by XCom) or from the step that publishes a checkpoint it reads.
@@ -9,10 +10,11 @@ pointer it reads (carried by XCom) or from the step that publishes a checkpoint 
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, TriggerRule, dag, task, task_group
+from airflow.sdk import Param, TriggerRule, dag, task_group
 
 from kdflow.config import load_config
 from kdflow.kb import list_topics
+from kdflow.pipeline.airflow_batch import step_task
 from kdflow.pipeline.airflow_tasks import run_step_in_airflow, task_options
 from kdflow.pipeline.params import params_schema
 from kdflow.pipeline.registry import CYCLE_STEPS, FINAL_STEPS, SETUP_STEPS, declared_upstream, display_name
@@ -23,8 +25,8 @@ PIPELINE = CONFIG.pipeline
 
 
 def _make_task(spec: StepSpec, cycle: int | None = None, **extra):
-    @task(task_id=spec.id, task_display_name=display_name(spec, CONFIG, cycle), **task_options(spec, CONFIG.airflow),
-          **extra)
+    @step_task(task_id=spec.id, task_display_name=display_name(spec, CONFIG, cycle),
+               **task_options(spec, CONFIG.airflow), **extra)
     def step(**inputs):
         return run_step_in_airflow(spec.id, cycle, inputs)
 

@@ -29,7 +29,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytest_plugins = ["fixtures_student", "fixtures_llm", "fixtures_deploy", "fixtures_reliability"]
+pytest_plugins = ["fixtures_student", "fixtures_llm", "fixtures_batch", "fixtures_deploy", "fixtures_reliability"]
 
 
 def free_port() -> int:

@@ -253,3 +253,11 @@ def test_params_map_onto_the_config():
     assert overrides == {"pipeline": {"topics": ["pods"], "cycles": 1}, "seed": 7}
     with pytest.raises(ValueError, match="unknown param"):
         params_to_overrides({"nope": 1})
+
+
+def test_every_step_task_can_wait_for_a_batch_in_the_triggerer(dagbag):
+    """A teacher or judge task defers to the BatchTrigger and resumes in resume_after_batch (issue #22)."""
+    from kdflow.pipeline.airflow_tasks import RESUME_METHOD
+
+    lacking = [t.task_id for t in dagbag.dags[DAG_ID].tasks if not callable(getattr(t, RESUME_METHOD, None))]
+    assert lacking == []

@@ -126,6 +126,27 @@ class TeacherConfig(_Section):
     questions_per_passage: int = Field(1, ge=1, le=10)
     dedup_similarity: float = Field(0.92, gt=0.0, le=1.0)
     gate: GateConfig = Field(default_factory=GateConfig)
+    # The OpenAI Batch API (see kdflow.llm.batch): off, on, or auto (on for scheduled runs of provider openai).
+    batch: Literal["off", "auto", "on"] = "auto"
+    batch_poll_s: float = Field(60, ge=0.05, le=3600)
+    batch_retries: int = Field(2, ge=0, le=10)
+    batch_max_rounds: int = Field(20, ge=1, le=200)
+    batch_price_factor: float = Field(0.5, ge=0.0, le=1.0)
+
+    @field_validator("batch", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare ``off``/``on`` as false/true."""
+        return {False: "off", True: "on"}.get(value, value) if isinstance(value, bool) else value
+
+    def batch_active(self, *, scheduled: bool) -> bool:
+        """Whether teacher and judge calls go through the Batch API: with provider openai, ``on``, or ``auto``
+        in a scheduled run against a provider that bills (a manual run wants its answers now). Never for the
+        embedded teacher, which has no Batch API (``on`` is not refused there: a run's params may pick
+        either provider under the same worker settings)."""
+        if self.provider != "openai":
+            return False
+        return self.batch == "on" or (self.batch == "auto" and scheduled and not self.is_local)
 
     @field_validator("base_url")
     @classmethod

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from kdflow.llm.batch import AsyncHoldingTransport, HoldingTransport
 from kdflow.llm.cache import AsyncCachingTransport, CachingTransport, UsageLedger
 from kdflow.llm.replicas import AsyncReplicaTransport, ReplicaTransport
 from kdflow.llm.server import Endpoint
@@ -40,19 +41,20 @@ def make_client(
     """A sync (teacher) or async (RAGAS judge) openai client whose responses are cached in
     ``store`` and whose usage is counted in ``ledger`` under ``task``; cache misses start the
     endpoint's server if it waits for them (``endpoint.ensure_ready``) and are spread over the
-    endpoint's replicas when it has any."""
+    endpoint's replicas when it has any. While a batch round holds requests (:func:`kdflow.llm.batch.holding`),
+    misses are held for the batch instead of sent."""
     import openai
 
     common = {"base_url": endpoint.base_url, "api_key": endpoint.api_key, "timeout": timeout_s,
               "max_retries": max_retries}
     urls = (endpoint.base_url, *endpoint.replicas) if endpoint.replicas and endpoint.base_url else ()
     if async_client:
-        inner = AsyncReplicaTransport(urls) if urls else None
+        inner = AsyncHoldingTransport(AsyncReplicaTransport(urls) if urls else None)
         http = openai.DefaultAsyncHttpxClient(
             transport=AsyncCachingTransport(store, ledger, task, inner, before_forward=endpoint.ensure_ready))
         client = openai.AsyncOpenAI(http_client=http, **common)
     else:
-        replicas = ReplicaTransport(urls) if urls else None
+        replicas = HoldingTransport(ReplicaTransport(urls) if urls else None)
         http = openai.DefaultHttpxClient(
             transport=CachingTransport(store, ledger, task, replicas, before_forward=endpoint.ensure_ready))
         client = openai.OpenAI(http_client=http, **common)

@@ -31,6 +31,9 @@ SKIPPED = "skipped"
 FAIL_STEP_ENV = "KDFLOW_FAIL_STEP"
 
 
+BATCHED_KINDS = ("teacher", "evaluation")  # the steps that call the teacher or the judge
+
+
 class InjectedFailure(RuntimeError):
     """Raised by a step named in KDFLOW_FAIL_STEP, to rehearse recovery."""
 
@@ -54,8 +57,14 @@ def execute(
     return run_step(ctx.for_step(ALL_STEPS[step_id], cycle, inputs))
 
 
-def run_step(ctx: RunContext) -> dict[str, Any]:
-    """Run the step ``ctx`` is bound to (:meth:`RunContext.for_step`), logging its box text and time."""
+def run_step(ctx: RunContext, *, scheduled: bool = False, wait_for_batch: bool = True) -> dict[str, Any]:
+    """Run the step ``ctx`` is bound to (:meth:`RunContext.for_step`), logging its box text and time.
+
+    A teacher or judge step whose calls go through the Batch API (``teacher.batch``, ``scheduled``: the
+    run was started by its schedule) runs round by round (:mod:`kdflow.pipeline.batch_rounds`): with
+    ``wait_for_batch`` this process polls each batch until it has ended, without it
+    :class:`kdflow.pipeline.batch_rounds.BatchWait` is raised for the caller to wait (an Airflow task
+    defers to the triggerer)."""
     from kdflow.pipeline.registry import display_name
 
     assert ctx.access is not None, "run_step needs a context bound to a step"
@@ -67,9 +76,30 @@ def run_step(ctx: RunContext) -> dict[str, Any]:
     qualified = f"cycle_{cycle}.{spec.id}" if cycle else spec.id
     if os.environ.get(FAIL_STEP_ENV) == qualified:
         raise InjectedFailure(f"{qualified} failed on purpose ({FAIL_STEP_ENV} is set)")
-    result = spec.func(ctx, cycle)
+    if spec.kind in BATCHED_KINDS and ctx.config.teacher.batch_active(scheduled=scheduled):
+        result = _run_batched(ctx, wait_for_batch)
+    else:
+        result = spec.func(ctx, cycle)
     log.info("step %s: done in %.1fs", spec.id, time.perf_counter() - started)
     from kdflow.tracking import after_step
 
     after_step(ctx, result)  # MLflow: what the step published (never raises)
     return result
+
+
+def _run_batched(ctx: RunContext, wait_for_batch: bool) -> dict[str, Any]:
+    """The step's rounds of batches; waiting here (polling) unless the caller waits elsewhere."""
+    from kdflow.llm.batch import wait_for_batch as poll_batch
+    from kdflow.pipeline.batch_rounds import BatchWait, client_for, run_in_rounds
+
+    assert ctx.access is not None
+    spec, cycle = ctx.access.spec, ctx.access.cycle
+    client = client_for(ctx)
+    while True:
+        try:
+            return run_in_rounds(ctx, lambda: spec.func(ctx, cycle), client=client)
+        except BatchWait as pending:
+            if not wait_for_batch:
+                raise
+            log.info("%s; polling every %ss", pending, pending.poll_s)
+            poll_batch(client, pending.batch_id, poll_s=pending.poll_s)

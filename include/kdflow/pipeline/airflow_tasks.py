@@ -17,6 +17,9 @@ TEACHER_RETRIES = 3
 # student model: kdflow://champion/<student>); the kdflow_export DAG is scheduled on the alias.
 CHAMPION_ALIAS = "kdflow_champion"
 ANNOUNCING_STEP = "save_pipeline_results"  # the step that decides the promotion
+# A step waiting for its batch defers to kdflow.llm.batch_trigger.BatchTrigger and resumes in this method
+# of its task (kdflow.pipeline.airflow_batch.StepOperator).
+RESUME_METHOD = "resume_after_batch"
 
 
 def task_options(spec: StepSpec, airflow_cfg: AirflowConfig) -> dict[str, Any]:
@@ -68,7 +71,9 @@ def run_step_in_airflow(step_id: str, cycle: int | None, inputs: dict[str, Any])
     from kdflow.config import ConfigError, load_config
     from kdflow.integrity import IntegrityError
     from kdflow.kb import KnowledgeBaseError
+    from kdflow.llm.batch import BatchError
     from kdflow.pipeline import run_step
+    from kdflow.pipeline.batch_rounds import BatchWait
     from kdflow.pipeline.context import RunContext
     from kdflow.pipeline.params import params_to_overrides
     from kdflow.pipeline.registry import ALL_STEPS
@@ -80,15 +85,34 @@ def run_step_in_airflow(step_id: str, cycle: int | None, inputs: dict[str, Any])
         mask_in_task_logs(config)
         ctx = RunContext.create(context["run_id"], overrides, config=config).for_step(ALL_STEPS[step_id], cycle,
                                                                                      inputs)
-        result = run_step(ctx)
+        result = run_step(ctx, scheduled=is_scheduled(context), wait_for_batch=False)
         report_lineage(ctx)
-    except (ConfigError, KnowledgeBaseError, IntegrityError) as exc:
-        raise AirflowFailException(str(exc)) from None  # bad input: retrying cannot help
+    except BatchWait as pending:
+        defer_to_batch(context["task"], pending)
+    except (ConfigError, KnowledgeBaseError, IntegrityError, BatchError) as exc:
+        raise AirflowFailException(str(exc)) from None  # bad input, or a batch past its limits: retrying cannot help
     if "skipped" in result:
         raise AirflowSkipException(result["skipped"])
     if step_id == ANNOUNCING_STEP:
         announce_champion(context["outlet_events"], result, context["run_id"])
     return result
+
+
+def is_scheduled(context: Any) -> bool:
+    """Whether the schedule started this run (``teacher.batch: auto`` batches only those)."""
+    run_type = getattr(context.get("dag_run"), "run_type", None)
+    return getattr(run_type, "value", run_type) == "scheduled"
+
+
+def defer_to_batch(task: Any, pending: Any) -> None:
+    """Free the worker: the triggerer waits for the batch, then the task resumes in :data:`RESUME_METHOD`."""
+    from kdflow.llm.batch_trigger import BatchTrigger
+
+    if not hasattr(task, RESUME_METHOD):
+        raise TypeError(f"task {task.task_id} cannot resume after a batch: make it with "
+                        "kdflow.pipeline.airflow_batch.step_task")
+    trigger = BatchTrigger(pending.batch_id, pending.base_url, pending.api_key_env, pending.poll_s)
+    task.defer(trigger=trigger, method_name=RESUME_METHOD)
 
 
 def mask_in_task_logs(config: KdflowConfig) -> frozenset[str]:

@@ -156,6 +156,9 @@ def describe_start(champion: dict[str, Any] | None) -> str:
 
 
 # -- teacher and judge sessions -----------------------------------------------------------------
+BATCH_TASK_PREFIX = "batch_"  # usage ledgers of the calls a step sent through the Batch API: batch_<step id>
+
+
 def usage_key(ctx: RunContext, cycle: int | None, task: str) -> str:
     return run_key(ctx.run_id, "usage", f"{'run' if cycle is None else f'cycle_{cycle}'}__{task}.json")
 

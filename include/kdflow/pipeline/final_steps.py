@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kdflow.pipeline.artifacts import (
+    BATCH_TASK_PREFIX,
     champion_dir,
     champion_history_key,
     champion_key,
@@ -121,14 +122,17 @@ def _cycle_result(ctx: RunContext, n: int) -> dict[str, Any]:
 def _usage(ctx: RunContext) -> dict[str, dict[str, Any]]:
     from kdflow.llm.cache import UsageLedger
 
-    teacher, judge = UsageLedger(), UsageLedger()
+    teacher, judge, batch = UsageLedger(), UsageLedger(), UsageLedger()
     requested = {"run", *(f"cycle_{n}" for n in range(1, ctx.config.pipeline.cycles + 1))}
     for key in ctx.store.list_keys(run_key(ctx.run_id, "usage")):
         scope, _, task = key.rsplit("/", 1)[-1].removesuffix(".json").partition("__")
         if scope not in requested:  # a later cycle of an earlier, longer try of this run
             continue
-        (teacher if task in TEACHER_TASKS else judge).merge(ctx.store.read_json(key))
-    return {name: dataclasses.asdict(ledger.total()) for name, ledger in (("teacher", teacher), ("judge", judge))}
+        # Batched calls (teacher.batch) were answered by the batch, at its price; the steps then ran from the cache.
+        ledger = batch if task.startswith(BATCH_TASK_PREFIX) else teacher if task in TEACHER_TASKS else judge
+        ledger.merge(ctx.store.read_json(key))
+    rows = [("teacher", teacher), ("judge", judge)] + ([("batch API", batch)] if batch.tasks else [])
+    return {name: dataclasses.asdict(ledger.total()) for name, ledger in rows}
 
 
 def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 def prepare_held_out_questions(ctx: RunContext, cycle: None) -> dict[str, Any]:
     """Make sure the store's held-out set has enough questions for every selected topic, then
     publish this run's slice of it."""
+    from kdflow.llm.batch import IndependentParts
     from kdflow.teacher.questions import generate_questions
 
     size = ctx.config.pipeline.held_out_per_topic
@@ -41,12 +42,13 @@ def prepare_held_out_questions(ctx: RunContext, cycle: None) -> dict[str, Any]:
     if missing:
         existing = question_bank(ctx.store, kb.content_hash, run_id=ctx.run_id, before_cycle=1)
         existing += [q.question for q in bank]
-        with teacher_session(ctx, None, "held_out_questions") as (endpoint, client):
+        with teacher_session(ctx, None, "held_out_questions") as (endpoint, client), IndependentParts() as topics:
             for topic, count in missing.items():
-                new = generate_questions(client, endpoint, ctx.config.teacher, kb, topic, count, existing=existing,
-                                         seed=ctx.config.seed, cycle=None, split="held_out")
-                existing += [q.question for q in new]
-                bank += new
+                with topics.part():
+                    new = generate_questions(client, endpoint, ctx.config.teacher, kb, topic, count,
+                                             existing=existing, seed=ctx.config.seed, cycle=None, split="held_out")
+                    existing += [q.question for q in new]
+                    bank += new
         ctx.store.write_jsonl(key, bank)
         log.info("held-out set %s now has %d questions", key, len(bank))
     selected = []
@@ -109,6 +111,7 @@ def ceiling_sample(items: list[GoldItem], per_topic: int | None, *, seed: int) -
 
 def generate_questions(ctx: RunContext, cycle: int) -> dict[str, Any]:
     """New questions for this cycle, spread over the topics, never repeating the bank."""
+    from kdflow.llm.batch import IndependentParts
     from kdflow.teacher.questions import generate_questions as teacher_questions
 
     kb = load_from_config(ctx.config)
@@ -116,12 +119,13 @@ def generate_questions(ctx: RunContext, cycle: int) -> dict[str, Any]:
     allocation = allocate_questions(ctx.config.pipeline.topics, ctx.config.pipeline.questions_per_cycle, cycle)
     citations = passage_citations(ctx, before_cycle=cycle)
     questions: list[Question] = []
-    with teacher_session(ctx, cycle, "questions") as (endpoint, client):
+    with teacher_session(ctx, cycle, "questions") as (endpoint, client), IndependentParts() as topics:
         for topic, count in allocation.items():
-            new = teacher_questions(client, endpoint, ctx.config.teacher, kb, topic, count, existing=existing,
-                                    seed=ctx.config.seed, cycle=cycle, citations=citations)
-            existing += [q.question for q in new]
-            questions += new
+            with topics.part():  # a batch round asks for every topic's drafts at once
+                new = teacher_questions(client, endpoint, ctx.config.teacher, kb, topic, count, existing=existing,
+                                        seed=ctx.config.seed, cycle=cycle, citations=citations)
+                existing += [q.question for q in new]
+                questions += new
     for q in questions:
         log.info("cycle %d question [%s]: %s", cycle, q.topic, q.question)
     return ctx.stage_rows(cycle, "questions.jsonl", questions, summary={"allocation": allocation}).to_xcom()

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from kdflow.config import GateConfig, TeacherConfig
 from kdflow.kb import KnowledgeBase, Passage
+from kdflow.llm.batch import map_round
 from kdflow.llm.server import Endpoint
 from kdflow.records import Question, question_id
 from kdflow.teacher.faithfulness import split_sentences
@@ -143,7 +144,7 @@ def generate_questions(
                 break
             # Drafts of a round are written side by side (the requests depend only on slot and attempt);
             # the checks run in slot order, so which drafts are kept does not depend on the concurrency.
-            drafts = list(pool.map(lambda slot: draft(slot, attempt), pending))  # noqa: B023 - consumed here
+            drafts = map_round(pool, lambda slot: draft(slot, attempt), pending)  # noqa: B023 - consumed here
             still_pending = []
             for slot, (passage, text) in zip(pending, drafts, strict=True):
                 verdict = check_question(gate, text, passage, seen, judge)

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from kdflow.config import GateConfig, TeacherConfig
 from kdflow.kb import Passage
+from kdflow.llm.batch import map_round
 from kdflow.llm.server import Endpoint
 from kdflow.records import Question, Reference
 from kdflow.retrieval import Retriever
@@ -204,4 +205,4 @@ def generate_references(
     if cfg.concurrency <= 1 or len(questions) <= 1:
         return [one(q) for q in questions]
     with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
-        return list(pool.map(one, questions))
+        return map_round(pool, one, questions)

@@ -42,11 +42,13 @@ def prepare_held_out_questions(ctx: RunContext, cycle: None) -> dict[str, Any]:
     if missing:
         existing = question_bank(ctx.store, kb.content_hash, run_id=ctx.run_id, before_cycle=1)
         existing += [q.question for q in bank]
+        bank_size = len(existing)
         with teacher_session(ctx, None, "held_out_questions") as (endpoint, client), IndependentParts() as topics:
             for topic, count in missing.items():
                 with topics.part():
                     new = generate_questions(client, endpoint, ctx.config.teacher, kb, topic, count,
-                                             existing=existing, seed=ctx.config.seed, cycle=None, split="held_out")
+                                             existing=existing, seed=ctx.config.seed, cycle=None, split="held_out",
+                                             bank_size=bank_size)
                     existing += [q.question for q in new]
                     bank += new
         ctx.store.write_jsonl(key, bank)
@@ -116,6 +118,7 @@ def generate_questions(ctx: RunContext, cycle: int) -> dict[str, Any]:
 
     kb = load_from_config(ctx.config)
     existing = list(start_record(ctx, cycle)["question_bank"])
+    bank_size = len(existing)
     allocation = allocate_questions(ctx.config.pipeline.topics, ctx.config.pipeline.questions_per_cycle, cycle)
     citations = passage_citations(ctx, before_cycle=cycle)
     questions: list[Question] = []
@@ -123,7 +126,7 @@ def generate_questions(ctx: RunContext, cycle: int) -> dict[str, Any]:
         for topic, count in allocation.items():
             with topics.part():  # a batch round asks for every topic's drafts at once
                 new = teacher_questions(client, endpoint, ctx.config.teacher, kb, topic, count, existing=existing,
-                                        seed=ctx.config.seed, cycle=cycle, citations=citations)
+                                        seed=ctx.config.seed, cycle=cycle, citations=citations, bank_size=bank_size)
                 existing += [q.question for q in new]
                 questions += new
     for q in questions:

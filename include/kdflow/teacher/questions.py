@@ -93,6 +93,7 @@ def generate_questions(
     gate: GateConfig | None = None,
     judge: AnswerabilityJudge | None = None,
     citations: Mapping[str, int] | None = None,
+    bank_size: int | None = None,
 ) -> list[Question]:
     """``n`` new questions on ``topic``, each grounded in one passage (its id is saved with it),
     none a duplicate of ``existing`` (the store's earlier questions) or of each other.
@@ -100,7 +101,10 @@ def generate_questions(
     teacher's own endpoint judges (cached and counted with the questions).
     ``citations`` (passage id -> questions already asked from it in this run) puts the least covered
     passages first, so a run of N questions covers as much of the topic as it can; ties keep a
-    seeded shuffle. ``cfg.questions_per_passage`` = k gives k consecutive slots the same passage,
+    seeded shuffle. ``bank_size`` (default: ``len(existing)``) is how many questions the store held when
+    the step began; a step asking for several topics passes the same number for each, so one topic's
+    requests do not depend on whether another's were answered yet (a batch round asks for all at once).
+    ``cfg.questions_per_passage`` = k gives k consecutive slots the same passage,
     each asking about another of its sentences. The drafts of all open slots are asked for at once
     (``cfg.concurrency`` calls in flight: llama-server's slots decode them together). Raises
     :class:`TeacherError` when a slot finds no acceptable question within the bound."""
@@ -110,7 +114,7 @@ def generate_questions(
     # cache, or a deterministic endpoint), lost one attempt per earlier run to the duplicate check and
     # called the topic "exhausted" after max_attempts_per_question runs. A rerun of a cycle still sends
     # the same requests: the cycle's start record pins the bank it reads.
-    bank_size = len(existing)
+    bank_size = len(existing) if bank_size is None else bank_size
     order = list(range(len(passages)))
     random.Random(stable_int(seed, cycle, topic, split, bank_size)).shuffle(order)
     if citations:

@@ -132,7 +132,7 @@ def test_a_dataset_with_zero_pairs_fails_before_training(tmp_path):
     _publish(ctx, 1, "questions.jsonl", "questions", [question])
     _publish(ctx, 1, "references.jsonl", "references", [reference])
     _fails_and_changes_nothing(ctx.store, overrides, "prepare_training_dataset", CheckpointError,
-                               r"cycle 1: the training dataset has zero pairs \(1 dropped by the gate, 0 too close to "
+                               r"cycle 1: the training dataset has zero pairs \(1 dropped by the gate, 0 by a reviewer, 0 too close to "
                                r"an evaluation question\)", cycle=1)
 
 

@@ -8,8 +8,9 @@ the UI does (``PATCH .../hitlDetails``), or leaves it to time out. The default w
 ``KDFLOW__PROMOTION__MARGIN=-1`` (as in test_native_export_asset), so the gate proposes the tiny random
 student's adapter and the promotion review is asked. Review off is every other topology test's run.
 
-Three runs: drop a pair + approve the promotion; approve the data + let the promotion review time out
-(the default keeps the champion); reject the data (the run stops: everything after the review skipped).
+Three runs: drop a pair + approve the promotion; let the promotion review time out (the default keeps the
+champion; the data review is off in this run and finishes without asking); reject the data (the run stops:
+everything after the review skipped).
 """
 
 from __future__ import annotations
@@ -121,9 +122,8 @@ def test_a_reviewer_drops_a_pair_before_training_and_approves_the_new_champion(t
 
 def test_an_unanswered_promotion_review_times_out_and_keeps_the_champion(topo):
     with topo.client() as api:
-        run_id = _trigger(api, review_dataset=True, review_promotion=True, review_timeout="20s")
-        _wait_parked(topo, api, run_id, DATASET_REVIEW)
-        _answer(api, run_id, DATASET_REVIEW, APPROVE)
+        # the timeout is the run's, for both reviews: the data is not reviewed here, so nothing races it
+        run_id = _trigger(api, review_promotion=True, review_timeout="20s")
         _wait_parked(topo, api, run_id, PROMOTION_REVIEW)
         _no_slot_held(api)
         run, states = _finished(topo, api, run_id)  # the scheduler's sweep applies the default after 20 s
@@ -134,7 +134,8 @@ def test_an_unanswered_promotion_review_times_out_and_keeps_the_champion(topo):
     assert (promotion["outcome"], promotion["by"], promotion["timed_out"]) == ("kept", None, True)
     results = _s3_json(topo, run_key(run_id, "results.json"))
     assert results["promotion"]["promote"] is False and "timed out" in results["promotion"]["reason"]
-    assert [r["outcome"] for r in results["reviews"]] == ["approved", "kept"]
+    assert [r["outcome"] for r in results["reviews"]] == ["kept"]
+    assert states[DATASET_REVIEW] == "success"  # review.dataset off for this run: it finished without asking
 
 
 def test_a_rejected_cycle_stops_the_run_and_trains_nothing(topo):

@@ -283,3 +283,14 @@ def test_a_reject_answer_skips_every_later_task_of_the_run(dag, run):
     decision = read_decision(ctx.store, RUN, "dataset", 1)
     assert (decision.outcome, decision.by, decision.timed_out) == ("rejected", None, True)
     assert not ctx.has_checkpoint(1, "adapter")
+
+
+def test_an_approval_after_a_cleared_reviews_drop_puts_the_pairs_back(dag, run):
+    """The latest answer is the cycle's decision: a review cleared and answered again rebuilds the dataset."""
+    ctx, overrides = run
+    execute("prepare_training_dataset", run_id=RUN, overrides=overrides, cycle=1)
+    task = dag.get_task("cycle_1.review_dataset")
+    task.execute_complete(_context(task, review_dataset=True), _event(DROP, ["pods-1"]))
+    assert _train_ids(ctx, 1) == ["pods-2"]
+    result = task.execute_complete(_context(task, review_dataset=True), _event(APPROVE))
+    assert result["decision"] == "approved" and _train_ids(ctx, 1) == ["pods-1", "pods-2"]

@@ -143,7 +143,10 @@ class DatasetReview(_Review):
             self.log.warning("skipping %d later task(s) of the run: %s", len(later), decision.reason)
             self.skip(ti=context["ti"], tasks=later)  # raises: the task succeeds, everything after it is skipped
         result: dict[str, Any] = {"decision": decision.outcome, "reason": decision.reason}
-        if decision.outcome == "dropped":
+        summary = ctx.checkpoint(self.cycle, "dataset.jsonl").summary or {}
+        # an approval after a cleared review's earlier drop: the dataset must hold those pairs again
+        stale = any(d.get("review_cycle") == self.cycle for d in summary.get("reviewer_dropped") or [])
+        if decision.outcome == "dropped" or stale:
             from kdflow.pipeline import run_step
             from kdflow.pipeline.registry import ALL_STEPS
 

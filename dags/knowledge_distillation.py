@@ -5,6 +5,10 @@ a teacher or judge task may wait for its OpenAI batch in the triggerer, see kdfl
 cycles are task groups generated from the config. A task's upstream edges are the diagram's order
 (one line through every box) and one edge per input its registry entry declares: from the step whose
 pointer it reads (carried by XCom) or from the step that publishes a checkpoint it reads.
+
+Beyond the diagram: a review task after "Prepare Training Dataset" of each cycle and one before "Save
+Complete Pipeline Results" (include/kdflow/pipeline/review_tasks.py), on the same line; they wait for a
+person only when the run turns ``review.dataset`` / ``review.promotion`` on.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from kdflow.pipeline.airflow_batch import step_task
 from kdflow.pipeline.airflow_tasks import run_step_in_airflow, task_options
 from kdflow.pipeline.params import params_schema
 from kdflow.pipeline.registry import CYCLE_STEPS, FINAL_STEPS, SETUP_STEPS, declared_upstream, display_name
+from kdflow.pipeline.review_tasks import REVIEW_AFTER, review_after, review_task_id
 from kdflow.pipeline.spec import DAG_ID, StepSpec
 
 CONFIG = load_config()
@@ -45,6 +50,10 @@ def _add_steps(steps: tuple[StepSpec, ...], cycle: int | None, tasks: dict, upst
         for producer in [*upstream_steps, *([previous] if previous is not None else [])]:
             producer >> call
         outputs[spec.id] = tasks[(cycle, spec.id)] = previous = call
+        review = review_after(spec.id, cycle, CONFIG.airflow, **extra)  # beyond the diagram: see review_tasks
+        if review is not None:
+            call >> review
+            tasks[(cycle, review_task_id(REVIEW_AFTER[spec.id]))] = previous = review
     return previous
 
 

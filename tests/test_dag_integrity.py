@@ -10,7 +10,7 @@ import pytest
 from kdflow.config import load_config
 from kdflow.pipeline.params import params_to_overrides
 from kdflow.pipeline.registry import CYCLE_STEPS, FINAL_STEPS, SETUP_STEPS, box_names, declared_upstream
-from kdflow.pipeline.spec import DAG_ID
+from kdflow.pipeline.spec import DAG_ID, StepSpec
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
@@ -146,12 +146,31 @@ def test_a_step_removed_from_the_registry_is_a_missing_box(monkeypatch):
                           for t in in_flow_order(dag)]) == ["Show Performance Comparison"]
 
 
+def line() -> list[tuple[int | None, str, StepSpec | None]]:
+    """``(cycle, task id within its cycle, registry step or None)`` along the DAG's line: the registry's
+    steps in diagram order, each review task (beyond the diagram, no StepSpec) right after its step."""
+    from kdflow.pipeline.review_tasks import REVIEW_AFTER, review_task_id
+
+    order = []
+    for cycle, steps in [(None, SETUP_STEPS), *((n, CYCLE_STEPS) for n in range(1, CONFIG.pipeline.max_cycles + 1)),
+                         (None, FINAL_STEPS)]:
+        for spec in steps:
+            order.append((cycle, spec.id, spec))
+            if spec.id in REVIEW_AFTER:
+                order.append((cycle, review_task_id(REVIEW_AFTER[spec.id]), None))
+    return order
+
+
+def task_id(cycle: int | None, step_id: str) -> str:
+    return f"cycle_{cycle}.{step_id}" if cycle else step_id
+
+
 def test_every_registry_step_is_a_task_on_a_single_line(dag):
-    expected = [s.id for s in SETUP_STEPS]
-    for n in range(1, CONFIG.pipeline.max_cycles + 1):
-        expected += [f"cycle_{n}.{s.id}" for s in CYCLE_STEPS]
-    expected += [s.id for s in FINAL_STEPS]
+    expected = [task_id(cycle, step_id) for cycle, step_id, _ in line()]
     assert sorted(dag.task_ids) == sorted(expected)
+    reviews = [t for t in expected if t.rsplit(".", 1)[-1].startswith("review_")]
+    assert reviews == [f"cycle_{n}.review_dataset" for n in range(1, CONFIG.pipeline.max_cycles + 1)] + [
+        "review_promotion"]
     # a single line, in diagram order
     for upstream, downstream in zip(expected, expected[1:], strict=False):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
@@ -190,17 +209,12 @@ def test_box_texts_follow_the_configuration():
 def test_dag_edges_are_the_diagram_order_and_the_declared_inputs(dag):
     """Every edge is either the next box of the diagram or a declared input (a pointer read through XCom,
     or the publisher of a checkpoint read), and every declared input has its edge."""
-    order = [(None, s) for s in SETUP_STEPS]
-    order += [(n, s) for n in range(1, CONFIG.pipeline.max_cycles + 1) for s in CYCLE_STEPS]
-    order += [(None, s) for s in FINAL_STEPS]
-
-    def task_id(cycle, step_id):
-        return f"cycle_{cycle}.{step_id}" if cycle else step_id
-
-    expected = {(task_id(c, s.id), task_id(d, t.id)) for (c, s), (d, t) in zip(order, order[1:], strict=False)}
-    for cycle, spec in order:
-        expected |= {(task_id(*up), task_id(cycle, spec.id))
-                     for up in declared_upstream(spec, cycle, CONFIG.pipeline.max_cycles)}
+    order = line()
+    expected = {(task_id(c, s), task_id(d, t)) for (c, s, _), (d, t, _) in zip(order, order[1:], strict=False)}
+    for cycle, step_id, spec in order:
+        if spec is not None:  # a review task declares nothing: its edges are the line's
+            expected |= {(task_id(*up), task_id(cycle, step_id))
+                         for up in declared_upstream(spec, cycle, CONFIG.pipeline.max_cycles)}
     actual = {(up, t.task_id) for t in dag.tasks for up in t.upstream_task_ids}
     assert actual == expected
     # what the diagram's line alone does not say: the previous adapter, the cycles a report reads
@@ -211,11 +225,30 @@ def test_dag_edges_are_the_diagram_order_and_the_declared_inputs(dag):
     assert "cycle_3.save_cycle_results" in dag.get_task("compare_all_cycles").upstream_task_ids
 
 
+def test_review_tasks_are_airflows_hitl_operators_beyond_the_diagram(dag):
+    """Issue 21: after each cycle's dataset step and before the results (which decide the promotion), on the
+    default queue without retries (a retry would ask again); the fine-tuning waits for the dataset review,
+    the results for the promotion review, which runs like the final steps when later cycles were skipped."""
+    from airflow.providers.standard.operators.hitl import HITLOperator
+    from airflow.sdk import TriggerRule
+
+    for n in range(1, CONFIG.pipeline.max_cycles + 1):
+        review = dag.get_task(f"cycle_{n}.review_dataset")
+        assert isinstance(review, HITLOperator) and (review.queue, review.retries) == ("default", 0)
+        assert review.upstream_task_ids == {f"cycle_{n}.prepare_training_dataset"}
+        assert f"cycle_{n}.review_dataset" in dag.get_task(f"cycle_{n}.finetune_student").upstream_task_ids
+        assert review.task_display_name == f"Review Cycle {n} Training Data (review.dataset)"
+    promotion = dag.get_task("review_promotion")
+    assert isinstance(promotion, HITLOperator) and promotion.trigger_rule == TriggerRule.NONE_FAILED
+    assert promotion.upstream_task_ids == {"calculate_overall_improvement"}
+    assert "review_promotion" in dag.get_task("save_pipeline_results").upstream_task_ids
+
+
 def test_student_tasks_use_the_gpu_pool_and_queue(dag):
     for t in dag.tasks:
         step = t.task_id.split(".")[-1]
-        spec = next(s for s in (*SETUP_STEPS, *CYCLE_STEPS, *FINAL_STEPS) if s.id == step)
-        if spec.uses_student:
+        spec = next((s for s in (*SETUP_STEPS, *CYCLE_STEPS, *FINAL_STEPS) if s.id == step), None)
+        if spec is not None and spec.uses_student:
             assert (t.pool, t.queue, t.retries) == ("gpu", "gpu", 1), t.task_id
         else:
             assert t.pool != "gpu" and t.queue == "default", t.task_id
@@ -240,6 +273,8 @@ def test_params_schema(dag):
     assert params["topics"] == ["pods", "services", "storage"]
     assert params.get_param("topics").schema["items"]["enum"] == ["pods", "services", "storage"]
     assert params.get_param("cycles").schema["maximum"] == CONFIG.pipeline.max_cycles
+    # review is off by default: a scheduled run waits for nobody (issue 21)
+    assert (params["review_dataset"], params["review_promotion"], params["review_timeout"]) == (False, False, "1d")
     from airflow.sdk.exceptions import ParamValidationError
 
     for name, bad in [("cycles", 0), ("cycles", CONFIG.pipeline.max_cycles + 1), ("questions_per_cycle", -1),
@@ -251,6 +286,8 @@ def test_params_schema(dag):
 def test_params_map_onto_the_config():
     overrides = params_to_overrides({"topics": ["pods"], "cycles": 1, "teacher_base_url": None, "seed": 7})
     assert overrides == {"pipeline": {"topics": ["pods"], "cycles": 1}, "seed": 7}
+    assert params_to_overrides({"review_dataset": True, "review_timeout": "2h"}) == {
+        "review": {"dataset": True, "timeout": "2h"}}
     with pytest.raises(ValueError, match="unknown param"):
         params_to_overrides({"nope": 1})
 

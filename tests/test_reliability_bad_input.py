@@ -132,8 +132,8 @@ def test_a_dataset_with_zero_pairs_fails_before_training(tmp_path):
     _publish(ctx, 1, "questions.jsonl", "questions", [question])
     _publish(ctx, 1, "references.jsonl", "references", [reference])
     _fails_and_changes_nothing(ctx.store, overrides, "prepare_training_dataset", CheckpointError,
-                               r"cycle 1: the training dataset has zero pairs \(1 dropped by the gate, 0 too close to "
-                               r"an evaluation question\)", cycle=1)
+                               r"cycle 1: the training dataset has zero pairs \(1 dropped by the gate, "
+                               r"0 by a reviewer, 0 too close to an evaluation question\)", cycle=1)
 
 
 def test_a_champion_adapter_from_another_base_model_is_refused(tmp_path, tiny_phi_dir, student_cfg, tiny_pairs):

@@ -303,3 +303,20 @@ def test_without_a_gold_set_the_report_says_so():
     for cycle in results["cycles"]:
         cycle["scores"] = [r for r in cycle["scores"] if r["split"] != "gold"]
     assert render_tables(results)["final_results"].startswith("VERDICT: No gold set was scored in this run")
+
+
+def test_the_answered_reviews_are_in_the_report(tmp_path):
+    """Issue 21: who decided what about the run's data and promotion, and a timeout's default, as recorded."""
+    reviews = [{"review": "dataset", "cycle": 1, "outcome": "dropped", "option": "Drop the chosen pairs",
+                "dropped": ["pods-c1"], "by": "alice (1)", "at": "2026-12-03T08:00:00+00:00", "timed_out": False,
+                "reason": "cycle 1 dataset review: dropped pods-c1 (alice (1), 2026-12-03T08:00:00+00:00)"},
+               {"review": "promotion", "cycle": None, "outcome": "kept", "option": "Keep the champion", "dropped": [],
+                "by": None, "at": "2026-12-04T08:00:00+00:00", "timed_out": True,
+                "reason": "promotion review: kept the current champion (the review timed out; default taken, "
+                          "2026-12-04T08:00:00+00:00)"}]
+    paths = build_report({**make_results(), "reviews": reviews}, tmp_path)
+    html, md = paths["html"].read_text(), paths["md"].read_text()
+    for review in reviews:
+        assert f"<li>{review['reason']}</li>" in html and f"- {review['reason']}" in md
+    assert json.loads(paths["json"].read_text())["reviews"] == reviews
+    assert 'id="reviews"' not in build_report(make_results(), tmp_path / "none")["html"].read_text()

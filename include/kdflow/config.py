@@ -8,9 +8,11 @@ so a bad value stops a run before any work starts, with one message naming each 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import fnmatch
 import functools
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -383,6 +385,39 @@ class TrackingConfig(_Section):
     artifact_max_mb: float = Field(50.0, ge=0)
 
 
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+class ReviewConfig(_Section):
+    """A person in the loop (Airflow's human-in-the-loop operators): with ``dataset`` each cycle waits after
+    "Prepare Training Dataset" for a reviewer to approve, reject or drop pairs; with ``promotion`` a new
+    champion waits for approval. Off by default, so scheduled runs need nobody. A review not answered
+    within ``timeout`` takes ``dataset_default`` / ``promotion_default``."""
+
+    dataset: bool = False
+    promotion: bool = False
+    timeout: dt.timedelta = dt.timedelta(hours=24)
+    dataset_default: Literal["reject", "approve"] = "reject"
+    promotion_default: Literal["keep", "promote"] = "keep"
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        """``24h``, ``30m``, ``90s``, ``2d`` as well as what pydantic reads (seconds, ISO 8601 ``PT24H``)."""
+        if not isinstance(value, str) or value.strip().upper().startswith("P"):
+            return value
+        if match := re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", value):
+            return dt.timedelta(**{_DURATION_UNITS[match[2]]: float(match[1])})
+        raise ValueError("must be a duration such as 24h, 30m, 90s or PT24H")
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive(cls, value: dt.timedelta) -> dt.timedelta:
+        if value <= dt.timedelta(0):
+            raise ValueError("must be a positive duration such as 24h, 30m or 90s")
+        return value
+
+
 class KdflowConfig(_Section):
     seed: int = Field(42, ge=0)
     knowledge_base: KnowledgeBaseConfig = Field(default_factory=KnowledgeBaseConfig)
@@ -394,6 +429,7 @@ class KdflowConfig(_Section):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     airflow: AirflowConfig = Field(default_factory=AirflowConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
 
     @model_validator(mode="after")
     def _promotion_metric_is_measured(self) -> KdflowConfig:

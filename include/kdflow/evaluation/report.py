@@ -156,6 +156,7 @@ def compute_report(results: dict[str, Any] | RunResults, *,
         "samples": _samples(parsed, samples_per_cycle),
         "failures": _failures(parsed),
         "health": list(parsed.health),
+        "reviews": list(parsed.reviews),
     }
 
 
@@ -356,6 +357,11 @@ def gate_dropped_lines(report: dict[str, Any], limit: int = GATE_DROPPED_SHOWN, 
     return lines
 
 
+def review_lines(report: dict[str, Any]) -> list[str]:
+    """One line per answered review: who decided what, when (or that the timeout took the default)."""
+    return [review["reason"] for review in report.get("reviews") or []]
+
+
 def _usage_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["task", "calls", "cache hits", "errors", "prompt tokens", "completion tokens", "cost"]
     rows = [[task, str(u["calls"]), str(u["cache_hits"]), str(u["errors"]), str(u["prompt_tokens"]),
@@ -442,5 +448,7 @@ def _markdown(report: dict[str, Any]) -> str:
     if promotion:
         parts += ["## Promotion",
                   f"{'Promoted' if promotion.get('promote') else 'Not promoted'}: {promotion.get('reason', '')}"]
+    if report["reviews"]:
+        parts += ["## Reviews (a person in the loop)", "\n".join(f"- {line}" for line in review_lines(report))]
     parts.append("Full report with plots and sample answers: report.html")
     return "\n\n".join(parts) + "\n"

@@ -103,6 +103,9 @@ class RunResults(_Model):
     roles: list[dict[str, str]] = Field(default_factory=list)
     # the run's health: one line each (experiment tracking: where, or which steps could not log)
     health: list[str] = Field(default_factory=list)
+    # the answered reviews (issue 21): {"review", "cycle", "outcome", "option", "dropped", "by", "at", "timed_out",
+    # "reason"}, from kdflow.pipeline.review.run_decisions
+    reviews: list[dict[str, Any]] = Field(default_factory=list)
 
 
 def parse_results(results: dict[str, Any] | RunResults) -> RunResults:

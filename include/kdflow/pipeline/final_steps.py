@@ -25,6 +25,7 @@ from kdflow.pipeline.artifacts import (
     stored_champion,
 )
 from kdflow.pipeline.context import CheckpointError, RunContext
+from kdflow.pipeline.review import read_decision, run_decisions
 from kdflow.records import ScoreRow, gate_drop_reason
 from kdflow.store import run_key
 
@@ -135,11 +136,10 @@ def _usage(ctx: RunContext) -> dict[str, dict[str, Any]]:
     return {name: dataclasses.asdict(ledger.total()) for name, ledger in rows}
 
 
-def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
-    """Decide whether the run's last adapter becomes the champion of its student model, and record it
-    (the champion it replaces goes to that model's history): its paired gold-set delta against the
-    model the run started from (held-out without a gold set) must have its interval's lower bound
-    above the margin, with no topic regressing."""
+def promotion_gate(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
+    """The promotion gate's verdict on the run's last adapter, without acting on it: its paired gold-set
+    delta against the model the run started from (held-out without a gold set) must have its interval's
+    lower bound above the margin, with no topic regressing. The promotion review shows it to a person."""
     from kdflow.evaluation.promotion import decide_promotion
 
     cfg = ctx.config.promotion
@@ -148,9 +148,35 @@ def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
     # The incumbent is the model cycle 1 started from (the champion, or the base model when there is
     # none), scored in this run on the same questions.
     incumbent = [s for s in cycle_scores(ctx, 1, "baseline") if s.split == split]
-    champion = current_champion(ctx)
     decision = decide_promotion(candidate, incumbent, cfg, metric=cfg.metric, split=split, **statistics_of(ctx))
-    decision["incumbent"] = describe_start(champion)
+    decision["incumbent"] = describe_start(current_champion(ctx))
+    return decision
+
+
+def with_review(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
+    """The gate's ``decision`` after the promotion review (``review.promotion``): a promotion the gate
+    proposes happens only when a reviewer approved it (or the timeout default is ``promote``); with no
+    recorded answer it fails closed and keeps the champion."""
+    if not ctx.config.review.promotion or not decision["promote"]:
+        return decision
+    review = read_decision(ctx.store, ctx.run_id, "promotion")
+    if review is None:
+        return {**decision, "promote": False, "reason": f"no promotion review was answered; kept the champion "
+                                                        f"(the gate: {decision['reason']})"}
+    reviewed = {**decision, "review": {**review.model_dump(mode="json"), "reason": review.reason}}
+    if review.outcome == "promoted":
+        return reviewed
+    return {**reviewed, "promote": False, "reason": f"{review.reason} (the gate: {decision['reason']})"}
+
+
+def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
+    """Decide whether the run's last adapter becomes the champion of its student model (the gate, then the
+    review when ``review.promotion`` is on), and record it (the champion it replaces goes to that model's
+    history)."""
+    cfg = ctx.config.promotion
+    champion = current_champion(ctx)
+    decision = with_review(ctx, promotion_gate(ctx, last_cycle))
+    split = decision["split"]
     if decision["promote"]:
         model = ctx.config.student.model
         replaced = stored_champion(ctx)
@@ -233,6 +259,7 @@ def save_pipeline_results(ctx: RunContext, cycle: None) -> dict[str, Any]:
         "statistics": statistics_of(ctx),
         "roles": _roles(ctx),
         "health": tracking_health(ctx),
+        "reviews": run_decisions(ctx.store, ctx.run_id, cycles),
     }
     results = ctx.mask(results)  # the report is rendered from these: a base URL's credentials never reach it
     ctx.publish_json(None, "results.json", results)

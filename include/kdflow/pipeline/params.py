@@ -3,6 +3,7 @@ refuses bad input at trigger time, and the config validation catches whatever ge
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,9 @@ PARAM_FIELDS: dict[str, tuple[str, str]] = {
     "teacher_base_url": ("teacher", "base_url"),
     "student_model": ("student", "model"),
     "seed": (None, "seed"),
+    "review_dataset": ("review", "dataset"),
+    "review_promotion": ("review", "promotion"),
+    "review_timeout": ("review", "timeout"),
 }
 
 
@@ -40,7 +44,7 @@ def params_to_overrides(params: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def params_schema(config: KdflowConfig, topics: list[str]) -> dict[str, dict[str, Any]]:
     """JSON-schema keyword arguments for each ``airflow.sdk.Param`` (kept Airflow-free for tests)."""
-    p, t, s = config.pipeline, config.teacher, config.student
+    p, t, s, r = config.pipeline, config.teacher, config.student, config.review
     return {
         "topics": dict(default=p.topics, type="array", items={"type": "string", "enum": topics}, uniqueItems=True,
                        minItems=1, examples=topics, title="Topics", description="Knowledge-base topics to distill"),
@@ -58,4 +62,21 @@ def params_schema(config: KdflowConfig, topics: list[str]) -> dict[str, dict[str
         "student_model": dict(default=s.model, type="string", minLength=1, title="Student model",
                               description="HF model id, local folder or GGUF file; 'embedded' = SmolLM2-135M"),
         "seed": dict(default=config.seed, type="integer", minimum=0, title="Seed"),
+        "review_dataset": dict(default=r.dataset, type="boolean", title="Review each cycle's training data",
+                               description="Wait after Prepare Training Dataset for a person to approve, reject "
+                                           "or drop pairs (Browse -> Required Actions)"),
+        "review_promotion": dict(default=r.promotion, type="boolean", title="Review the promotion",
+                                 description="Wait for a person to approve a new champion"),
+        "review_timeout": dict(default=duration_text(r.timeout), type="string", minLength=2,
+                               title="Review timeout", description="e.g. 24h, 30m, 90s; then the review takes "
+                               f"its default ({r.dataset_default} the data, {r.promotion_default} the champion)"),
     }
+
+
+def duration_text(value: dt.timedelta) -> str:
+    """``24h``, ``30m``, ``90s``: the shortest whole unit :class:`kdflow.config.ReviewConfig` reads back."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{value.total_seconds():g}s"

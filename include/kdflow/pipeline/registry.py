@@ -61,7 +61,7 @@ CYCLE_STEPS: tuple[StepSpec, ...] = (
       ("dataset", "hf_dataset"),
       display_later="Prepare Training Dataset {pairs} Q&A Pairs Total"),
     S("finetune_student", "Fine-tune {student} with QLoRA", "student", stu.finetune_student,
-      (step("prepare_training_dataset"), this("start")), display_later="Fine-tune {student} with QLoRA Round {n}"),
+      (this("hf_dataset"), this("start")), display_later="Fine-tune {student} with QLoRA Round {n}"),
     S("save_adapter", "Save Fine-tuned Adapter", "checkpoint", save.save_adapter, (step("finetune_student"),),
       ("adapter",), display_later="Save Cycle {n} Fine-tuned Adapter"),
     S("finetuning_complete", "Fine-tuning Complete", "checkpoint", save.finetuning_complete, (step("save_adapter"),),

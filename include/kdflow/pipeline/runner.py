@@ -36,6 +36,9 @@ def run_pipeline(
     ``audit``, when given, receives each step's record of what it read and published."""
     config = load_config(overrides or {})  # fail before any work on a bad config
     run_id = run_id or default_run_id()
+    if config.review.dataset or config.review.promotion:
+        log.warning("review.dataset/review.promotion ask a person through the Airflow DAG's review tasks; this run "
+                    "outside Airflow is not reviewed, and a promotion that needs a review keeps the champion")
     base = RunContext.create(run_id, overrides, config=config)
     outputs: dict[str, Any] = {}
     total = len(SETUP_STEPS) + config.pipeline.cycles * len(CYCLE_STEPS) + len(FINAL_STEPS)

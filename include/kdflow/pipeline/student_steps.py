@@ -14,6 +14,7 @@ from typing import Any
 from kdflow.kb import KnowledgeBase, load_from_config
 from kdflow.pipeline.artifacts import gold_answered_at, run_gold, run_questions, start_adapter
 from kdflow.pipeline.context import CheckpointError, RunContext
+from kdflow.pipeline.review import ReviewDecision, reviewer_drops
 from kdflow.records import Answer, Reference, TrainingPair, gate_drop_reason
 from kdflow.store import Pointer
 
@@ -170,36 +171,56 @@ def kb_coverage(ctx: RunContext, kb: KnowledgeBase, cited_passages: list[str]) -
     return {"passages_covered": len(covered), "passages": len(selected), "share": len(covered) / len(selected)}
 
 
+def drop_reviewed(pairs: list[TrainingPair], drops: dict[str, ReviewDecision]) -> tuple[list[TrainingPair],
+                                                                                      list[dict[str, Any]]]:
+    """``pairs`` less those a dataset review dropped; plus ``{"cycle", "question_id", "question", "by", "at",
+    "timed_out"}`` of each, naming who dropped it and when."""
+    kept, removed = [], []
+    for pair in pairs:
+        review = drops.get(pair.question_id)
+        if review is None:
+            kept.append(pair)
+        else:
+            removed.append({"cycle": pair.cycle, "question_id": pair.question_id, "question": pair.prompt,
+                            "by": review.by, "at": review.at, "review_cycle": review.cycle})
+    return kept, removed
+
+
 def prepare_training_dataset(ctx: RunContext, cycle: int) -> dict[str, Any]:
-    """Every gated training pair of cycles 1..n of this run, less those too close to a gold or
-    held-out question (decontamination); evaluation questions never enter. Records the KB coverage."""
+    """Every gated training pair of cycles 1..n of this run, less those a reviewer dropped (``review.dataset``)
+    and those too close to a gold or held-out question (decontamination); evaluation questions never enter.
+    Records the KB coverage and who dropped what."""
     pairs: list[TrainingPair] = []
     dropped: list[dict[str, Any]] = []
-    cited: dict[str, list[str]] = {}
+    questions_cited: dict[str, list[str]] = {}  # question id -> the passages it cites
     kb = load_from_config(ctx.config)  # once: read by the passage pairs and the coverage
     for n in range(1, cycle + 1):
         questions = {q["id"]: q for q in ctx.rows(ctx.checkpoint(n, "questions.jsonl"))}
         references = [Reference.model_validate(row) for row in ctx.rows(ctx.checkpoint(n, "references.jsonl"))]
         kept, cut = trainable_references(references, questions)
         dropped += [{"cycle": n, **d} for d in cut]
+        questions_cited.update({ref.question_id: questions[ref.question_id]["passage_ids"] for ref in kept})
         pairs += [TrainingPair(question_id=ref.question_id, cycle=n, topic=questions[ref.question_id]["topic"],
                                prompt=ref.question, completion=ref.reference) for ref in kept]
-        cited.update({ref.question_id: questions[ref.question_id]["passage_ids"] for ref in kept})
+    drops = reviewer_drops(ctx.store, ctx.run_id, cycle)
+    pairs, reviewed_out = drop_reviewed(pairs, drops)  # before the passage pairs: a dropped pair cites nothing
+    cited = {p.question_id: questions_cited[p.question_id] for p in pairs}
     if ctx.config.student.passage_pairs != "off":
-        pairs += passage_pairs(ctx, kb, pairs, cited)
+        extra, passages_out = drop_reviewed(passage_pairs(ctx, kb, pairs, cited), drops)
+        pairs, reviewed_out = pairs + extra, reviewed_out + passages_out
     threshold = ctx.config.evaluation.decontamination_similarity
     pairs, decontaminated = decontaminate(pairs, evaluation_questions(ctx), threshold)
     if not pairs:
         raise CheckpointError(f"cycle {cycle}: the training dataset has zero pairs "
-                              f"({len(dropped)} dropped by the gate, "
+                              f"({len(dropped)} dropped by the gate, {len(reviewed_out)} by a reviewer, "
                               f"{len(decontaminated)} too close to an evaluation question)")
     reasons = dict(Counter(d["reason"] for d in dropped))
     coverage = kb_coverage(ctx, kb, [pid for p in pairs for pid in cited.get(p.question_id, [])])
-    log.info("cycle %d training dataset: %d pairs, %d dropped by the gate %s, %d decontaminated; KB coverage %d/%d",
-             cycle, len(pairs), len(dropped), reasons, len(decontaminated), coverage["passages_covered"],
-             coverage["passages"])
+    log.info("cycle %d training dataset: %d pairs, %d dropped by the gate %s, %d by a reviewer, %d decontaminated; "
+             "KB coverage %d/%d", cycle, len(pairs), len(dropped), reasons, len(reviewed_out), len(decontaminated),
+             coverage["passages_covered"], coverage["passages"])
     summary = {"pairs": len(pairs), "dropped": len(dropped), "dropped_reasons": reasons, "dropped_items": dropped[:20],
-               "decontaminated": decontaminated, "coverage": coverage}
+               "decontaminated": decontaminated, "coverage": coverage, "reviewer_dropped": reviewed_out}
     summary["hf_dataset"] = publish_hf_dataset(ctx, cycle, pairs, cited, summary).to_xcom()
     pointer = ctx.store.write_jsonl(ctx.key(cycle, "dataset.jsonl"), pairs, summary=summary)
     ctx.record(cycle, "dataset.jsonl", pointer)
@@ -244,7 +265,8 @@ def finetune_student(ctx: RunContext, cycle: int) -> dict[str, Any]:
     from kdflow.student.models import resolve_student
     from kdflow.student.train import train_with_oom_fallback
 
-    folder = ctx.pointer("prepare_training_dataset")["summary"]["hf_dataset"]
+    # the published checkpoint, not the dataset step's XCom: a dataset review that drops pairs republishes it
+    folder = ctx.checkpoint(cycle, "hf_dataset")
     plan = plan_device(ctx.config.student, "train")
     with tempfile.TemporaryDirectory(prefix="kdflow-train-") as tmp:
         parquet = Path(tmp) / TRAIN_FILE

@@ -1,0 +1,153 @@
+"""Issue 21 under the real scheduler: a person in the loop through Airflow's human-in-the-loop REST API.
+
+The native Celery topology of tests/fixtures_deploy.py (scheduler, dag-processor, two workers, no triggerer:
+on Airflow 3.3 a waiting review parks its task in ``awaiting_input``, which needs none). The pipeline DAG is
+triggered through the REST API with the review params on, as a user would from the trigger form; each test
+waits for the review task to park, reads what the reviewer is shown (``GET .../hitlDetails``) and answers as
+the UI does (``PATCH .../hitlDetails``), or leaves it to time out. The default worker runs with
+``KDFLOW__PROMOTION__MARGIN=-1`` (as in test_native_export_asset), so the gate proposes the tiny random
+student's adapter and the promotion review is asked. Review off is every other topology test's run.
+
+Three runs: drop a pair + approve the promotion; let the promotion review time out (the default keeps the
+champion; the data review is off in this run and finishes without asking); reject the data (the run stops:
+everything after the review skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from fixtures_deploy import DAG_ID
+from kdflow.pipeline.review import APPROVE, DROP, DROP_PARAM, PROMOTE, REJECT, review_key
+from kdflow.store import run_key
+
+pytestmark = pytest.mark.slow
+
+CONF = {"topics": ["pods"], "cycles": 1, "questions_per_cycle": 2, "held_out_per_topic": 0}
+DATASET_REVIEW = "cycle_1.review_dataset"
+PROMOTION_REVIEW = "review_promotion"
+PARK_WAIT_S = 900  # the teacher, baseline answers and evaluation run before the first review
+
+
+@pytest.fixture(scope="module")
+def topo(airflow_topology):
+    topo = airflow_topology
+    with topo.client() as api:
+        api.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).raise_for_status()
+    topo.kill("worker-default", signal.SIGTERM)  # the results and review tasks run on the default worker
+    topo.restart("worker-default", extra_env={"KDFLOW__PROMOTION__MARGIN": "-1"})
+    try:
+        yield topo
+    finally:
+        topo.kill("worker-default", signal.SIGTERM)
+        topo.restart("worker-default")
+
+
+def _trigger(api, **review) -> str:
+    run = api.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": {**CONF, **review}})
+    return run.raise_for_status().json()["dag_run_id"]
+
+
+def _hitl_url(run_id: str, task_id: str) -> str:
+    return f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails"
+
+
+def _wait_parked(topo, api, run_id: str, task_id: str, timeout: float = PARK_WAIT_S) -> dict:
+    """Wait until ``task_id`` waits for a person; return what the reviewer is shown."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ti = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}").raise_for_status().json()
+        if ti["state"] == "awaiting_input":
+            return api.get(_hitl_url(run_id, task_id)).raise_for_status().json()
+        assert ti["state"] not in ("failed", "upstream_failed", "skipped", "success"), (task_id, ti["state"],
+                                                                                       f"logs in {topo.home}")
+        topo.assert_alive()
+        time.sleep(3)
+    raise TimeoutError(f"{task_id} of {run_id} did not wait for a reviewer in {timeout}s")
+
+
+def _no_slot_held(api) -> None:
+    """A waiting review holds no worker or pool slot (and the run has nothing else to run meanwhile)."""
+    pool = api.get("/pools/default_pool").raise_for_status().json()
+    assert (pool["occupied_slots"], pool["running_slots"], pool["queued_slots"]) == (0, 0, 0), pool
+
+
+def _answer(api, run_id: str, task_id: str, option: str, **params) -> dict:
+    return api.patch(_hitl_url(run_id, task_id), json={"chosen_options": [option], "params_input": params}
+                     ).raise_for_status().json()
+
+
+def _s3_json(topo, key: str) -> dict:
+    return json.loads(topo.s3().get_object(Bucket=topo.bucket, Key=f"{topo.store_prefix}/{key}")["Body"].read())
+
+
+def _finished(topo, api, run_id: str) -> tuple[dict, dict[str, str]]:
+    run = topo.wait_for_run(api, run_id, timeout=900)
+    return run, {ti["task_id"]: ti["state"] for ti in topo.task_instances(api, run_id)}
+
+
+def test_a_reviewer_drops_a_pair_before_training_and_approves_the_new_champion(topo):
+    with topo.client() as api:
+        run_id = _trigger(api, review_dataset=True, review_promotion=True)
+        shown = _wait_parked(topo, api, run_id, DATASET_REVIEW)
+        _no_slot_held(api)
+        ids = shown["params"][DROP_PARAM]["schema"]["items"]["enum"]
+        assert shown["options"] == [APPROVE, DROP, REJECT] and shown["defaults"] == [REJECT]
+        assert all(f"`{qid}`" in shown["body"] for qid in ids) and "| gate | scores |" in shown["body"]
+        if len(ids) < 2:
+            pytest.skip(f"the teacher's gate kept {len(ids)} pair(s); dropping one would leave nothing to train")
+        answered = _answer(api, run_id, DATASET_REVIEW, DROP, **{DROP_PARAM: ids[:1]})
+        assert answered["chosen_options"] == [DROP]
+
+        shown = _wait_parked(topo, api, run_id, PROMOTION_REVIEW)
+        assert "The promotion gate proposes a new champion" in shown["body"]
+        _answer(api, run_id, PROMOTION_REVIEW, PROMOTE)
+        run, states = _finished(topo, api, run_id)
+    assert run["state"] == "success" and states["save_pipeline_results"] == "success", states
+    dataset = _s3_json(topo, review_key(run_id, "dataset", 1))
+    assert (dataset["outcome"], dataset["dropped"], dataset["timed_out"]) == ("dropped", ids[:1], False)
+    assert dataset["by"].startswith("admin")
+    dataset_key = f"{topo.store_prefix}/{run_key(run_id, 'cycle_1', 'dataset.jsonl')}"
+    pairs = topo.s3().get_object(Bucket=topo.bucket, Key=dataset_key)["Body"].read().decode().splitlines()
+    trained = [json.loads(line)["question_id"] for line in pairs]
+    assert ids[0] not in trained and ids[1] in trained
+    results = _s3_json(topo, run_key(run_id, "results.json"))
+    assert results["promotion"]["promote"] is True and results["promotion"]["review"]["outcome"] == "promoted"
+    assert [r["outcome"] for r in results["reviews"]] == ["dropped", "promoted"]
+
+
+def test_an_unanswered_promotion_review_times_out_and_keeps_the_champion(topo):
+    with topo.client() as api:
+        # the timeout is the run's, for both reviews: the data is not reviewed here, so nothing races it
+        run_id = _trigger(api, review_promotion=True, review_timeout="20s")
+        _wait_parked(topo, api, run_id, PROMOTION_REVIEW)
+        _no_slot_held(api)
+        run, states = _finished(topo, api, run_id)  # the scheduler's sweep applies the default after 20 s
+        detail = api.get(_hitl_url(run_id, PROMOTION_REVIEW)).raise_for_status().json()
+    assert run["state"] == "success" and states[PROMOTION_REVIEW] == "success", states
+    assert detail["chosen_options"] == ["Keep the champion"] and detail["responded_by_user"] is None
+    promotion = _s3_json(topo, review_key(run_id, "promotion"))
+    assert (promotion["outcome"], promotion["by"], promotion["timed_out"]) == ("kept", None, True)
+    results = _s3_json(topo, run_key(run_id, "results.json"))
+    assert results["promotion"]["promote"] is False and "timed out" in results["promotion"]["reason"]
+    assert [r["outcome"] for r in results["reviews"]] == ["kept"]
+    assert states[DATASET_REVIEW] == "success"  # review.dataset off for this run: it finished without asking
+
+
+def test_a_rejected_cycle_stops_the_run_and_trains_nothing(topo):
+    with topo.client() as api:
+        run_id = _trigger(api, review_dataset=True)
+        _wait_parked(topo, api, run_id, DATASET_REVIEW)
+        _answer(api, run_id, DATASET_REVIEW, REJECT)
+        run, states = _finished(topo, api, run_id)
+    assert run["state"] == "success" and states[DATASET_REVIEW] == "success"
+    later = ("cycle_1.finetune_student", "cycle_1.save_adapter", PROMOTION_REVIEW, "save_pipeline_results",
+             "pipeline_complete", "show_sample_qa_pairs")
+    assert {task: states[task] for task in later} == dict.fromkeys(later, "skipped")
+    assert _s3_json(topo, review_key(run_id, "dataset", 1))["outcome"] == "rejected"
+    keys = topo.s3_keys(f"{topo.store_prefix}/{run_key(run_id)}/")
+    assert not [k for k in keys if "/adapter" in k or k.endswith("/results.json")]

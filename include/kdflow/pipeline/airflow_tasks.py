@@ -68,6 +68,7 @@ def run_step_in_airflow(step_id: str, cycle: int | None, inputs: dict[str, Any])
     from kdflow.config import ConfigError, load_config
     from kdflow.integrity import IntegrityError
     from kdflow.kb import KnowledgeBaseError
+    from kdflow.llm.client import EndpointConfigError
     from kdflow.pipeline import run_step
     from kdflow.pipeline.context import RunContext
     from kdflow.pipeline.params import params_to_overrides
@@ -82,8 +83,8 @@ def run_step_in_airflow(step_id: str, cycle: int | None, inputs: dict[str, Any])
                                                                                      inputs)
         result = run_step(ctx)
         report_lineage(ctx)
-    except (ConfigError, KnowledgeBaseError, IntegrityError) as exc:
-        raise AirflowFailException(str(exc)) from None  # bad input: retrying cannot help
+    except (ConfigError, KnowledgeBaseError, IntegrityError, EndpointConfigError) as exc:
+        raise AirflowFailException(str(exc)) from None  # bad input or a refused model/parameter: retrying cannot help
     if "skipped" in result:
         raise AirflowSkipException(result["skipped"])
     if step_id == ANNOUNCING_STEP:

@@ -120,6 +120,18 @@ def test_the_rules_refuse_what_pydantic_writes_and_kdflow_rewrites_it():
     assert json_response_format(Loose, "json_object_schema")["schema"] == Loose.model_json_schema()
 
 
+class FreeForm(BaseModel):
+    counts: dict[str, int]
+
+
+def test_a_schema_strict_mode_cannot_express_is_not_silently_emptied():
+    """A free-form dict has no strict form: closing it would make every reply an empty object, so it
+    goes out as it is and OpenAI refuses it (the one-line error then says to use json_object)."""
+    sent = json_response_format(FreeForm, "json_schema")
+    assert sent["json_schema"]["schema"]["properties"]["counts"]["additionalProperties"] == {"type": "integer"}
+    assert any("counts: an object without properties" in p for p in strict_problems(sent))
+
+
 def test_a_dropped_constraint_is_still_checked_on_the_reply(tmp_path):
     """minLength is not sent in strict mode, but an empty answer still fails pydantic's validation."""
     with ScriptedServer('{"answer": "", "note": null, "tags": [], "score": 1}') as server:

@@ -30,9 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 STRUCTURED_OUTPUT_MODES = ("json_schema", "json_object_schema", "json_object")
-TOKEN_PARAMS = ("max_tokens", "max_completion_tokens")
-# teacher.reasoning_effort: a level the model takes, or "omit" (send none: the model's own default).
-REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "omit")
 AUTO = "auto"
 # The generic profiles: for a model kdflow does not know, or named outright in teacher.profile.
 CHAT, REASONING, SELF_HOSTED = "chat", "reasoning", "self-hosted"

@@ -47,7 +47,9 @@ def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in node.items() if k in ALLOWED_KEYWORDS}
         if "format" in out and out["format"] not in STRING_FORMATS:
             del out["format"]
-        if "properties" in out or out.get("type") == "object":
+        if isinstance(out.get("additionalProperties"), dict) and "properties" not in out:
+            out["additionalProperties"] = visit(out["additionalProperties"])  # a free-form dict: strict mode
+        elif "properties" in out or out.get("type") == "object":  # has no form for it, so it stays (and is refused)
             out["properties"] = {name: visit(sub) for name, sub in out.get("properties", {}).items()}
             out["required"] = list(out["properties"])
             out["additionalProperties"] = False

@@ -26,7 +26,7 @@ AIRFLOW_CFG = load_config(environ={}).airflow
 AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
                     "airflow-worker", "airflow-worker-gpu", "airflow-init"]
 LONG_RUNNING = ["postgres", "redis", "minio", *[s for s in AIRFLOW_SERVICES if s != "airflow-init"], "local-teacher",
-                "mlflow"]
+                "mlflow", "vllm"]
 VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?][^}]*)?\}")
 # The config's own override variables for airflow.gpu_pool / gpu_pool_slots, with their defaults.
 GPU_POOL_VARS = {"KDFLOW__AIRFLOW__GPU_POOL": AIRFLOW_CFG.gpu_pool,
@@ -49,7 +49,8 @@ def _queues(service: str) -> list[str]:
 
 
 def test_every_service_of_the_topology_is_there():
-    assert set(SERVICES) == {"postgres", "redis", "minio", "minio-init", *AIRFLOW_SERVICES, "local-teacher", "mlflow"}
+    assert set(SERVICES) == {"postgres", "redis", "minio", "minio-init", *AIRFLOW_SERVICES, "local-teacher", "mlflow",
+                             "vllm"}
     for service in AIRFLOW_SERVICES:
         assert _env(service)["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", service
     assert _command("airflow-apiserver").startswith("api-server")
@@ -262,3 +263,63 @@ def test_mlflow_keeps_runs_in_its_own_postgres_database_and_artifacts_in_minio()
     for service in AIRFLOW_SERVICES:
         assert _env(service)["KDFLOW__TRACKING__MLFLOW_URI"] == "${KDFLOW__TRACKING__MLFLOW_URI:-http://mlflow:5000}"
         assert json.loads(_env(service)["AIRFLOW__OPENLINEAGE__TRANSPORT"])["type"] == "file"
+
+
+def _default(value: str) -> str:
+    """``${VAR:-default}`` -> ``default`` (a plain value stays as it is)."""
+    match = re.fullmatch(r"\$\{[A-Z0-9_]+:-([^}]*)\}", str(value))
+    return match.group(1) if match else str(value)
+
+
+def _readme_vllm_settings() -> dict[str, str]:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### An open-weights teacher and judge on a GPU (vLLM)"):]
+    block = section[section.index("```bash") + len("```bash"): section.index("```", section.index("```bash") + 7)]
+    return dict(line.split("=", 1) for line in block.strip().splitlines())
+
+
+def test_vllm_teacher_serves_what_readme_points_kdflow_at():
+    """The vllm profile (issue #20): the official image at a pinned tag, one NVIDIA GPU, the weights from the
+    hf-cache volume, an OpenAI-compatible server whose served name, port and JSON mode are what README's
+    settings give kdflow, and the key both sides read; those settings make a valid config that sends
+    json_schema in the chat form and prices the tokens at $0."""
+    from kdflow.llm.profiles import CHAT_STYLE, resolve_teacher
+
+    vllm = SERVICES["vllm"]
+    assert vllm["profiles"] == ["vllm"]
+    assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+", vllm["image"]), "pin an official vLLM release tag"
+    assert vllm["entrypoint"] == ["vllm", "serve"]
+    args = [_default(a) for a in vllm["command"]]
+    flag = {args[i]: args[i + 1] for i in range(1, len(args) - 1) if args[i].startswith("--")}
+    model = args[0]
+    assert flag["--served-model-name"] == model and flag["--host"] == "0.0.0.0"
+    assert flag["--structured-outputs-config.backend"] in ("guidance", "xgrammar")  # both decode json_schema
+    assert int(flag["--max-model-len"]) >= load_config(environ={}).teacher.n_ctx
+    (device,) = vllm["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert device.get("count") == 1 or len(device.get("device_ids", [])) == 1, "one GPU"
+    env = {k: str(v) for k, v in vllm["environment"].items()}
+    assert "hf-cache:" + env["HF_HOME"] in vllm["volumes"]  # the workers' model cache
+    assert env["HF_HOME"] == _env("airflow-worker")["HF_HOME"]
+    assert env["HF_HUB_OFFLINE"] == "${HF_HUB_OFFLINE:-1}"
+    assert env["VLLM_NO_USAGE_STATS"] == "1" and env["DO_NOT_TRACK"] == "1"  # no egress
+    (port,) = vllm["ports"]
+    assert port.startswith("127.0.0.1:") and port.endswith(":" + flag["--port"])
+    assert "/health" in " ".join(vllm["healthcheck"]["test"])
+
+    settings = _readme_vllm_settings()
+    assert settings["KDFLOW__TEACHER__BASE_URL"] == f"http://vllm:{flag['--port']}/v1"
+    assert settings["KDFLOW__TEACHER__MODEL"] == model
+    assert settings["KDFLOW__TEACHER__STRUCTURED_OUTPUT"] == "json_schema"
+    key_var = settings["KDFLOW__TEACHER__API_KEY_ENV"]
+    assert env["VLLM_API_KEY"] == f"${{{key_var}:-}}"  # the key both sides read
+    assert settings["KDFLOW__TEACHER__API_KEY_ENV"] in settings
+    cfg = load_config(environ={k: v for k, v in settings.items() if k.startswith("KDFLOW__")}).teacher
+    setup = resolve_teacher(cfg)
+    assert (cfg.provider, setup.structured_output, setup.style) == ("openai", "json_schema", CHAT_STYLE)
+    assert setup.priced and (setup.price_per_mtok_input, setup.price_per_mtok_output) == (0.0, 0.0)
+    assert setup.note() is None  # a known profile: no "not in kdflow's profile table" line in the report
+    # .env.example documents the same settings and the model default
+    for key in ("KDFLOW__TEACHER__BASE_URL", "KDFLOW__TEACHER__MODEL", "KDFLOW__TEACHER__PROFILE"):
+        assert re.search(rf"^#\s+{key}={re.escape(settings[key])}$", ENV_EXAMPLE, re.M), key
+    assert re.search(rf"^KDFLOW_VLLM_MODEL={re.escape(model)}$", ENV_EXAMPLE, re.M)

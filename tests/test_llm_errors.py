@@ -1,6 +1,7 @@
 """Error paths of the teacher client, each with its one-line message and nothing half-written:
 a server that is down, one that replies with the wrong JSON, rate limits and 5xx (retried with
-backoff, bounded), and the API key (missing; read from an Airflow connection, never logged).
+backoff, bounded), the API key (missing; read from an Airflow connection, never logged), and an
+endpoint that refuses the model (HTTP 404) or a parameter (HTTP 400), answered as OpenAI answers.
 
 The fault injector is :class:`fixtures_llm.ScriptedServer`: a local OpenAI-compatible fake that
 answers from a script and records every request it gets."""
@@ -9,14 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 
 import pytest
 from pydantic import BaseModel
 
-from fixtures_llm import ScriptedServer, chat_completion_body
+from fixtures_llm import OpenAIRules, ScriptedServer, chat_completion_body
 from kdflow.config import load_config
 from kdflow.llm import Endpoint, LLMError, UsageLedger, make_client, teacher_endpoint
+from kdflow.llm.client import EndpointConfigError, explain_api_error
+from kdflow.llm.profiles import CHAT_STYLE, PROFILES, RequestStyle
 from kdflow.llm.server import EndpointError, free_port
 from kdflow.store import ArtifactStore
 from kdflow.teacher.structured import complete_json
@@ -28,10 +32,11 @@ class Named(BaseModel):
     name: str
 
 
-def _client(tmp_path, base_url: str, mode: str = "json_object"):
+def _client(tmp_path, base_url: str, mode: str = "json_object", model: str = "fake-model",
+            style: RequestStyle = CHAT_STYLE):
     store = ArtifactStore(str(tmp_path / "store"))
-    ledger = UsageLedger()
-    endpoint = Endpoint(base_url, "fake-model", "sk-test", mode)
+    ledger = UsageLedger(0.15, 0.60)
+    endpoint = Endpoint(base_url, model, "sk-test", mode, style=style)
     return endpoint, make_client(endpoint, store, ledger, task="t", timeout_s=5, max_retries=0), store, ledger
 
 
@@ -184,3 +189,84 @@ def test_api_key_from_an_airflow_connection_is_used_and_never_logged(airflow_log
                                                                 for r in caplog.records} and secret not in caplog.text
     assert secret not in "".join(capfd.readouterr())
     assert all(secret not in store.read_bytes(key).decode() for key in store.list_keys("cache"))
+
+
+# -- refused model or parameter (issue #20): one line naming it and what to set, no retry -------------
+def _refused(tmp_path, rules: OpenAIRules, **client) -> tuple[EndpointConfigError, ScriptedServer, object, object]:
+    with ScriptedServer(rules) as server:
+        endpoint, llm, store, ledger = _client(tmp_path, server.url, "json_schema", **client)
+        with pytest.raises(EndpointConfigError) as caught:
+            complete_json(llm, endpoint, MESSAGES, Named, temperature=0.7, max_tokens=20, attempts=3)
+    return caught.value, server, store, ledger
+
+
+def _one_line_no_retry(error: Exception, server: ScriptedServer, store, ledger) -> str:
+    line = str(error)
+    assert "\n" not in line and len(line) < 600, line
+    assert server.requests == 1  # a 400/404 is not retried: the same request would be refused again
+    assert store.list_keys("cache") == [] and ledger.as_dict()["tasks"]["t"]["errors"] == 1
+    return line
+
+
+def test_a_model_the_endpoint_does_not_serve_fails_with_one_line_naming_it(tmp_path):
+    error, *rest = _refused(tmp_path, OpenAIRules({"gpt-5-mini": "reasoning"}), model="gpt-4o-mini")
+    line = _one_line_no_retry(error, *rest)
+    assert re.match(r"teacher model 'gpt-4o-mini' is not available at http://127\.0\.0\.1:\d+/v1 \(HTTP 404 "
+                    r"model_not_found: The model `gpt-4o-mini` does not exist", line), line
+    assert line.endswith("/v1/models lists them)") and "set teacher.model (KDFLOW__TEACHER__MODEL)" in line
+
+
+def test_openai_itself_answering_model_not_found_suggests_the_listed_current_models():
+    import httpx2
+    import openai
+
+    request = httpx2.Request("POST", "https://api.openai.com/v1/chat/completions")
+    body = {"message": "The model `gpt-4o-mini` does not exist or you do not have access to it.",
+            "type": "invalid_request_error", "param": None, "code": "model_not_found"}
+    exc = openai.NotFoundError(body["message"], response=httpx2.Response(404, request=request), body=body)
+    line = explain_api_error(exc, Endpoint(None, "gpt-4o-mini", "sk-test"))
+    current = [name for name, p in PROFILES.items() if not p.generic and not p.note]
+    assert "gpt-4o-mini" not in current and current
+    assert line.startswith("teacher model 'gpt-4o-mini' is not available at api.openai.com (HTTP 404 model_not_found")
+    assert f"({', '.join(current)}; README 'Choosing a teacher')" in line
+
+
+def test_max_tokens_refused_by_a_reasoning_model_names_the_parameter_and_the_profile_to_set(tmp_path):
+    error, *rest = _refused(tmp_path, OpenAIRules({"gpt-5-mini": "reasoning"}), model="gpt-5-mini")
+    line = _one_line_no_retry(error, *rest)
+    assert re.match(r"teacher model 'gpt-5-mini' at http://127\.0\.0\.1:\d+/v1 refuses the parameter 'max_tokens' "
+                    r"\(HTTP 400 unsupported_parameter: Unsupported parameter: 'max_tokens' is not supported with this "
+                    r"model\. Use 'max_completion_tokens' instead\.\); set teacher\.profile=reasoning "
+                    r"\(KDFLOW__TEACHER__PROFILE=reasoning: max_completion_tokens, no temperature\)", line), line
+
+
+def test_a_temperature_refused_by_a_reasoning_model_names_the_parameter(tmp_path):
+    style = RequestStyle(sampling=True, token_param="max_completion_tokens")  # right budget, wrong sampling
+    error, *rest = _refused(tmp_path, OpenAIRules({"o4-mini": "reasoning"}), model="o4-mini", style=style)
+    line = _one_line_no_retry(error, *rest)
+    assert "refuses the parameter 'temperature' (HTTP 400 unsupported_value: Unsupported value: 'temperature' does " \
+           "not support 0.7 with this model." in line and "set teacher.profile=reasoning" in line
+
+
+def test_reasoning_effort_refused_by_a_chat_model_names_the_setting_that_omits_it(tmp_path):
+    style = RequestStyle(reasoning_effort="minimal")
+    error, *rest = _refused(tmp_path, OpenAIRules({"gpt-4.1-mini": "chat"}), model="gpt-4.1-mini", style=style)
+    line = _one_line_no_retry(error, *rest)
+    assert "refuses the parameter 'reasoning_effort'" in line and "KDFLOW__TEACHER__REASONING_EFFORT=omit" in line
+
+
+def test_a_refused_model_fails_the_teacher_command_with_that_one_line(tmp_path, monkeypatch, capsys):
+    """Through the CLI's teacher command (what a teacher task runs): exit 1, one line, nothing else."""
+    from kdflow.cli import main
+
+    with ScriptedServer(OpenAIRules({"gpt-5.4-mini": "reasoning"})) as server:
+        for name, value in {"KDFLOW_TEST_KEY": "sk-test", "KDFLOW__STORE__URL": str(tmp_path / "store"),
+                            "KDFLOW__TEACHER__PROVIDER": "openai", "KDFLOW__TEACHER__BASE_URL": server.url,
+                            "KDFLOW__TEACHER__MODEL": "gpt-4o-mini",
+                            "KDFLOW__TEACHER__API_KEY_ENV": "KDFLOW_TEST_KEY"}.items():
+            monkeypatch.setenv(name, value)
+        code = main(["teacher", "questions", "--topic", "pods", "-n", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("kdflow: EndpointConfigError: teacher model 'gpt-4o-mini' is not available at ")
+    assert server.requests == 1

@@ -115,15 +115,22 @@ class TeacherConfig(_Section):
     timeout_s: float = Field(120, gt=0, le=3600)
     max_retries: int = Field(4, ge=0, le=20)
     concurrency: int = Field(8, ge=1, le=64)
-    structured_output: Literal["json_schema", "json_object_schema", "json_object"] = "json_schema"
+    # null: the teacher profile's (json_schema for every listed model and for unknown ones).
+    structured_output: Literal["json_schema", "json_object_schema", "json_object"] | None = None
+    # "auto": the profile of `model` in kdflow.llm.profiles (listed model, OpenAI reasoning family, or the
+    # conservative chat form); or a profile's name: chat, reasoning, self-hosted, or a listed model.
+    profile: str = "auto"
+    # null: the profile's; "omit" sends none (the model's default); else sent to reasoning models as is.
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "omit"] | None = None
     gguf_path: str | None = None
     n_ctx: int = Field(4096, ge=512, le=131072)
     embedded_server: Literal["llama_server", "llama_cpp_python"] = "llama_server"
     embedded_servers: int = Field(1, ge=1, le=16)
     embedded_slots: int = Field(8, ge=1, le=64)
     embedded_threads: int | None = Field(None, ge=1, le=256)
-    price_per_mtok_input: float = Field(0.15, ge=0)
-    price_per_mtok_output: float = Field(0.60, ge=0)
+    # USD per 1M tokens; null: the teacher profile's (kdflow.llm.profiles is the one price list).
+    price_per_mtok_input: float | None = Field(None, ge=0)
+    price_per_mtok_output: float | None = Field(None, ge=0)
     max_attempts_per_question: int = Field(6, ge=1, le=50)
     questions_per_passage: int = Field(1, ge=1, le=10)
     dedup_similarity: float = Field(0.92, gt=0.0, le=1.0)
@@ -149,6 +156,15 @@ class TeacherConfig(_Section):
         if self.provider != "openai":
             return False
         return self.batch == "on" or (self.batch == "auto" and scheduled and not self.is_local)
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, name: str) -> str:
+        from kdflow.llm.profiles import profile_names
+
+        if name not in profile_names():
+            raise ValueError(f"must be one of {', '.join(profile_names())}")
+        return name
 
     @field_validator("base_url")
     @classmethod

@@ -1,11 +1,15 @@
 """The RAGAS judge: an instructor LLM over the teacher's endpoint, cached like the teacher.
 
-Two details make a small local judge usable:
+Three details make the judge usable on a small local model and on OpenAI's:
 
 * ``Mode.JSON_SCHEMA`` with the request's ``response_format`` rewritten to what the endpoint
   accepts. llama-cpp-python refuses ``{"type": "json_schema"}`` but grammar-constrains
   ``{"type": "json_object", "schema": ...}`` (ragas' default JSON mode failed 12 of 12 parses
   there; this form parsed 9 of 9).
+* The endpoint's request form (:mod:`kdflow.llm.profiles`): a chat model gets the configured
+  temperature, ``top_p`` 1.0 and ``max_tokens``; a reasoning model (gpt-5 family, o-series)
+  ``max_completion_tokens`` and its ``reasoning_effort`` instead, since it refuses the others. For
+  ``json_schema`` endpoints the schema goes out in OpenAI's strict form (``strict: true``).
 * A per-draw ``seed``. Answer relevancy asks the judge the *same* prompt ``strictness`` times;
   with identical requests the response cache (keyed by the request body) would replay the first
   draw, and ragas' default temperature 0.01 would make the draws identical anyway. Draw k of a
@@ -45,13 +49,19 @@ def _next_seed() -> int:
 
 
 def _rewrite_response_format(fmt: Any, structured_output: str) -> Any:
+    """instructor's ``json_schema`` request in the endpoint's dialect; for ``json_schema`` itself, the
+    strict form (every object closed, only the keywords OpenAI's strict mode accepts, ``strict: true``)
+    that OpenAI enforces while decoding instead of treating the schema as a hint."""
     if not (isinstance(fmt, dict) and fmt.get("type") == "json_schema"):
         return fmt
     if structured_output == "json_object_schema":
         return {"type": "json_object", "schema": fmt["json_schema"]["schema"]}
     if structured_output == "json_object":
         return {"type": "json_object"}
-    return fmt
+    from kdflow.llm.strict_schema import strict_schema
+
+    return {"type": "json_schema", "json_schema": {**fmt["json_schema"], "schema": strict_schema(
+        fmt["json_schema"]["schema"]), "strict": True}}
 
 
 def _endpoint_dialect_client(client: Any, structured_output: str) -> Any:
@@ -77,6 +87,7 @@ def make_judge_llm(cfg: EvaluationConfig, judge: Any, *, store: Any, ledger: Any
     from ragas.llms.base import InstructorBaseRagasLLM
 
     from kdflow.llm.client import make_client
+    from kdflow.llm.profiles import request_params
 
     raw = make_client(judge, store, ledger, task="judge", async_client=True)
     patched = instructor.from_openai(_endpoint_dialect_client(raw, judge.structured_output),
@@ -94,9 +105,9 @@ def make_judge_llm(cfg: EvaluationConfig, judge: Any, *, store: Any, ledger: Any
                 messages=[{"role": "user", "content": prompt}],
                 response_model=response_model,
                 max_retries=cfg.judge_max_retries,
-                temperature=cfg.judge_temperature,
-                top_p=1.0,
-                max_tokens=cfg.judge_max_tokens,
+                # a chat model: temperature, top_p 1.0, max_tokens; a reasoning model: its own form
+                **request_params(judge.style, temperature=cfg.judge_temperature, max_tokens=cfg.judge_max_tokens,
+                                 top_p=1.0),
                 seed=_next_seed(),
             )
 

@@ -16,7 +16,9 @@ dropped is no ground truth, so the reference metrics of that row are recorded as
 ``answer_relevancy`` is still scored.
 
 Judge failures are data: a (row, metric) whose judge output cannot be parsed after retries, or
-whose score is NaN, gets ``None`` and a one-line reason in ``ScoreRow.failures``. An empty answer
+whose score is NaN, gets ``None`` and a one-line reason in ``ScoreRow.failures``. A judge endpoint
+that refuses the model or a parameter (HTTP 404 / 400, :class:`kdflow.llm.client.EndpointConfigError`)
+fails the task instead: every row would fail the same way until the config changes. An empty answer
 scores 0 on the judge metrics without a judge call (saying nothing is the student's failure, not
 the judge's).
 """
@@ -32,6 +34,7 @@ from typing import Any
 from kdflow.config import EvaluationConfig
 from kdflow.evaluation import JUDGE_METRICS
 from kdflow.evaluation.judge import make_judge_llm, ragas_environment, start_score
+from kdflow.llm.client import find_config_error
 from kdflow.records import ScoreRow
 
 ROW_KEYS = ("question_id", "topic", "split", "question", "answer", "reference")
@@ -92,8 +95,8 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-async def _score_metric(name: str, scorer: Scorer, row: dict[str, Any],
-                        gate: asyncio.Semaphore) -> tuple[float | None, str | None]:
+async def _score_metric(name: str, scorer: Scorer, row: dict[str, Any], gate: asyncio.Semaphore,
+                        judge: Any = None) -> tuple[float | None, str | None]:
     if name in REFERENCE_METRICS and row.get(DROPPED_KEY):
         return None, f"reference dropped by the quality gate: {row[DROPPED_KEY]}"
     if name in REFERENCE_METRICS and not row["reference"].strip():
@@ -107,7 +110,9 @@ async def _score_metric(name: str, scorer: Scorer, row: dict[str, Any],
                 result = await scorer(row)
         else:
             result = await scorer(row)
-    except Exception as exc:  # noqa: BLE001 - any judge/metric error is recorded on the row, never raised
+    except Exception as exc:  # noqa: BLE001 - any judge/metric error is recorded on the row, never raised ...
+        if judge is not None and (refused := find_config_error(exc, judge)) is not None:
+            raise refused from None  # ... but a judge that refuses the model or a parameter fails the task
         return None, _one_line(exc)
     value = getattr(result, "value", result)
     try:
@@ -142,7 +147,7 @@ async def _score_all(
     try:
         scorers = build_scorers(cfg, llm=llm, metrics=metrics)
         gate = asyncio.Semaphore(cfg.judge_concurrency)
-        tasks = [_score_metric(name, scorer, row, gate) for row in rows for name, scorer in scorers.items()]
+        tasks = [_score_metric(name, scorer, row, gate, judge) for row in rows for name, scorer in scorers.items()]
         outcomes = iter(await asyncio.gather(*tasks))
     finally:
         if client is not None:

@@ -47,10 +47,11 @@ class TaskUsage:
 
 @dataclass
 class UsageLedger:
-    """Calls, cache hits, tokens and estimated cost per task label (cost from the config's price table)."""
+    """Calls, cache hits, tokens and estimated cost per task label (prices: the teacher's profile,
+    :mod:`kdflow.llm.profiles`, or the config's; none given: $0)."""
 
-    price_per_mtok_input: float = 0.15
-    price_per_mtok_output: float = 0.60
+    price_per_mtok_input: float = 0.0
+    price_per_mtok_output: float = 0.0
     tasks: dict[str, TaskUsage] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -58,10 +59,14 @@ class UsageLedger:
 
     @classmethod
     def from_config(cls, teacher_cfg: Any) -> UsageLedger:
-        """Prices apply only where a provider bills the calls: a local endpoint costs $0."""
+        """Prices apply only where a provider bills the calls: a local endpoint costs $0; otherwise the
+        teacher profile's list price, unless ``teacher.price_per_mtok_*`` set one."""
+        from kdflow.llm.profiles import resolve_teacher
+
         if teacher_cfg.is_local:
             return cls(0.0, 0.0)
-        return cls(teacher_cfg.price_per_mtok_input, teacher_cfg.price_per_mtok_output)
+        setup = resolve_teacher(teacher_cfg)
+        return cls(setup.price_per_mtok_input, setup.price_per_mtok_output)
 
     def record(self, task: str, *, hit: bool = False, error: bool = False, usage: Mapping[str, Any] | None = None,
                seconds: float = 0.0) -> None:

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kdflow.llm.profiles import CHAT_STYLE, RequestStyle, resolve_teacher
+
 if TYPE_CHECKING:
     from kdflow.config import TeacherConfig
 
@@ -63,6 +65,8 @@ class Endpoint:
     api_key: str = field(repr=False)
     structured_output: str = "json_schema"  # "json_schema" | "json_object_schema" | "json_object"
     replicas: tuple[str, ...] = ()  # more base URLs serving the same model (see kdflow.llm.replicas)
+    # What a request carries for this model (temperature/max_tokens or the reasoning form): its teacher profile.
+    style: RequestStyle = CHAT_STYLE
     # Called before the first request that reaches the server (the embedded one starts lazily).
     ensure_ready: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
@@ -289,9 +293,15 @@ def _airflow_connection_password(conn_id: str) -> str | None:
 @contextmanager
 def teacher_endpoint(cfg: TeacherConfig, *, lazy: bool = True) -> Iterator[Endpoint]:
     """The endpoint the config names, live for the ``with`` block. The embedded server starts on the
-    endpoint's first uncached call (``endpoint.ensure_ready``; at once when not ``lazy``) and stops after."""
+    endpoint's first uncached call (``endpoint.ensure_ready``; at once when not ``lazy``) and stops after.
+    An ``openai`` endpoint's request form and JSON mode come from its teacher profile
+    (:mod:`kdflow.llm.profiles`); the embedded SmolLM2 server takes the chat form."""
     if cfg.provider == "openai":
-        yield Endpoint(cfg.base_url, cfg.model, api_key_from_env(cfg.api_key_env), cfg.structured_output)
+        setup = resolve_teacher(cfg)
+        if note := setup.note():
+            log.warning("%s", note)
+        yield Endpoint(cfg.base_url, cfg.model, api_key_from_env(cfg.api_key_env), setup.structured_output,
+                       style=setup.style)
         return
     gguf = resolve_gguf(cfg.gguf_path)
     with embedded_servers(server_plan(cfg, gguf), lazy=lazy) as servers:

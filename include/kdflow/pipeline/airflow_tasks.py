@@ -72,6 +72,7 @@ def run_step_in_airflow(step_id: str, cycle: int | None, inputs: dict[str, Any])
     from kdflow.integrity import IntegrityError
     from kdflow.kb import KnowledgeBaseError
     from kdflow.llm.batch import BatchError
+    from kdflow.llm.client import EndpointConfigError
     from kdflow.pipeline import run_step
     from kdflow.pipeline.batch_rounds import BatchWait
     from kdflow.pipeline.context import RunContext
@@ -89,8 +90,9 @@ def run_step_in_airflow(step_id: str, cycle: int | None, inputs: dict[str, Any])
         report_lineage(ctx)
     except BatchWait as pending:
         defer_to_batch(context["task"], pending)
-    except (ConfigError, KnowledgeBaseError, IntegrityError, BatchError) as exc:
-        raise AirflowFailException(str(exc)) from None  # bad input, or a batch past its limits: retrying cannot help
+    except (ConfigError, KnowledgeBaseError, IntegrityError, BatchError, EndpointConfigError) as exc:
+        # bad input, a batch past its limits, a refused model or parameter: retrying cannot help
+        raise AirflowFailException(str(exc)) from None
     if "skipped" in result:
         raise AirflowSkipException(result["skipped"])
     if step_id == ANNOUNCING_STEP:

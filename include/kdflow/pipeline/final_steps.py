@@ -239,6 +239,17 @@ def tracking_health(ctx: RunContext) -> list[str]:
         return [f"MLflow tracking status unknown ({type(exc).__name__})."]
 
 
+def teacher_health(ctx: RunContext) -> list[str]:
+    """The report's line about a teacher model kdflow has no profile for (what it sent, what the cost
+    means), or nothing. The embedded server is always known."""
+    from kdflow.llm.profiles import resolve_teacher
+
+    if ctx.config.teacher.provider != "openai":
+        return []
+    note = resolve_teacher(ctx.config.teacher).note()
+    return [note] if note else []
+
+
 def save_pipeline_results(ctx: RunContext, cycle: None) -> dict[str, Any]:
     from kdflow.evaluation.report import build_report
 
@@ -258,7 +269,7 @@ def save_pipeline_results(ctx: RunContext, cycle: None) -> dict[str, Any]:
         "start_model": start_model(ctx),
         "statistics": statistics_of(ctx),
         "roles": _roles(ctx),
-        "health": tracking_health(ctx),
+        "health": tracking_health(ctx) + teacher_health(ctx),
         "reviews": run_decisions(ctx.store, ctx.run_id, cycles),
     }
     results = ctx.mask(results)  # the report is rendered from these: a base URL's credentials never reach it

@@ -128,6 +128,7 @@ def ragas_sentence_judge(evaluation_cfg: Any, endpoint: Any, *, store: Any, ledg
         import math
 
         from kdflow.evaluation.judge import make_judge_llm, ragas_environment
+        from kdflow.llm.client import find_config_error
 
         ragas_environment()
         from ragas.metrics.collections import Faithfulness
@@ -141,7 +142,9 @@ def ragas_sentence_judge(evaluation_cfg: Any, endpoint: Any, *, store: Any, ledg
                     try:
                         value = float((await metric.ascore(user_input=question, response=sentence,
                                                            retrieved_contexts=list(passages))).value)
-                    except Exception:  # noqa: BLE001 - a judge failure abstains, the non-LLM score still decides
+                    except Exception as exc:  # noqa: BLE001 - a judge failure abstains, the non-LLM score decides
+                        if (refused := find_config_error(exc, endpoint)) is not None:
+                            raise refused from None  # a refused model or parameter: the config must change
                         value = math.nan
                     scores.append(None if math.isnan(value) else value)
             finally:

@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from kdflow.llm.client import LLMError, explain_api_error, json_response_format
+from kdflow.llm.client import LLMError, api_error, json_response_format
+from kdflow.llm.profiles import request_params
 from kdflow.llm.server import Endpoint
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -52,13 +53,18 @@ def complete_json(
     seed: int | None = None,
 ) -> ModelT:
     """Ask ``endpoint`` for JSON matching ``schema``; retry with the error fed back; raise
-    :class:`LLMError` naming the schema and the last error after ``attempts`` tries."""
+    :class:`LLMError` naming the schema and the last error after ``attempts`` tries. ``temperature``
+    and ``max_tokens`` (the reply's budget) go out in the model's form (``endpoint.style``: a
+    reasoning model gets ``max_completion_tokens`` and no temperature); an endpoint that refuses the
+    model or a parameter raises :class:`kdflow.llm.client.EndpointConfigError` at once."""
     import openai
 
     conversation = list(messages)
     if endpoint.structured_output == "json_object":
         conversation = _with_schema_hint(conversation, schema)
     extra = {} if seed is None else {"seed": seed}
+    sampling = request_params(endpoint.style, temperature=temperature, max_tokens=max_tokens)
+    budget = f"{endpoint.style.token_param}={sampling[endpoint.style.token_param]}"
     last_error = "no attempt made"
     tried = 0
     while tried < max(1, attempts):
@@ -67,14 +73,13 @@ def complete_json(
             raw = client.chat.completions.with_raw_response.create(
                 model=endpoint.model,
                 messages=conversation,
-                temperature=temperature,
-                max_tokens=max_tokens,
                 response_format=json_response_format(schema, endpoint.structured_output),
+                **sampling,
                 **extra,
             )
             completion = raw.parse()
         except openai.APIError as exc:
-            raise LLMError(explain_api_error(exc, endpoint)) from None
+            raise api_error(exc, endpoint) from None
         except ValueError as exc:  # a 200 whose body is not JSON (a proxy's error page, a non-OpenAI server)
             raise LLMError(f"teacher endpoint {endpoint.label} sent a reply that is not a chat completion: "
                            f"{exc}") from None
@@ -91,7 +96,7 @@ def complete_json(
             if choice is not None and choice.finish_reason == "length":
                 # Asking again under the same budget gets another cut reply (a small model looping,
                 # or an answer too long for max_tokens), at the highest price of any attempt.
-                last_error += f" (reply cut at max_tokens={max_tokens}; not asked again)"
+                last_error += f" (reply cut at {budget}; not asked again)"
                 break
         conversation = [
             *conversation,

@@ -190,8 +190,9 @@ def save_batch_usage(ctx: RunContext, state: dict[str, Any]) -> None:
     from kdflow.llm.cache import TaskUsage, UsageLedger
 
     cfg = ctx.config.teacher
-    factor = 0.0 if cfg.is_local else cfg.batch_price_factor
-    ledger = UsageLedger(cfg.price_per_mtok_input * factor, cfg.price_per_mtok_output * factor)
+    listed = UsageLedger.from_config(cfg)  # the list price (the teacher profile's, or the config's; local: $0)
+    factor = cfg.batch_price_factor
+    ledger = UsageLedger(listed.price_per_mtok_input * factor, listed.price_per_mtok_output * factor)
     task = BATCH_TASK_PREFIX + _step_id(ctx)
     row = ledger.tasks.setdefault(task, TaskUsage())
     for record in state["rounds"]:

@@ -13,4 +13,4 @@ PY=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PY" ] || PY=$(command -v python3)
 export PYTHONPATH=$ROOT/include${PYTHONPATH:+:$PYTHONPATH}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec timeout "${GPU_CHECK_TIMEOUT_S:-300}" "$PY" -m kdflow.student.gpu_check "$@"
+exec timeout "${GPU_CHECK_TIMEOUT_S:-300}" "$PY" -m kdflow student gpu-check "$@"

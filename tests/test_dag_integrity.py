@@ -293,8 +293,14 @@ def test_params_map_onto_the_config():
 
 
 def test_every_step_task_can_wait_for_a_batch_in_the_triggerer(dagbag):
-    """A teacher or judge task defers to the BatchTrigger and resumes in resume_after_batch (issue #22)."""
-    from kdflow.pipeline.airflow_tasks import RESUME_METHOD
+    """A teacher or judge task defers to the BatchTrigger and resumes in resume_after_batch (issue #22); the
+    review tasks (Airflow's HITL operators, issue #21) run no step and ask no teacher."""
+    from airflow.providers.standard.operators.hitl import HITLOperator
 
-    lacking = [t.task_id for t in dagbag.dags[DAG_ID].tasks if not callable(getattr(t, RESUME_METHOD, None))]
-    assert lacking == []
+    from kdflow.pipeline.airflow_tasks import RESUME_METHOD
+    from kdflow.pipeline.registry import ALL_STEPS
+
+    tasks = dagbag.dags[DAG_ID].tasks
+    steps = [t for t in tasks if t.task_id.rsplit(".", 1)[-1] in ALL_STEPS]
+    assert all(isinstance(t, HITLOperator) for t in tasks if t not in steps)
+    assert [t.task_id for t in steps if not callable(getattr(t, RESUME_METHOD, None))] == []

@@ -6,6 +6,7 @@ The scheduler-driven runs are in tests/test_native_review.py."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -212,9 +213,8 @@ def dag():
     from airflow.dag_processing.dagbag import DagBag
 
     from kdflow.pipeline.spec import DAG_ID
-    from test_dag_integrity import DAGS
 
-    return DagBag(dag_folder=str(DAGS)).dags[DAG_ID]
+    return DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags")).dags[DAG_ID]
 
 
 def _context(task, **params):

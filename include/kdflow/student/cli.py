@@ -1,6 +1,7 @@
-"""``python -m kdflow student answer|train``: answer a question file or fine-tune on a dataset file
-with the student, without Airflow. ``register(subparsers)`` is called by ``kdflow.cli``, the one
-command line; the handlers take ``(args, config)`` like every command's there."""
+"""``python -m kdflow student answer|train|gpu-check``: answer a question file or fine-tune on a dataset
+file with the student, without Airflow, or check the GPU path on this machine. ``register(subparsers)``
+is called by ``kdflow.cli``, the one command line; the handlers take ``(args, config)`` like every
+command's there."""
 
 from __future__ import annotations
 
@@ -133,4 +134,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help="random seed (default: config seed)")
     common(train)
     train.set_defaults(func=cmd_train)
+
+    gpu = commands.add_parser("gpu-check", help="check the GPU path (QLoRA, bf16 answers, OOM fallback) on tiny "
+                                                "models, offline; skips without CUDA (scripts/gpu-check.sh)")
+    gpu.add_argument("--out", help="also write the table (Markdown) to this file")
+    gpu.set_defaults(func=cmd_gpu_check)
     return student
+
+
+def cmd_gpu_check(args: argparse.Namespace, config: KdflowConfig) -> int:
+    from kdflow.student.gpu_check import run_gpu_check
+
+    return run_gpu_check(args.out)

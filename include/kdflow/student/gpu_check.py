@@ -1,6 +1,6 @@
 """The student's GPU path, checked end to end on a CUDA machine in a few minutes, offline.
 
-``scripts/gpu-check.sh`` (``python -m kdflow.student.gpu_check [--out FILE]``) runs, on tiny
+``scripts/gpu-check.sh`` (``python -m kdflow student gpu-check [--out FILE]``) runs, on tiny
 random-weight models of the production architectures (Phi-2 scaled down, Qwen3, Llama-3.2; built
 from their config classes, nothing downloaded): the device plan from the real free memory, 4-bit
 NF4 QLoRA training, bf16 batched answering with the adapter, the out-of-memory fallback on a real
@@ -13,11 +13,9 @@ the bf16 rows still run.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -243,10 +241,8 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gpu-check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", help="also write the table (Markdown) to this file")
-    args = parser.parse_args(argv)
+def run_gpu_check(out: str | None = None) -> int:
+    """The whole check: print the table (and write it to ``out``); 0 when every row passed or without CUDA."""
     import torch
 
     if not torch.cuda.is_available():
@@ -262,10 +258,6 @@ def main(argv: list[str] | None = None) -> int:
     report = (f"{torch.cuda.get_device_name(0)}; {versions()}; {time.perf_counter() - started:.0f} s, "
               f"{len(failed)} failed\n\n{format_table(rows)}\n")
     print(report)
-    if args.out:
-        Path(args.out).write_text(report, encoding="utf-8")
+    if out:
+        Path(out).write_text(report, encoding="utf-8")
     return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

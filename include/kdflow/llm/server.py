@@ -34,12 +34,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from kdflow.llm.profiles import CHAT_STYLE, RequestStyle, resolve_teacher
-
-if TYPE_CHECKING:
-    from kdflow.config import TeacherConfig
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +255,9 @@ def embedded_servers(plan: ServerPlan, *, lazy: bool = False, timeout_s: float =
         servers.stop()
 
 
-def server_plan(cfg: TeacherConfig, gguf: Path) -> ServerPlan:
-    """The config's embedded server: one llama-server with slots, or a pool of one-request servers."""
+def server_plan(cfg: Any, gguf: Path) -> ServerPlan:
+    """The config's embedded server: one llama-server with slots, or a pool of one-request servers.
+    ``cfg`` is a :class:`kdflow.config.TeacherConfig` (not imported: the config imports this package)."""
     if cfg.embedded_server == "llama_server":
         threads = cfg.embedded_threads or min(os.cpu_count() or 1, 4)
         return ServerPlan(gguf, "llama_server", cfg.embedded_servers, threads, cfg.embedded_slots, cfg.n_ctx)
@@ -291,7 +289,7 @@ def _airflow_connection_password(conn_id: str) -> str | None:
 
 
 @contextmanager
-def teacher_endpoint(cfg: TeacherConfig, *, lazy: bool = True) -> Iterator[Endpoint]:
+def teacher_endpoint(cfg: Any, *, lazy: bool = True) -> Iterator[Endpoint]:
     """The endpoint the config names, live for the ``with`` block. The embedded server starts on the
     endpoint's first uncached call (``endpoint.ensure_ready``; at once when not ``lazy``) and stops after.
     An ``openai`` endpoint's request form and JSON mode come from its teacher profile

@@ -28,7 +28,7 @@ from kdflow.llm.server import Endpoint
 from kdflow.records import Question, question_id
 from kdflow.teacher.faithfulness import split_sentences
 from kdflow.teacher.gate import AnswerabilityJudge, DuplicateIndex, TeacherError, check_question, llm_answerability
-from kdflow.teacher.structured import complete_json
+from kdflow.teacher.structured import UnusableReplyError, complete_json
 
 if TYPE_CHECKING:
     import openai
@@ -126,18 +126,21 @@ def generate_questions(
     per_passage = cfg.questions_per_passage
     passages_read = -(-n // per_passage)
 
-    def draft(slot: int, attempt: int) -> tuple[Passage, str]:
+    def draft(slot: int, attempt: int) -> tuple[Passage, str | None, str]:
         # Attempt a of slot s reads passage (s//k + a*ceil(n/k)) of the order (k questions per passage):
         # the first round covers ceil(n/k) different passages, retries move on to passages no other slot
         # has read yet.
         passage = passages[order[(slot // per_passage + attempt * passages_read) % len(order)]]
         focus = None if per_passage == 1 else slot % per_passage
-        reply = complete_json(
-            client, endpoint, question_messages(kb.name, passage, focus), QuestionDraft,
-            temperature=cfg.temperature, max_tokens=QUESTION_MAX_TOKENS,
-            seed=stable_int(seed, cycle, topic, split, bank_size, slot, attempt),
-        )
-        return passage, " ".join(reply.question.split())
+        try:
+            reply = complete_json(
+                client, endpoint, question_messages(kb.name, passage, focus), QuestionDraft,
+                temperature=cfg.temperature, max_tokens=QUESTION_MAX_TOKENS,
+                seed=stable_int(seed, cycle, topic, split, bank_size, slot, attempt),
+            )
+        except UnusableReplyError as exc:  # one bad draw (a reply cut at max_tokens): a rejected attempt, not the end
+            return passage, None, str(exc)
+        return passage, " ".join(reply.question.split()), ""
 
     accepted: dict[int, Question] = {}
     rejected: dict[int, list[dict[str, Any]]] = {slot: [] for slot in range(n)}
@@ -150,7 +153,12 @@ def generate_questions(
             # the checks run in slot order, so which drafts are kept does not depend on the concurrency.
             drafts = map_round(pool, lambda slot: draft(slot, attempt), pending)  # noqa: B023 - consumed here
             still_pending = []
-            for slot, (passage, text) in zip(pending, drafts, strict=True):
+            for slot, (passage, text, unusable) in zip(pending, drafts, strict=True):
+                if text is None:
+                    log.info("unusable question draft (%s)", unusable)
+                    rejected[slot].append({"question": None, "passage_id": passage.id, "reason": unusable})
+                    still_pending.append(slot)
+                    continue
                 verdict = check_question(gate, text, passage, seen, judge)
                 record = {"scores": verdict.scores, **({} if verdict.judge is None else {"judge": verdict.judge})}
                 if verdict.ok:

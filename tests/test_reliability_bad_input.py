@@ -63,19 +63,23 @@ def openai_teacher(tmp_path, monkeypatch, fake_completion_server):
 def test_a_10000_character_question_fails_the_schema_and_is_not_kept(openai_teacher, fake_completion_server):
     huge = "What is " + "a pod and " * 1000 + "?"
     assert len(huge) > 10_000
-    store, overrides = openai_teacher(json.dumps({"question": huge}))
+    store, overrides = openai_teacher(json.dumps({"question": huge}), max_attempts_per_question=2)
+    # Each draft is asked for 3 times (complete_json's own retries on invalid JSON); an unusable draft is a
+    # rejected attempt like a duplicate, so the step asks again with the next draw and then gives up.
     message = _fails_and_changes_nothing(store, overrides, "generate_questions", Exception,
-                                         r"gave no valid QuestionDraft JSON after 3 attempts; last error: question: "
-                                         r"String should match pattern", cycle=1)
+                                         r"topic 'pods' looks exhausted: no new acceptable question for slot 1 of 1 "
+                                         r"after 2 attempts \(last rejection: .*gave no valid QuestionDraft JSON "
+                                         r"after 3 attempts; last error: question: String should match pattern",
+                                         cycle=1)
     assert "a pod and a pod and" not in message  # the message names the field, not the 10 kB text
     assert not any(k.startswith("runs/") and "/usage/" not in k and "questions" in k for k in store_snapshot(store))
-    # The 3 rejected replies stay cached: a rerun replays them and fails the same way without new calls.
-    assert len(store.list_keys("cache")) == 3
+    # The 2 x 3 rejected replies stay cached: a rerun replays them and fails the same way without new calls.
+    assert len(store.list_keys("cache")) == 6
     calls = fake_completion_server.server.requests
     with pytest.raises(Exception, match="gave no valid QuestionDraft JSON after 3 attempts"):
         execute("generate_questions", run_id=RUN, overrides=overrides, cycle=1)
-    assert len(store.list_keys("cache")) == 3
-    assert fake_completion_server.server.requests == calls == 3
+    assert len(store.list_keys("cache")) == 6
+    assert fake_completion_server.server.requests == calls == 6
 
 
 def test_questions_that_are_all_duplicates_exhaust_the_topic(openai_teacher):

@@ -71,9 +71,10 @@ def test_earlier_questions_are_rejected_as_duplicates(first_run, embedded_endpoi
     questions, _ = first_run
     ledger = UsageLedger.from_config(CFG)
     client = make_client(embedded_endpoint, store, ledger, task="questions")
-    # same seed: the first draw replays the cached first question, which now counts as an earlier one
+    # same seed and bank size (as in a rerun of the cycle, whose start record pins the bank): the first draw
+    # replays the cached first question, which now counts as an earlier one
     new = generate_questions(client, embedded_endpoint, CFG, kb, "pods", 1,
-                             existing=[questions[0].question.upper()], seed=7, cycle=1)
+                             existing=[questions[0].question.upper()], seed=7, cycle=1, bank_size=0)
     assert normalise(new[0].question) != normalise(questions[0].question)
     assert new[0].gate["rejected"][0]["reason"] == "exact duplicate of an earlier question"
 

@@ -63,6 +63,25 @@ def test_a_badly_formed_question_is_rejected_asked_again_and_recorded(kb_path, t
     assert rejected["reason"].startswith("more than one sentence")
 
 
+def test_a_reply_cut_at_max_tokens_is_a_rejected_attempt_and_the_next_draw_is_asked(kb_path, tmp_path):
+    """A tiny teacher can loop until max_tokens on one draw; that draw is unusable (not asked again under
+    the same budget), but the step goes on with the next draw instead of failing."""
+    looping = json.dumps({
+        "id": "cmpl-cut", "object": "chat.completion", "created": 0, "model": "fake",
+        "choices": [{"index": 0, "finish_reason": "length",
+                     "message": {"role": "assistant", "content": '{"question": "What is a Pod a Pod a Pod a Pod'}}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 96, "total_tokens": 107},
+    }).encode()
+    with ScriptedServer(looping, draft(GOOD)) as server:
+        [question] = ask(server, kb_path, tmp_path)
+    assert question.question == GOOD and len(server.bodies) == 2  # the cut draft was not asked again as is
+    assert server.bodies[0]["seed"] != server.bodies[1]["seed"]
+    assert question.gate["decision"] == "kept" and question.gate["attempts"] == 2
+    [rejected] = question.gate["rejected"]
+    assert rejected["question"] is None and rejected["passage_id"] == question.passage_ids[0]
+    assert "reply cut at" in rejected["reason"] and "not asked again" in rejected["reason"]
+
+
 def test_the_attempt_bound_ends_in_a_clear_error(kb_path, tmp_path):
     with ScriptedServer(draft(BAD_FORM)) as server:
         with pytest.raises(

@@ -68,7 +68,7 @@ def test_a_10000_character_question_fails_the_schema_and_is_not_kept(openai_teac
     # rejected attempt like a duplicate, so the step asks again with the next draw and then gives up.
     message = _fails_and_changes_nothing(store, overrides, "generate_questions", Exception,
                                          r"topic 'pods' looks exhausted: no new acceptable question for slot 1 of 1 "
-                                         r"after 2 attempts \(last rejection: .*gave no valid QuestionDraft JSON "
+                                         r"after 2 attempts \(last rejection: unusable draft: no valid QuestionDraft JSON "
                                          r"after 3 attempts; last error: question: String should match pattern",
                                          cycle=1)
     assert "a pod and a pod and" not in message  # the message names the field, not the 10 kB text
@@ -76,7 +76,7 @@ def test_a_10000_character_question_fails_the_schema_and_is_not_kept(openai_teac
     # The 2 x 3 rejected replies stay cached: a rerun replays them and fails the same way without new calls.
     assert len(store.list_keys("cache")) == 6
     calls = fake_completion_server.server.requests
-    with pytest.raises(Exception, match="gave no valid QuestionDraft JSON after 3 attempts"):
+    with pytest.raises(Exception, match="unusable draft: no valid QuestionDraft JSON after 3 attempts"):
         execute("generate_questions", run_id=RUN, overrides=overrides, cycle=1)
     assert len(store.list_keys("cache")) == 6
     assert fake_completion_server.server.requests == calls == 6

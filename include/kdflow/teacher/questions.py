@@ -139,7 +139,7 @@ def generate_questions(
                 seed=stable_int(seed, cycle, topic, split, bank_size, slot, attempt),
             )
         except UnusableReplyError as exc:  # one bad draw (a reply cut at max_tokens): a rejected attempt, not the end
-            return passage, None, str(exc)
+            return passage, None, f"unusable draft: {exc.reason}"  # no address: the checkpoint stays the same on reruns
         return passage, " ".join(reply.question.split()), ""
 
     accepted: dict[int, Question] = {}

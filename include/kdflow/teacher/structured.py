@@ -24,7 +24,13 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 class UnusableReplyError(LLMError):
     """The endpoint answered, but no reply fit the schema within the attempts: a bad draft, which a
-    caller may count as such, unlike an endpoint that is down or refuses (plain :class:`LLMError`)."""
+    caller may count as such, unlike an endpoint that is down or refuses (plain :class:`LLMError`).
+    ``reason`` says why without naming the endpoint: a caller that stores it in a checkpoint keeps the
+    checkpoint the same when a rerun reaches the same endpoint at another address (a new local port)."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _short_error(exc: ValidationError | ValueError) -> str:
@@ -106,7 +112,5 @@ def complete_json(
         ]
     # The failed replies stay cached: a rerun replays the same drafts and reaches the same decision
     # (asking again would not be reproducible: llama.cpp's output depends on its KV-cache state).
-    raise UnusableReplyError(
-        f"teacher endpoint {endpoint.label} gave no valid {schema.__name__} JSON after {tried} "
-        f"attempt{'s' if tried > 1 else ''}; last error: {last_error}"
-    )
+    reason = f"no valid {schema.__name__} JSON after {tried} attempt{'s' if tried > 1 else ''}; last error: {last_error}"
+    raise UnusableReplyError(f"teacher endpoint {endpoint.label} gave {reason}", reason=reason)

@@ -68,8 +68,9 @@ def test_a_10000_character_question_fails_the_schema_and_is_not_kept(openai_teac
     # rejected attempt like a duplicate, so the step asks again with the next draw and then gives up.
     message = _fails_and_changes_nothing(store, overrides, "generate_questions", Exception,
                                          r"topic 'pods' looks exhausted: no new acceptable question for slot 1 of 1 "
-                                         r"after 2 attempts \(last rejection: unusable draft: no valid QuestionDraft JSON "
-                                         r"after 3 attempts; last error: question: String should match pattern",
+                                         r"after 2 attempts \(last rejection: unusable draft: no valid "
+                                         r"QuestionDraft JSON after 3 attempts; last error: question: "
+                                         r"String should match pattern",
                                          cycle=1)
     assert "a pod and a pod and" not in message  # the message names the field, not the 10 kB text
     assert not any(k.startswith("runs/") and "/usage/" not in k and "questions" in k for k in store_snapshot(store))

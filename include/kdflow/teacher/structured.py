@@ -112,5 +112,6 @@ def complete_json(
         ]
     # The failed replies stay cached: a rerun replays the same drafts and reaches the same decision
     # (asking again would not be reproducible: llama.cpp's output depends on its KV-cache state).
-    reason = f"no valid {schema.__name__} JSON after {tried} attempt{'s' if tried > 1 else ''}; last error: {last_error}"
+    attempts = f"{tried} attempt{'s' if tried > 1 else ''}"
+    reason = f"no valid {schema.__name__} JSON after {attempts}; last error: {last_error}"
     raise UnusableReplyError(f"teacher endpoint {endpoint.label} gave {reason}", reason=reason)

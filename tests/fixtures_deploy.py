@@ -207,6 +207,24 @@ class AirflowTopology:
         raise TimeoutError(f"run {run_id} not in {states} after {timeout}s; scheduler "
                            f"log:\n{self.log_tail('scheduler')}")
 
+    @staticmethod
+    def hitl_url(run_id: str, task_id: str, dag_id: str = DAG_ID) -> str:
+        """The REST resource of a review task's question and answer (Airflow's human-in-the-loop details)."""
+        return f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails"
+
+    def wait_for_review(self, api, run_id: str, task_id: str, timeout: float) -> dict:
+        """Wait until ``task_id`` waits for a person (``awaiting_input``); return what the reviewer is shown."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ti = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}").raise_for_status().json()
+            if ti["state"] == "awaiting_input":
+                return api.get(self.hitl_url(run_id, task_id)).raise_for_status().json()
+            assert ti["state"] not in ("failed", "upstream_failed", "skipped", "success"), (
+                task_id, ti["state"], f"logs in {self.home}")
+            self.assert_alive()
+            time.sleep(3)
+        raise TimeoutError(f"{task_id} of {run_id} did not wait for a reviewer in {timeout}s")
+
     def task_instances(self, api, run_id: str, dag_id: str = DAG_ID) -> list[dict]:
         return api.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
                        params={"limit": 1000}).raise_for_status().json()[

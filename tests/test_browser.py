@@ -1,6 +1,7 @@
 """The Airflow UI in a real browser (Debian's chromium driven by playwright-core): log in, trigger
-the DAG through its params form, wait for success, open the run's Report tab (the kdflow plugin)
-and see both cycles, then clear a failed task from the graph view and watch it rerun.
+the DAG through its params form with the training-data review on, answer each cycle's review on its
+Required Actions tab (issue 21), wait for success, open the run's Report tab (the kdflow plugin) and
+see both cycles, then clear a failed task from the graph view and watch it rerun.
 
 Prerequisites: scripts/setup-browser.sh (chromium from apt, playwright-core from npm). Screenshots
 land in $KDFLOW_SCREENSHOTS (default artifacts/test-screenshots/browser) for CI to keep.
@@ -20,12 +21,13 @@ import pytest
 
 from fixtures_deploy import ADMIN_USER, DAG_ID, REPO
 from kdflow.pipeline.registry import ALL_STEPS
+from kdflow.pipeline.review import APPROVE, DATASET_OPTIONS, review_key
 
 pytestmark = pytest.mark.slow
 
 BROWSER_DIR = REPO / "tests" / "browser"
 SCREENSHOTS = Path(os.environ.get("KDFLOW_SCREENSHOTS", REPO / "artifacts" / "test-screenshots" / "browser"))
-CONF = {"topics": ["pods"], "cycles": 2, "questions_per_cycle": 1, "held_out_per_topic": 0}
+CONF = {"topics": ["pods"], "cycles": 2, "questions_per_cycle": 1, "held_out_per_topic": 0, "review_dataset": True}
 FAILED_ON_PURPOSE = "show_sample_qa_pairs"  # a leaf: clearing it reruns only itself
 
 
@@ -61,6 +63,16 @@ def test_trigger_report_and_clear_in_a_real_browser(airflow_topology, browser_to
         assert _ui(topo, "trigger", state, RUN_ID=run_id, CONF=json.dumps(CONF))["topics"] == CONF["topics"]
         run = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}").raise_for_status().json()
         assert {k: run["conf"].get(k) for k in CONF} == CONF, run["conf"]
+        for cycle in (1, 2):  # each cycle waits for a reviewer after its dataset step
+            task_id = f"cycle_{cycle}.review_dataset"
+            asked = topo.wait_for_review(api, run_id, task_id, timeout=900)
+            seen = _ui(topo, "review", state, RUN_ID=run_id, TASK_ID=task_id, OPTION=APPROVE)
+            assert seen["options"] == DATASET_OPTIONS, seen
+            assert asked["subject"] in seen["shown"], (asked["subject"], seen["shown"][:500])
+            pair_ids = asked["params"]["drop"]["schema"]["items"]["enum"]
+            assert pair_ids and all(qid in seen["shown"] for qid in pair_ids), (pair_ids, seen["shown"][:2000])
+            answered = api.get(topo.hitl_url(run_id, task_id)).raise_for_status().json()
+            assert answered["chosen_options"] == [APPROVE] and answered["responded_by_user"]["name"] == ADMIN_USER
         run = topo.wait_for_run(api, run_id, timeout=1500)
         print(f"\n[browser] run {run_id}: {run['state']} in {time.monotonic() - started:.0f}s")
         assert run["state"] == "success"
@@ -68,6 +80,11 @@ def test_trigger_report_and_clear_in_a_real_browser(airflow_topology, browser_to
         report = _ui(topo, "report", state, RUN_ID=run_id)
         assert report["cycles"] == ["1", "2"], report
         assert {"Cycle 1", "Cycle 2"} <= set(report["headings"]), report
+        for cycle in (1, 2):  # the store holds each answer, with who gave it
+            key = f"{topo.store_prefix}/{review_key(run_id, 'dataset', cycle)}"
+            decision = json.loads(topo.s3().get_object(Bucket=topo.bucket, Key=key)["Body"].read())
+            assert (decision["outcome"], decision["timed_out"]) == ("approved", False) and decision["by"].startswith(
+                ADMIN_USER), decision
 
         # Fail a task on purpose, then clear it from the graph view and watch it rerun in the UI.
         base = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{FAILED_ON_PURPOSE}"
@@ -84,5 +101,6 @@ def test_trigger_report_and_clear_in_a_real_browser(airflow_topology, browser_to
         assert (rerun["state"], rerun["try_number"]) == ("success", failed_try + 1)
         assert topo.wait_for_run(api, run_id, timeout=120)["state"] == "success"
     shots = {p.name for p in SCREENSHOTS.glob("*.png")}
-    assert {"02-trigger-form.png", "05-report.png", "06-graph-failed-task.png", "07-clear-dialog.png",
+    assert {"02-trigger-form.png", "04-review-cycle_1-review_dataset.png", "04-review-cycle_2-review_dataset.png",
+            "05-report.png", "06-graph-failed-task.png", "07-clear-dialog.png",
             "08-rerun-succeeded.png"} <= shots

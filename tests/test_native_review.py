@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 
 import pytest
 
-from fixtures_deploy import DAG_ID
+from fixtures_deploy import DAG_ID, AirflowTopology
 from kdflow.pipeline.review import APPROVE, DROP, DROP_PARAM, PROMOTE, REJECT, review_key
 from kdflow.store import run_key
 
@@ -51,22 +50,8 @@ def _trigger(api, **review) -> str:
     return run.raise_for_status().json()["dag_run_id"]
 
 
-def _hitl_url(run_id: str, task_id: str) -> str:
-    return f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails"
-
-
 def _wait_parked(topo, api, run_id: str, task_id: str, timeout: float = PARK_WAIT_S) -> dict:
-    """Wait until ``task_id`` waits for a person; return what the reviewer is shown."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ti = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}").raise_for_status().json()
-        if ti["state"] == "awaiting_input":
-            return api.get(_hitl_url(run_id, task_id)).raise_for_status().json()
-        assert ti["state"] not in ("failed", "upstream_failed", "skipped", "success"), (task_id, ti["state"],
-                                                                                       f"logs in {topo.home}")
-        topo.assert_alive()
-        time.sleep(3)
-    raise TimeoutError(f"{task_id} of {run_id} did not wait for a reviewer in {timeout}s")
+    return topo.wait_for_review(api, run_id, task_id, timeout)
 
 
 def _no_slot_held(api) -> None:
@@ -76,8 +61,8 @@ def _no_slot_held(api) -> None:
 
 
 def _answer(api, run_id: str, task_id: str, option: str, **params) -> dict:
-    return api.patch(_hitl_url(run_id, task_id), json={"chosen_options": [option], "params_input": params}
-                     ).raise_for_status().json()
+    answer = {"chosen_options": [option], "params_input": params}
+    return api.patch(AirflowTopology.hitl_url(run_id, task_id), json=answer).raise_for_status().json()
 
 
 def _s3_json(topo, key: str) -> dict:
@@ -127,7 +112,7 @@ def test_an_unanswered_data_review_times_out_rejects_the_cycle_and_nothing_is_tr
         _wait_parked(topo, api, run_id, DATASET_REVIEW)
         _no_slot_held(api)
         run, states = _finished(topo, api, run_id)  # the scheduler's sweep applies the default after 20 s
-        detail = api.get(_hitl_url(run_id, DATASET_REVIEW)).raise_for_status().json()
+        detail = api.get(AirflowTopology.hitl_url(run_id, DATASET_REVIEW)).raise_for_status().json()
     assert run["state"] == "success" and states[DATASET_REVIEW] == "success", states
     assert detail["chosen_options"] == [REJECT] and detail["responded_by_user"] is None
     decision = _s3_json(topo, review_key(run_id, "dataset", 1))

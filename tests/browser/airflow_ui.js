@@ -1,7 +1,8 @@
 // Drives the Airflow 3.3.2 UI in Debian's chromium for tests/test_browser.py, one phase per call:
-//   node airflow_ui.js <phase>   phases: trigger | report | clear
-// Env: BASE_URL, AIRFLOW_USER, AIRFLOW_PASSWORD, DAG_ID, RUN_ID, TASK_ID + TASK_LABEL (clear), SHOTS (screenshot folder),
-//      STATE (storage-state file: the login is kept between phases), CONF (JSON: topics, cycles, questions_per_cycle).
+//   node airflow_ui.js <phase>   phases: trigger | review | report | clear
+// Env: BASE_URL, AIRFLOW_USER, AIRFLOW_PASSWORD, DAG_ID, RUN_ID, TASK_ID + TASK_LABEL (clear), TASK_ID + OPTION (review),
+//      SHOTS (screenshot folder), STATE (storage-state file: the login is kept between phases),
+//      CONF (JSON: topics, cycles, questions_per_cycle, held_out_per_topic, review_dataset).
 // Prints one JSON line with what it saw; exits non-zero with a one-line reason when a step fails.
 'use strict';
 const fs = require('fs');
@@ -42,6 +43,14 @@ async function setNumber(dialog, label, value) {
   await input.blur();
 }
 
+// A boolean param is a switch: its hidden checkbox carries the param's name; the visible control is the
+// label around it.
+async function setSwitch(dialog, param, value) {
+  const input = dialog.locator(`input[name="element_${param}"]`);
+  if ((await input.isChecked()) !== value) await dialog.locator(`label:has(input[name="element_${param}"])`).first().click();
+  if ((await input.isChecked()) !== value) throw new Error(`the ${param} switch did not turn ${value ? 'on' : 'off'}`);
+}
+
 async function trigger(page) {
   const conf = JSON.parse(env('CONF'));
   await page.goto(`${BASE}/dags/${DAG}`);
@@ -64,6 +73,7 @@ async function trigger(page) {
   await setNumber(dialog, 'Cycles', conf.cycles);
   await setNumber(dialog, 'Questions per cycle', conf.questions_per_cycle);
   if (conf.held_out_per_topic !== undefined) await setNumber(dialog, 'Held-out questions per topic', conf.held_out_per_topic);
+  if (conf.review_dataset !== undefined) await setSwitch(dialog, 'review_dataset', conf.review_dataset);
   const chosen = await selected.evaluateAll((els) => els.map((e) => e.value).filter(Boolean));
   if (JSON.stringify(chosen) !== JSON.stringify(conf.topics)) throw new Error(`topics field holds ${JSON.stringify(chosen)}`);
   await shot(page, '02-trigger-form');
@@ -74,6 +84,26 @@ async function trigger(page) {
   await page.locator(OPEN_DIALOG).waitFor({ state: 'detached', timeout: 30000 });
   await shot(page, '03-triggered');
   return { topics: chosen };
+}
+
+// Answer a waiting review (Airflow's human-in-the-loop form) on the task's Required Actions tab: read what
+// the reviewer is shown, pick OPTION (one button per option), then wait until the UI shows it recorded.
+async function review(page) {
+  const taskId = env('TASK_ID');
+  const option = env('OPTION');
+  await page.goto(`${BASE}/dags/${DAG}/runs/${encodeURIComponent(env('RUN_ID'))}/tasks/${taskId}/required_actions`);
+  const button = page.locator(`[data-testid="hitl-option-${option}"]`);
+  await button.waitFor({ timeout: 60000 });
+  await page.waitForLoadState('networkidle');
+  const options = await page.locator('[data-testid^="hitl-option-"]').allInnerTexts();
+  const shown = await page.locator('body').innerText();
+  const name = taskId.replace(/\W+/g, '-');
+  await shot(page, `04-review-${name}`);
+  await button.click();
+  await page.waitForFunction((sel) => document.querySelector(sel)?.disabled, `[data-testid="hitl-option-${option}"]`,
+    { timeout: 60000, polling: 1000 });
+  await shot(page, `04b-reviewed-${name}`);
+  return { taskId, options, chosen: option, shown: shown.slice(0, 6000) };
 }
 
 async function report(page) {
@@ -140,7 +170,7 @@ async function clear(page) {
   return { cleared: taskId, states };
 }
 
-const PHASES = { trigger, report, clear };
+const PHASES = { trigger, review, report, clear };
 
 (async () => {
   const phase = process.argv[2];

@@ -225,6 +225,16 @@ class AirflowTopology:
             time.sleep(3)
         raise TimeoutError(f"{task_id} of {run_id} did not wait for a reviewer in {timeout}s")
 
+    @staticmethod
+    def asset_events(api, run_id: str, dag_id: str = DAG_ID) -> list[dict]:
+        """The asset events a run of ``dag_id`` emitted (the pipeline's champion event, if any)."""
+        return api.get("/assets/events", params={"source_dag_id": dag_id, "source_run_id": run_id}
+                       ).raise_for_status().json()["asset_events"]
+
+    @staticmethod
+    def dag_runs(api, dag_id: str) -> list[dict]:
+        return api.get(f"/dags/{dag_id}/dagRuns", params={"limit": 100}).raise_for_status().json()["dag_runs"]
+
     def task_instances(self, api, run_id: str, dag_id: str = DAG_ID) -> list[dict]:
         return api.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
                        params={"limit": 1000}).raise_for_status().json()[

@@ -114,6 +114,18 @@ def test_run_succeeds_with_conf(finished_run):
     assert {ti["task_id"] for ti in tis if ti["state"] == "skipped" and ti["task_id"].startswith("cycle_1.")} == set()
 
 
+def test_a_refused_promotion_announces_no_champion(finished_run):
+    """Issue 18: the tiny random student cannot beat the default promotion margin, so the results task adds
+    no event to the ``kdflow_champion`` alias and nothing can schedule ``kdflow_export`` (an approved
+    promotion's event and the export it schedules: test_native_review.py)."""
+    topo, run, _ = finished_run
+    key = f"{topo.store_prefix}/{run_key(run['dag_run_id'], 'results.json')}"
+    results = json.loads(topo.s3().get_object(Bucket=topo.bucket, Key=key)["Body"].read())
+    assert results["promotion"]["promote"] is False, results["promotion"]
+    with topo.client() as api:
+        assert topo.asset_events(api, run["dag_run_id"]) == []
+
+
 def test_student_tasks_ran_on_gpu_worker_in_gpu_pool_and_the_rest_on_default(finished_run):
     topo, _, tis = finished_run
     ran = _ran(tis)

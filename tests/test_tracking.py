@@ -109,6 +109,10 @@ def test_each_cycle_is_a_nested_run_with_its_numbers_and_loss_history(tracked):
         assert [p.step for p in history] == list(range(1, len(training["losses"]) + 1))
         assert [p.value for p in history] == pytest.approx(training["losses"])
         assert len(history) >= 1 and metrics["train.steps"] == training["steps"]
+        # the settings training resolved from the model's architecture profile, beside the config's params
+        assert run.data.params["train.learning_rate"] == str(training["profile"]["learning_rate"])
+        assert run.data.params["train.epochs"] == str(training["profile"]["epochs"])
+        assert run.data.params["train.model_type"] == training["profile"]["model_type"] == "phi"
         assert metrics["dataset.pairs"] >= 1 and "gate.questions_kept" in metrics
         artifacts = {f.path for f in client.list_artifacts(run.info.run_id)}
         assert {"adapter", "dataset", "hf_dataset"} <= artifacts

@@ -22,6 +22,7 @@ Folders larger than ``tracking.artifact_max_mb`` are not copied: the run gets th
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import tempfile
 from collections.abc import Callable, Mapping
@@ -169,6 +170,11 @@ def _training(t: Tracker, ctx: RunContext, cycle: int, outputs: Mapping[str, Poi
     t.log_metrics(run, {"train.steps": training.get("steps"), "train.wall_s": training.get("wall_s"),
                         "train.tokens_per_s": training.get("tokens_per_s"),
                         "train.final_loss": losses[-1] if losses else None})
+    # What training really used: the run's ``student.*`` params are the config, which for a model matched
+    # only by the generic ``*`` profile holds its values, while the model's architecture profile decides.
+    profile = training.get("profile") or {}
+    t.log_params(run, {f"train.{key}": json.dumps(value) if isinstance(value, list) else str(value)
+                       for key, value in profile.items() if value is not None})
 
 
 IMPROVEMENT_FIELDS = ("baseline_mean", "finetuned_mean", "mean_delta", "ci_low", "ci_high", "p_value",

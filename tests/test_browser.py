@@ -21,7 +21,7 @@ import pytest
 
 from fixtures_deploy import ADMIN_USER, DAG_ID, REPO
 from kdflow.pipeline.registry import ALL_STEPS
-from kdflow.pipeline.review import APPROVE, DATASET_OPTIONS, review_key
+from kdflow.pipeline.review import APPROVE, DATASET_OPTIONS, DROP_PARAM, review_key
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,7 @@ def test_trigger_report_and_clear_in_a_real_browser(airflow_topology, browser_to
             seen = _ui(topo, "review", state, RUN_ID=run_id, TASK_ID=task_id, OPTION=APPROVE)
             assert seen["options"] == DATASET_OPTIONS, seen
             assert asked["subject"] in seen["shown"], (asked["subject"], seen["shown"][:500])
-            pair_ids = asked["params"]["drop"]["schema"]["items"]["enum"]
+            pair_ids = asked["params"][DROP_PARAM]["schema"]["items"]["enum"]
             assert pair_ids and all(qid in seen["shown"] for qid in pair_ids), (pair_ids, seen["shown"][:2000])
             answered = api.get(topo.hitl_url(run_id, task_id)).raise_for_status().json()
             assert answered["chosen_options"] == [APPROVE] and answered["responded_by_user"]["name"] == ADMIN_USER

@@ -116,11 +116,13 @@ def _scripted_response(reply: str | bytes | int | tuple[int, bytes]) -> tuple[in
     return 200, reply if isinstance(reply, bytes) else chat_completion_body(reply)
 
 
-def chat_completion_body(content: str) -> bytes:
-    """An OpenAI chat-completion envelope around ``content`` (the envelope is fine; the content may not be)."""
+def chat_completion_body(content: str, finish_reason: str = "stop") -> bytes:
+    """An OpenAI chat-completion envelope around ``content`` (the envelope is fine; the content may not be);
+    ``finish_reason="length"`` is a reply cut at max_tokens."""
     return json.dumps({
         "id": "cmpl-1", "object": "chat.completion", "created": 0, "model": "fake",
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+        "choices": [{"index": 0, "finish_reason": finish_reason,
+                     "message": {"role": "assistant", "content": content}}],
         "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14},
     }).encode()
 

@@ -62,10 +62,6 @@ def _trigger(api, **review) -> str:
     return run.raise_for_status().json()["dag_run_id"]
 
 
-def _wait_parked(topo, api, run_id: str, task_id: str, timeout: float = PARK_WAIT_S) -> dict:
-    return topo.wait_for_review(api, run_id, task_id, timeout)
-
-
 def _no_slot_held(api) -> None:
     """A waiting review holds no worker or pool slot (and the run has nothing else to run meanwhile)."""
     pool = api.get("/pools/default_pool").raise_for_status().json()
@@ -92,7 +88,7 @@ def approved_run(topo):
     with topo.client() as api:
         exports_before = {run["dag_run_id"] for run in topo.dag_runs(api, EXPORT_DAG)}
         run_id = _trigger(api, review_dataset=True, review_promotion=True)
-        shown = _wait_parked(topo, api, run_id, DATASET_REVIEW)
+        shown = topo.wait_for_review(api, run_id, DATASET_REVIEW, PARK_WAIT_S)
         _no_slot_held(api)
         ids = shown["params"][DROP_PARAM]["schema"]["items"]["enum"]
         assert shown["options"] == [APPROVE, DROP, REJECT] and shown["defaults"] == [REJECT]
@@ -101,7 +97,7 @@ def approved_run(topo):
         answered = _answer(api, run_id, DATASET_REVIEW, DROP, **{DROP_PARAM: ids[:1]})
         assert answered["chosen_options"] == [DROP]
 
-        shown = _wait_parked(topo, api, run_id, PROMOTION_REVIEW)
+        shown = topo.wait_for_review(api, run_id, PROMOTION_REVIEW, PARK_WAIT_S)
         assert "The promotion gate proposes a new champion" in shown["body"]
         _answer(api, run_id, PROMOTION_REVIEW, PROMOTE)
         run, states = _finished(topo, api, run_id)
@@ -171,7 +167,7 @@ def test_an_unanswered_data_review_times_out_rejects_the_cycle_and_nothing_is_tr
     answer as the default here; what each answer does is tests/test_pipeline_review.py's."""
     with topo.client() as api:
         run_id = _trigger(api, review_dataset=True, review_promotion=True, review_timeout="20s")
-        _wait_parked(topo, api, run_id, DATASET_REVIEW)
+        topo.wait_for_review(api, run_id, DATASET_REVIEW, PARK_WAIT_S)
         _no_slot_held(api)
         run, states = _finished(topo, api, run_id)  # the scheduler's sweep applies the default after 20 s
         detail = api.get(AirflowTopology.hitl_url(run_id, DATASET_REVIEW)).raise_for_status().json()

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from fixtures_llm import ScriptedServer
+from fixtures_llm import ScriptedServer, chat_completion_body
 from kdflow.config import GateConfig, load_config
 from kdflow.kb import load_knowledge_base
 from kdflow.llm import Endpoint, UsageLedger, make_client
@@ -66,12 +66,7 @@ def test_a_badly_formed_question_is_rejected_asked_again_and_recorded(kb_path, t
 def test_a_reply_cut_at_max_tokens_is_a_rejected_attempt_and_the_next_draw_is_asked(kb_path, tmp_path):
     """A tiny teacher can loop until max_tokens on one draw; that draw is unusable (not asked again under
     the same budget), but the step goes on with the next draw instead of failing."""
-    looping = json.dumps({
-        "id": "cmpl-cut", "object": "chat.completion", "created": 0, "model": "fake",
-        "choices": [{"index": 0, "finish_reason": "length",
-                     "message": {"role": "assistant", "content": '{"question": "What is a Pod a Pod a Pod a Pod'}}],
-        "usage": {"prompt_tokens": 11, "completion_tokens": 96, "total_tokens": 107},
-    }).encode()
+    looping = chat_completion_body('{"question": "What is a Pod a Pod a Pod a Pod', finish_reason="length")
     with ScriptedServer(looping, draft(GOOD)) as server:
         [question] = ask(server, kb_path, tmp_path)
     assert question.question == GOOD and len(server.bodies) == 2  # the cut draft was not asked again as is

@@ -187,6 +187,32 @@ def test_passage_pairs_add_each_cited_passage_once(run):
     execute("prepare_training_dataset", run_id=RUN, overrides=overrides, cycle=2)  # leave the module's run as it was
 
 
+def test_passage_form_sentences_cuts_a_cited_passage_into_two_sentence_answers(run):
+    """student.passage_form: sentences - the cited passage joins as pairs of two of its sentences each (in
+    order, every sentence once), under the same section question, each citing the passage in the
+    published dataset."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from kdflow.kb import load_knowledge_base, split_sentences
+
+    ctx, overrides, _ = run
+    cut = {**overrides, "student": {**overrides["student"], "passage_pairs": "cited", "passage_form": "sentences"}}
+    pointer = execute("prepare_training_dataset", run_id=RUN, overrides=cut, cycle=2)
+    pairs = [TrainingPair.model_validate(r) for r in ctx.rows(pointer)]
+    extra = [p for p in pairs if p.question_id.startswith("passage:")]
+    sentences = split_sentences(load_knowledge_base().by_id(KB_PASSAGE).text)
+    assert len(sentences) > 2 and len(extra) == (len(sentences) + 1) // 2
+    assert [p.question_id for p in extra] == [f"passage:{KB_PASSAGE}@{k}" for k in range(1, len(extra) + 1)]
+    assert [p.completion for p in extra] == [" ".join(sentences[i:i + 2]) for i in range(0, len(sentences), 2)]
+    assert {p.prompt for p in extra} == {"What does the Kubernetes v1.28 documentation say about EndpointSlices?"}
+    data = ctx.store.folder_file(ctx.checkpoint(2, "hf_dataset"), "train.parquet")
+    cites = {row["question_id"]: row["passage_ids"] for row in pq.read_table(io.BytesIO(data)).to_pylist()}
+    assert all(cites[p.question_id] == [KB_PASSAGE] for p in extra)
+    execute("prepare_training_dataset", run_id=RUN, overrides=overrides, cycle=2)  # leave the module's run as it was
+
+
 def test_passage_pairs_all_add_every_passage_of_the_selected_topics(run):
     """student.passage_pairs: all - every passage of the run's topics joins the dataset once (the cited
     one too, not twice), and coverage counts them; true still means cited."""

@@ -10,7 +10,8 @@ import pytest
 
 from fixtures_teacher import GATE, PASSAGES, QUESTION, SUPPORTED, TEXTS, UNSUPPORTED, teacher
 from kdflow.config import GateConfig
-from kdflow.teacher.faithfulness import PassageSentences, split_sentences
+from kdflow.kb import split_sentences
+from kdflow.teacher.faithfulness import PassageSentences
 from kdflow.teacher.gate import DuplicateIndex, check_question
 from kdflow.teacher.references import review_reference
 

@@ -16,6 +16,19 @@ from pathlib import Path
 
 BUILTIN_KB = Path(__file__).parent / "data" / "kubernetes-v1.28"
 MARKDOWN_SUFFIXES = (".md", ".markdown")
+# Sentences per training answer in the ``sentences`` passage form: the gold answers' length.
+SENTENCES_PER_PAIR = 2
+
+# "e.g." and friends end in a dot but do not end a sentence.
+_ABBREVIATIONS = re.compile(r"\b(e\.g|i\.e|etc|vs|approx|cf)\.", re.IGNORECASE)
+_DOT = "\u2024"  # one-dot leader: stands in for a protected dot while splitting
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of ``text``; a text without end punctuation is one sentence."""
+    protected = _ABBREVIATIONS.sub(lambda m: m.group(0).replace(".", _DOT), " ".join(text.split()))
+    return [s.replace(_DOT, ".").strip() for s in _SENTENCE_END.split(protected) if s.strip()]
 
 
 class KnowledgeBaseError(ValueError):
@@ -37,6 +50,19 @@ class Passage:
         """The passage as a (prompt, completion) pair: the student reads the knowledge base's own
         words for a section it is asked about (``student.passage_pairs``)."""
         return f"What does the {kb_name} documentation say about {self.section.split(' > ')[-1]}?", self.text
+
+    def training_pairs(self, kb_name: str, form: str = "passage") -> list[tuple[str, str]]:
+        """The passage as training pairs in ``student.passage_form``: ``passage`` is one pair with the
+        whole passage as the answer; ``sentences`` is one pair per run of ``SENTENCES_PER_PAIR``
+        sentences, each the answer to the same section question. Short answers are the form the
+        student is asked for, so learning the facts does not teach it to answer in documentation
+        prose (docs/benchmarks/evaluation.md measures both)."""
+        prompt, text = self.as_training_pair(kb_name)
+        if form == "passage":
+            return [(prompt, text)]
+        sentences = split_sentences(text)
+        return [(prompt, " ".join(sentences[i:i + SENTENCES_PER_PAIR]))
+                for i in range(0, len(sentences), SENTENCES_PER_PAIR)]
 
 
 _FRONT_MATTER = re.compile(r"\A(?:---\s*\n.*?\n---|\+\+\+\s*\n.*?\n\+\+\+)\s*\n", re.DOTALL)

@@ -5,7 +5,8 @@ compared with the base model's answers, paired by question (:mod:`kdflow.evaluat
 pairs come from a finished run's last training dataset (the teacher's gated pairs), optionally with
 the knowledge-base passages those pairs cite added as extra pairs (``+passages``), or from the
 knowledge base alone (``kb-``: every passage of the selected topics as a pair, no teacher at all,
-the issue's "passage pretraining" probe; no run needed).
+the issue's "passage pretraining" probe; ``kb-sentences-``: the same text cut into pairs of two
+sentences, answers as short as the student's; no run needed).
 
     python -m kdflow.bench.learning --store /tmp/eval/store-a --run-id eval_default \\
         --recipes current,r64-all --out docs/benchmarks/learning.json
@@ -36,6 +37,8 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
     "r16-all-1e-3x5": ({"target_modules": ALL_LINEAR, "learning_rate": 1e-3, "epochs": 5}, "teacher"),
     "kb-current": ({}, "kb"),
     "kb-r64-all": (R64_ALL, "kb"),
+    "kb-sentences-current": ({}, "kb-sentences"),
+    "kb-sentences-r64-all": (R64_ALL, "kb-sentences"),
 }
 
 
@@ -61,9 +64,9 @@ def run_pairs(store_url: str, run_id: str, cycle: int | None = None) -> tuple[li
     return [(r["prompt"], r["completion"]) for r in rows], list(dict.fromkeys(cited))
 
 
-def passage_pairs(config: Any, passage_ids: list[str] | None = None) -> list[tuple[str, str]]:
-    """The knowledge base's passages as training pairs: the given ones, or every passage of the
-    configured topics."""
+def passage_pairs(config: Any, passage_ids: list[str] | None = None, form: str = "passage") -> list[tuple[str, str]]:
+    """The knowledge base's passages as training pairs in ``form`` (``Passage.training_pairs``): the
+    given ones, or every passage of the configured topics."""
     from kdflow.kb import load_from_config
 
     kb = load_from_config(config)
@@ -71,7 +74,7 @@ def passage_pairs(config: Any, passage_ids: list[str] | None = None) -> list[tup
         passages = [kb.by_id(pid) for pid in passage_ids]
     else:
         passages = [p for t in config.pipeline.topics for p in kb.passages_for(t)]
-    return [p.as_training_pair(kb.name) for p in passages]
+    return [pair for p in passages for pair in p.training_pairs(kb.name, form)]
 
 
 def answer_gold(cfg: Any, model_path: Any, items: list[Any], adapter_dir: Path | None,
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     items = validated_gold(config).items
     model_path = resolve_student(config.student.model)
     recipes = args.recipes.split(",")
-    needs_run = any(RECIPES[name][1] != "kb" for name in recipes)
+    needs_run = any(not RECIPES[name][1].startswith("kb") for name in recipes)
     if needs_run and not (args.store and args.run_id):
         parser.error("--store and --run-id are required for recipes that train on a run's teacher pairs")
     pairs, cited = run_pairs(args.store, args.run_id, args.cycle) if needs_run else ([], [])
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides, source = RECIPES[name]
         cfg = config.student.model_copy(update=overrides)
         data = {"teacher": pairs, "teacher+cited": pairs + passage_pairs(config, cited),
-                "kb": passage_pairs(config)}[source]
+                "kb": passage_pairs(config), "kb-sentences": passage_pairs(config, form="sentences")}[source]
         t0 = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="kdflow-recipe-") as tmp:
             result = train_adapter(cfg, model_path, data, Path(tmp) / "adapter",

@@ -103,6 +103,9 @@ class StudentConfig(_Section):
     # "all" every passage of the selected topics (docs/benchmarks/evaluation.md: more gold facts, worse
     # answer form, ~50 min of CPU training per cycle for the shipped KB). true/false mean cited/off.
     passage_pairs: Literal["off", "cited", "all"] = "off"
+    # How a passage becomes training pairs: "passage" (one pair, the whole passage as the answer) or
+    # "sentences" (one pair per two sentences, answers as short as the student's; kb.Passage.training_pairs).
+    passage_form: Literal["passage", "sentences"] = "passage"
     # The values the validator took from the generic ``*`` profile: the model's architecture profile
     # replaces them once the model's config is read (kdflow.student.profiles.resolve_profile).
     _from_generic_profile: dict[str, Any] = PrivateAttr(default_factory=dict)

@@ -5,6 +5,7 @@ memory management); adapters travel through the store."""
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Container, Iterable
@@ -17,6 +18,9 @@ from kdflow.pipeline.context import CheckpointError, RunContext
 from kdflow.pipeline.review import ReviewDecision, reviewer_drops
 from kdflow.records import Answer, Reference, TrainingPair, gate_drop_reason
 from kdflow.store import Pointer
+
+# A passage pair in the ``sentences`` form is ``passage:<passage id>@<k>``; passage ids hold '#' already.
+_SENTENCE_PAIR_SUFFIX = re.compile(r"@\d+$")
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +152,8 @@ def passage_pairs(ctx: RunContext, kb: KnowledgeBase, pairs: list[TrainingPair],
     documentation say about <section>?": with ``student.passage_pairs: cited`` each passage the
     training questions cite, in first-cited order; with ``all`` every passage of the selected topics
     (counted as cycle 1's, as they are the same in every cycle), so the student reads facts the
-    teacher's references do not state."""
+    teacher's references do not state. With ``student.passage_form: sentences`` a passage gives one
+    pair per two sentences, ``passage:<id>@<k>``."""
     first_cycle: dict[str, int] = {}
     if ctx.config.student.passage_pairs == "all":
         first_cycle = {p.id: 1 for topic in ctx.config.pipeline.topics for p in kb.passages_for(topic)}
@@ -156,11 +161,12 @@ def passage_pairs(ctx: RunContext, kb: KnowledgeBase, pairs: list[TrainingPair],
         for pid in cited.get(pair.question_id, []):
             first_cycle.setdefault(pid, pair.cycle)
     extra = []
+    form = ctx.config.student.passage_form
     for pid, cycle in first_cycle.items():
         passage = kb.by_id(pid)
-        prompt, completion = passage.as_training_pair(kb.name)
-        extra.append(TrainingPair(question_id=f"passage:{pid}", cycle=cycle, topic=passage.topic, prompt=prompt,
-                                  completion=completion))
+        for k, (prompt, completion) in enumerate(passage.training_pairs(kb.name, form)):
+            extra.append(TrainingPair(question_id=f"passage:{pid}" + (f"@{k + 1}" if form == "sentences" else ""),
+                                      cycle=cycle, topic=passage.topic, prompt=prompt, completion=completion))
     return extra
 
 
@@ -230,7 +236,7 @@ def prepare_training_dataset(ctx: RunContext, cycle: int) -> dict[str, Any]:
 def _source_passages(pair: TrainingPair, cited: dict[str, list[str]]) -> list[str]:
     """The KB passages a pair comes from: its question's, or the passage itself for a passage pair."""
     if pair.question_id.startswith("passage:"):
-        return [pair.question_id.removeprefix("passage:")]
+        return [_SENTENCE_PAIR_SUFFIX.sub("", pair.question_id.removeprefix("passage:"))]
     return cited.get(pair.question_id, [])
 
 

@@ -25,11 +25,8 @@ from typing import Any
 import numpy as np
 
 from kdflow.embeddings import embed
+from kdflow.kb import split_sentences
 
-# "e.g." and friends end in a dot but do not end a sentence.
-_ABBREVIATIONS = re.compile(r"\b(e\.g|i\.e|etc|vs|approx|cf)\.", re.IGNORECASE)
-_DOT = "\u2024"  # one-dot leader: stands in for a protected dot while splitting
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
 _WORD = re.compile(r"[a-z0-9]+")
 STOPWORDS = frozenset(
     "a an the and or but if then than of to in on at by for with from into onto as is are was were be been being it "
@@ -40,12 +37,6 @@ STOPWORDS = frozenset(
 
 # An LLM check: (question, sentences, passage texts) -> one score in [0, 1] (or None) per sentence.
 SentenceJudge = Callable[[str, Sequence[str], Sequence[str]], list[float | None]]
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of ``text``; a text without end punctuation is one sentence."""
-    protected = _ABBREVIATIONS.sub(lambda m: m.group(0).replace(".", _DOT), " ".join(text.split()))
-    return [s.replace(_DOT, ".").strip() for s in _SENTENCE_END.split(protected) if s.strip()]
 
 
 def content_words(text: str) -> list[str]:

@@ -19,9 +19,8 @@ from pydantic import BaseModel
 from kdflow.config import GateConfig
 from kdflow.embeddings import embed, max_similarity
 from kdflow.gold import normalise_words
-from kdflow.kb import Passage
+from kdflow.kb import Passage, split_sentences
 from kdflow.llm.server import Endpoint
-from kdflow.teacher.faithfulness import split_sentences
 from kdflow.teacher.structured import UnusableReplyError, complete_json
 
 if TYPE_CHECKING:

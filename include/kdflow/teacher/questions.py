@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from kdflow.config import GateConfig, TeacherConfig
-from kdflow.kb import KnowledgeBase, Passage
+from kdflow.kb import KnowledgeBase, Passage, split_sentences
 from kdflow.llm.batch import map_round
 from kdflow.llm.server import Endpoint
 from kdflow.records import Question, question_id
-from kdflow.teacher.faithfulness import split_sentences
 from kdflow.teacher.gate import AnswerabilityJudge, DuplicateIndex, TeacherError, check_question, llm_answerability
 from kdflow.teacher.structured import UnusableReplyError, complete_json
 

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 
 from kdflow.config import GateConfig, TeacherConfig
-from kdflow.kb import Passage
+from kdflow.kb import Passage, split_sentences
 from kdflow.llm.batch import map_round
 from kdflow.llm.server import Endpoint
 from kdflow.records import Question, Reference
 from kdflow.retrieval import Retriever
-from kdflow.teacher.faithfulness import PassageSentences, SentenceJudge, split_sentences
+from kdflow.teacher.faithfulness import PassageSentences, SentenceJudge
 from kdflow.teacher.structured import UnusableReplyError, complete_json
 
 if TYPE_CHECKING:

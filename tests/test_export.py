@@ -3,7 +3,7 @@ adapter; the embedded SmolLM2 student exports to a transformers folder and to GG
 llama.cpp loads and that answers like the merged model; the store gets the folder, its manifest and
 a model card; ``kdflow serve --check`` answers from the exported GGUF over the OpenAI API; an
 architecture llama.cpp's converter does not know fails in one line while the transformers export
-completes. Real models (the packaged SmolLM2, tiny random Phi and OPT), real training, real llama.cpp."""
+completes. Real models (the packaged SmolLM2, tiny random Phi, Qwen3 and OPT), real training, real llama.cpp."""
 
 from __future__ import annotations
 
@@ -261,10 +261,9 @@ def test_serve_answers_on_its_port_and_stops_its_server_when_terminated():
 @pytest.mark.parametrize("architecture", ["PhiForCausalLM"])
 def test_a_phi_student_exports_to_a_gguf_llama_cpp_loads(architecture, tmp_path):
     """A tiny random model of the production student's family (Phi-2; the Llama family is the embedded
-    SmolLM2, exported above) with SmolLM2's real tokenizer (llama.cpp's converter must recognise the
-    tokenizer), trained one epoch: the transformers export and both GGUF types are made and llama.cpp
-    answers from them. (Qwen2 with this borrowed tokenizer is refused by the converter's pre-tokenizer
-    check, which a real Qwen tokenizer passes; no Qwen tokenizer is available offline here.)"""
+    SmolLM2, exported above, the Qwen family below) with SmolLM2's real tokenizer (llama.cpp's converter
+    must recognise the tokenizer), trained one epoch: the transformers export and both GGUF types are
+    made and llama.cpp answers from them."""
     import shutil
 
     import torch
@@ -296,3 +295,76 @@ def test_a_phi_student_exports_to_a_gguf_llama_cpp_loads(architecture, tmp_path)
     local = Path(record["local_dir"])
     assert json.loads((local / "hf" / "config.json").read_text())["architectures"] == [architecture]
     assert len(list((local / "gguf").glob("*.gguf"))) == 2
+
+
+def test_a_qwen3_student_exports_to_a_gguf_and_its_template_renders_the_trained_prompt_unasked(tmp_path):
+    """A tiny random Qwen3 with Qwen3's real tokenizer (fetched by `make setup`: the converter's
+    pre-tokenizer check accepts only a real Qwen tokenizer), trained one epoch: the transformers export
+    and both GGUF types are made and llama.cpp answers from them. Qwen3's template thinks unless told
+    ``enable_thinking=false``, which kdflow trains with; the exported template (transformers and the
+    GGUF's, rendered by llama-server) must render the trained prompt when the caller passes nothing."""
+    import shutil
+    import urllib.request
+
+    import torch
+    from llama_cpp import Llama
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    from kdflow.export.publish import export_model
+    from kdflow.export.serve import serving
+    from kdflow.export.source import run_source
+    from kdflow.student.prompt import DEFAULT_SYSTEM_PROMPT, build_prompt
+    from kdflow.student.tiny_models import qwen3_tokenizer_dir
+
+    try:
+        qwen3 = qwen3_tokenizer_dir()
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
+    model_dir = tmp_path / "tiny-qwen3"
+    model_dir.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(qwen3 / name, model_dir / name)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    config = Qwen3Config(vocab_size=-(-len(tokenizer) // 128) * 128, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         tie_word_embeddings=True, max_position_embeddings=512, bos_token_id=None,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(config).save_pretrained(model_dir)
+    adapter = _trained_adapter(model_dir, tmp_path / "adapter", epochs=1, lora_r=4, lora_alpha=8, learning_rate=1e-3)
+    ctx = _published_run(tmp_path / "store", str(model_dir), adapter)
+    record = export_model(ctx, run_source(ctx, RUN), out_root=tmp_path / "exports")
+    merge = record["checks"]["merge"]
+    assert record["errors"] == [] and merge["identical_answers"] == merge["prompts"] == 3
+    assert {"gguf_f16", "gguf_q8_0"} <= set(record["checks"])  # llama.cpp loaded each GGUF and answered
+    local = Path(record["local_dir"])
+    assert json.loads((local / "hf" / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
+    assert len(list((local / "gguf").glob("*.gguf"))) == 2
+
+    question = "What is a Pod?"
+    messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": question}]
+    exported = AutoTokenizer.from_pretrained(local / "hf")
+    trained = build_prompt(exported, question)
+    assert trained == build_prompt(tokenizer, question) and trained.endswith("<think>\n\n</think>\n\n")
+    assert exported.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == trained
+    thinking = exported.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=True)
+    assert thinking.endswith("<|im_start|>assistant\n")  # a caller's own value still wins
+    assert record["template_defaults"] == {"enable_thinking": False}
+    card = (local / "README.md").read_text()
+    assert "`enable_thinking=false`" in card and "defaults to it" in card and "--reasoning off" in card
+
+    gguf = next((local / "gguf").glob("*-q8_0.gguf"))
+    llm = Llama(model_path=str(gguf), vocab_only=True, verbose=False)  # what create_chat_completion renders:
+    assert llm.chat_format == "chat_template.default"  # the GGUF's own template, with no variables passed
+    template = llm.metadata["tokenizer.chat_template"]
+    assert Jinja2ChatFormatter(template, eos_token="<|im_end|>", bos_token="")(messages=messages).prompt == trained
+    llm.close()
+    # llama-server passes its own enable_thinking (true for a template that can think) unless told
+    # --reasoning off, as `kdflow serve` does; its C++ Jinja renders the GGUF's template
+    with serving(gguf, threads=1, slots=1, n_ctx=512) as endpoint:
+        request = urllib.request.Request(endpoint.base_url.removesuffix("/v1") + "/apply-template",
+                                         data=json.dumps({"messages": messages}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            assert json.loads(reply.read())["prompt"] == trained

@@ -4,6 +4,7 @@ in the Hugging Face card format (YAML front matter + markdown), from the run's o
 from __future__ import annotations
 
 import fnmatch
+import json
 from typing import Any
 
 from kdflow.export.source import ExportSource
@@ -88,6 +89,20 @@ def model_card(source: ExportSource, export: dict[str, Any]) -> str:
         "## Faithfulness of the export", "", *check_lines, "",
         "## Files", "", "| file | size | sha256 |", "|---|---|---|", files, "",
         "`manifest.json` lists every file's sha256. Prompt format: the tokenizer's chat template, with the system "
-        "prompt the student was trained with.",
+        f"prompt the student was trained with.{_template_defaults_line(export.get('template_defaults'))}",
         "",
     ])
+
+
+def _template_defaults_line(defaults: dict[str, Any] | None) -> str:
+    """What the exported chat template renders when the caller passes no variables (Qwen3: no thinking)."""
+    if not defaults:
+        return ""
+    pairs = ", ".join(f"`{name}={json.dumps(value)}`" for name, value in defaults.items())
+    line = (f" The student was trained with {pairs}, and the exported template (in the transformers folder and the "
+            "GGUF) defaults to it, so `apply_chat_template` or a server that passes nothing renders the trained "
+            "prompt; passing another value renders a prompt the student was not trained on.")
+    if "enable_thinking" in defaults:  # llama-server passes its own enable_thinking, true for such a template
+        line += (f" llama-server: start it with `--reasoning {'on' if defaults['enable_thinking'] else 'off'}` "
+                 "(`kdflow serve` does).")
+    return line

@@ -3,20 +3,24 @@ changed nothing: the merged model must answer with the same greedy tokens as bas
 
 The merge runs in float32 on the CPU (exact up to float rounding: W + B·A·scale is what the adapter
 adds at every forward anyway), then the weights are cast to the export dtype. A tokenizer without a
-chat template (Phi-2) gets one that renders kdflow's own prompt format, so a server that applies the
-model's template (llama-server, vLLM, Ollama) sends the student exactly the text it was trained on."""
+chat template (Phi-2) gets one that renders kdflow's own prompt format, and a template that reads a
+variable kdflow sets when it renders prompts (Qwen3's ``enable_thinking``) defaults it to kdflow's value,
+so a server that applies the model's template (llama-server, vLLM, Ollama) sends the student exactly the
+text it was trained on (llama-server passes its own ``enable_thinking``: ``kdflow serve`` starts it with
+``--reasoning off``, see kdflow.export.serve.template_flags)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from kdflow.student.device import DevicePlan
 from kdflow.student.models import load_student
-from kdflow.student.prompt import build_prompt, stop_token_ids
+from kdflow.student.prompt import CHAT_TEMPLATE_KWARGS, build_prompt, stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,37 @@ INSTRUCT_OUTPUT_TEMPLATE = (
     "{% elif message['role'] == 'assistant' %} {{ message['content'] }}{{ eos_token }}\n{% endif %}{% endfor %}"
 )
 EXPORT_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def _jinja_literal(value: Any) -> str:
+    return "none" if value is None else json.dumps(value)  # true/false, numbers, strings, lists: Jinja literals
+
+
+def trained_template_defaults(template: str) -> str:
+    """``template`` with each variable of CHAT_TEMPLATE_KWARGS that it reads defaulting to the value
+    kdflow trained with. Qwen3's template renders thinking ON unless the caller passes
+    ``enable_thinking=false``; kdflow trains and answers with it false (the prompt ends with an empty
+    ``<think></think>`` block), but a plain ``apply_chat_template`` (what vLLM renders with) and
+    llama-cpp-python pass nothing, so without this default the served student would see a prompt it
+    never saw in training. A caller that passes the variable still gets its own value."""
+    prefix = "".join(f"{{%- if {name} is not defined %}}{{%- set {name} = {_jinja_literal(value)} %}}{{%- endif %}}"
+                     for name, value in template_defaults(template).items())
+    return template if template.startswith(prefix) else prefix + template
+
+
+def template_defaults(template: str | None) -> dict[str, Any]:
+    """The variables of CHAT_TEMPLATE_KWARGS that ``template`` reads, with kdflow's values."""
+    import jinja2
+    from jinja2 import meta
+
+    if not isinstance(template, str):
+        return {}
+    try:
+        parsed = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(template)
+        read = meta.find_undeclared_variables(parsed)
+    except jinja2.TemplateSyntaxError:  # a tag only transformers defines ({% generation %}): look for the name
+        read = {name for name in CHAT_TEMPLATE_KWARGS if re.search(rf"\b{name}\b", template)}
+    return {name: value for name, value in CHAT_TEMPLATE_KWARGS.items() if name in read}
 
 
 def merged_model(base_path: Path | str, adapter_dir: Path | str) -> tuple[Any, Any]:
@@ -56,6 +91,8 @@ def save_merged(model: Any, tokenizer: Any, out_dir: Path, *, dtype: str = "bflo
     model.save_pretrained(out_dir, safe_serialization=True)
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = INSTRUCT_OUTPUT_TEMPLATE
+    elif isinstance(tokenizer.chat_template, str):
+        tokenizer.chat_template = trained_template_defaults(tokenizer.chat_template)
     tokenizer.save_pretrained(out_dir)
     config = json.loads((out_dir / "config.json").read_text())
     config.pop("_name_or_path", None)  # a local path of the machine that exported it

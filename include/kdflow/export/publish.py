@@ -28,7 +28,7 @@ from typing import Any
 
 from kdflow.export.card import model_card
 from kdflow.export.gguf import ExportError, convert_to_gguf, gguf_greedy_tokens
-from kdflow.export.merge import agreement, check_merge, greedy_tokens, merged_model, save_merged
+from kdflow.export.merge import agreement, check_merge, greedy_tokens, merged_model, save_merged, template_defaults
 from kdflow.export.source import ExportSource
 from kdflow.integrity import file_sha256
 from kdflow.pipeline.context import RunContext
@@ -131,6 +131,7 @@ def export_model(ctx: RunContext, source: ExportSource, *, formats: Sequence[str
             shutil.rmtree(hf_dir)
         record = {"name": name, "version": source.version, "student": source.student, "run_id": source.run.run_id,
                   "cycle": source.cycle, "champion": source.champion, "dtype": dtype, "formats": list(formats),
+                  "template_defaults": template_defaults(tokenizer.chat_template),
                   "checks": checks, "errors": errors, "seconds": seconds,
                   "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (staging / "export.json").write_text(json.dumps(record, indent=2) + "\n")

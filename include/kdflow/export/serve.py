@@ -18,7 +18,7 @@ from kdflow.export.source import champion_source, run_source
 from kdflow.llm.server import Endpoint, ServerPlan, embedded_servers
 from kdflow.pipeline.artifacts import stored_champion
 from kdflow.pipeline.context import RunContext
-from kdflow.student.prompt import DEFAULT_SYSTEM_PROMPT
+from kdflow.student.prompt import CHAT_TEMPLATE_KWARGS, DEFAULT_SYSTEM_PROMPT
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,22 @@ def gguf_of(ctx: RunContext, record: dict[str, Any], cache: Path) -> Path:
     return target
 
 
+def template_flags() -> list[str]:
+    """llama-server flags that render the chat template with kdflow's CHAT_TEMPLATE_KWARGS. The exported
+    template defaults them already (kdflow.export.merge), but llama-server passes its own
+    ``enable_thinking`` to every template (true where the template can think: Qwen3), which overrides
+    that default; ``--reasoning off`` makes it pass false, so a request renders the trained prompt."""
+    kwargs = dict(CHAT_TEMPLATE_KWARGS)
+    flags = ["--reasoning", "on" if kwargs.pop("enable_thinking") else "off"] if "enable_thinking" in kwargs else []
+    return flags + (["--chat-template-kwargs", json.dumps(kwargs)] if kwargs else [])
+
+
 @contextmanager
 def serving(gguf: Path, *, port: int | None = None, threads: int | None = None, slots: int = 4,
             n_ctx: int = 2048) -> Iterator[Endpoint]:
     """llama-server on ``gguf`` for the ``with`` block."""
-    plan = ServerPlan(gguf, "llama_server", 1, threads or min(os.cpu_count() or 1, 4), slots, n_ctx)
+    plan = ServerPlan(gguf, "llama_server", 1, threads or min(os.cpu_count() or 1, 4), slots, n_ctx,
+                      tuple(template_flags()))
     with embedded_servers(plan, ports=[port] if port else None) as servers:
         yield Endpoint(servers.base_urls[0], gguf.stem, "sk-no-key-required", "json_object_schema")
 

@@ -143,6 +143,7 @@ class ServerPlan:
     threads: int = 1
     slots: int = 1
     n_ctx: int = 4096
+    extra_args: tuple[str, ...] = ()  # more llama-server flags (kdflow serve: the chat template's variables)
 
     def command(self, port: int) -> list[str]:
         if self.kind == "llama_server":
@@ -151,7 +152,7 @@ class ServerPlan:
                 "--host", "127.0.0.1", "--port", str(port), "--ctx-size", str(self.n_ctx * self.slots),
                 "--parallel", str(self.slots), "--cont-batching", "--no-kv-unified",
                 "--threads", str(self.threads), "--threads-batch", str(self.threads), "--threads-http", "2",
-                "--no-webui", "--no-warmup", *LLAMA_CPP_PYTHON_SAMPLING,
+                "--no-webui", "--no-warmup", *LLAMA_CPP_PYTHON_SAMPLING, *self.extra_args,
             ]  # fmt: skip
         if importlib.util.find_spec("llama_cpp") is None:
             raise EndpointError(

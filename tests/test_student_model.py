@@ -110,6 +110,20 @@ def test_cycle_two_continues_from_cycle_one(cycle1, tiny_phi_dir, student_cfg, t
     assert _digest(adapter) == before  # cycle 1's adapter is left as it was
 
 
+def test_long_training_reports_its_progress_within_an_epoch(tiny_phi_dir, student_cfg, tiny_pairs, tmp_path,
+                                                            monkeypatch, caplog):
+    """A CPU run of many steps says where it is (step of all steps, epoch, loss, time left), not only at
+    each epoch's end: with the report interval at 0 every step reports, counting to the last step."""
+    import kdflow.student.train as train
+
+    monkeypatch.setattr(train, "PROGRESS_EVERY_S", 0.0)
+    with caplog.at_level("INFO", logger="kdflow.student.train"):
+        result = train_adapter(student_cfg, tiny_phi_dir, tiny_pairs, tmp_path / "progress", plan=CPU, seed=2)
+    lines = [r.getMessage() for r in caplog.records if " s left" in r.getMessage()]
+    assert len(lines) == result.steps
+    assert lines[-1].startswith(f"student training: step {result.steps}/{result.steps} (epoch {result.epochs}/")
+
+
 def test_qlora_nf4_trains_on_cpu(tiny_phi_dir, student_cfg, tiny_pairs, tmp_path):
     model, _ = load_student(tiny_phi_dir, NF4_CPU, trainable=True)
     assert any(type(m).__name__ == "Linear4bit" for m in model.modules())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -32,6 +33,7 @@ IGNORE_INDEX = -100
 RESULT_FILE = "train_result.json"
 # Fault drills and tests: a CUDA out-of-memory error is raised when the batch is larger than this.
 SIMULATE_OOM_ENV = "KDFLOW_SIMULATE_OOM_ABOVE_BATCH"
+PROGRESS_EVERY_S = 60.0  # a progress line at most this often inside an epoch (long CPU runs)
 
 
 class TrainResult(BaseModel):
@@ -217,7 +219,8 @@ def train_adapter(
         losses: list[float] = []
         tokens = 0
         rss_peak = memory_snapshot()["rss_mb"]
-        started = time.perf_counter()
+        started = last_report = time.perf_counter()
+        total_steps = profile.epochs * math.ceil(math.ceil(len(examples) / cfg.batch_size) / accumulate)
         for epoch in range(profile.epochs):
             if epoch:  # progress on long CPU runs: one line per epoch
                 log.info("student training: epoch %d/%d done, %d steps, last loss %.3f, %.0f s", epoch, profile.epochs,
@@ -237,6 +240,12 @@ def train_adapter(
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(round(step_loss, 5))
                 rss_peak = max(rss_peak, memory_snapshot()["rss_mb"])
+                if time.perf_counter() - last_report >= PROGRESS_EVERY_S:  # and within an epoch, once a minute
+                    last_report = time.perf_counter()
+                    elapsed = last_report - started
+                    log.info("student training: step %d/%d (epoch %d/%d), loss %.3f, %.0f s, about %.0f s left",
+                             len(losses), total_steps, epoch + 1, profile.epochs, losses[-1], elapsed,
+                             elapsed / len(losses) * (total_steps - len(losses)))
         wall = time.perf_counter() - started
         final_loss = _mean_loss(model, examples, pad_id, cfg.batch_size, plan)
         out_dir = Path(out_dir)

@@ -39,6 +39,7 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
     "kb-r64-all": (R64_ALL, "kb"),
     "kb-sentences-current": ({}, "kb-sentences"),
     "kb-sentences-r64-all": (R64_ALL, "kb-sentences"),
+    "kb-cued-r64-all": (R64_ALL, "kb-cued"),
 }
 
 
@@ -77,6 +78,33 @@ def passage_pairs(config: Any, passage_ids: list[str] | None = None, form: str =
     return [pair for p in passages for pair in p.training_pairs(kb.name, form)]
 
 
+def cued_sentence_pairs(config: Any, cues: int = 3) -> list[tuple[str, str]]:
+    """The ``sentences`` form with a question of its own per pair: the section question plus the
+    pair's ``cues`` rarest words (by how many pairs of the knowledge base hold them), in their order in
+    the text, e.g. "... say about Container probes: httpGet, 200 and 400?". Gold questions are written
+    from the same sentences and share such words; a section question alone is the same cue for
+    every pair of a passage. Built from the knowledge base only, never from the gold set."""
+    import re
+    from collections import Counter
+
+    from kdflow.teacher.faithfulness import STOPWORDS
+
+    word = re.compile(r"[A-Za-z][A-Za-z0-9.-]*[A-Za-z0-9]")
+    pairs = passage_pairs(config, form="sentences")
+    tokens = [[w for w in word.findall(answer) if w.lower() not in STOPWORDS] for _, answer in pairs]
+    frequency = Counter(w for words in tokens for w in {t.lower() for t in words})
+    cued = []
+    for (question, answer), words in zip(pairs, tokens, strict=True):
+        rarest = sorted(dict.fromkeys(words), key=lambda w: (frequency[w.lower()], -len(w)))[:cues]
+        chosen = [w for w in dict.fromkeys(words) if w in rarest]
+        if not chosen:
+            cued.append((question, answer))
+            continue
+        listed = chosen[0] if len(chosen) == 1 else f"{', '.join(chosen[:-1])} and {chosen[-1]}"
+        cued.append((f"{question.removesuffix('?')}: {listed}?", answer))
+    return cued
+
+
 def answer_gold(cfg: Any, model_path: Any, items: list[Any], adapter_dir: Path | None,
                 budget: int) -> list[dict[str, Any]]:
     """The student's answers to the gold questions, with the pipeline's gold token budget."""
@@ -97,6 +125,15 @@ def score(cfg: Any, rows: list[dict[str, Any]], items: list[Any]) -> dict[str, d
     scored = score_gold_answers(cfg.evaluation, rows, items, store=None, ledger=UsageLedger(),
                                 cycle=0, stage="finetuned")
     return {s.question_id: s.scores for s in scored}
+
+
+def _answers_side_by_side(base_rows: list[dict[str, Any]], base: dict[str, dict], after_rows: list[dict[str, Any]],
+                          after: dict[str, dict], metric: str) -> list[dict[str, Any]]:
+    """Each gold question with the base and the trained answer and their lead-metric scores, so a
+    verdict can be read answer by answer."""
+    return [{"question_id": b["question_id"], "question": b["question"], "base": b["answer"],
+             "after": a["answer"], metric: [base[b["question_id"]].get(metric), after[a["question_id"]].get(metric)]}
+            for b, a in zip(base_rows, after_rows, strict=True)]
 
 
 def compare(base: dict[str, dict], after: dict[str, dict], metrics: list[str], seed: int) -> dict[str, Any]:
@@ -208,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics = list(config.evaluation.gold_metrics)
     started = time.monotonic()
     budget = config.evaluation.gold_max_new_tokens
-    base = score(config, answer_gold(config.student, model_path, items, None, budget), items)
+    base_rows = answer_gold(config.student, model_path, items, None, budget)
+    base = score(config, base_rows, items)
     doc: dict[str, Any] = {"run": args.run_id, "cycle": args.cycle, "threads": args.threads, "pairs": len(pairs),
                            "cited_passages": len(cited), "gold_items": len(items),
                            "base_means": {m: sum(s[m] for s in base.values()) / len(base) for m in metrics},
@@ -218,15 +256,18 @@ def main(argv: list[str] | None = None) -> int:
         overrides, source = RECIPES[name]
         cfg = config.student.model_copy(update=overrides)
         data = {"teacher": pairs, "teacher+cited": pairs + passage_pairs(config, cited),
-                "kb": passage_pairs(config), "kb-sentences": passage_pairs(config, form="sentences")}[source]
+                "kb": passage_pairs(config), "kb-sentences": passage_pairs(config, form="sentences"),
+                "kb-cued": cued_sentence_pairs(config) if source == "kb-cued" else []}[source]
         t0 = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="kdflow-recipe-") as tmp:
             result = train_adapter(cfg, model_path, data, Path(tmp) / "adapter",
                                    plan=plan_device(cfg, "train"), seed=config.seed)
             train_s = time.monotonic() - t0
-            after = score(config, answer_gold(cfg, model_path, items, Path(tmp) / "adapter", budget), items)
+            after_rows = answer_gold(cfg, model_path, items, Path(tmp) / "adapter", budget)
+            after = score(config, after_rows, items)
         comparison = compare(base, after, metrics, config.seed)
         doc["recipes"][name] = {"overrides": overrides, "data": source, "pairs": len(data),
+                                "answers": _answers_side_by_side(base_rows, base, after_rows, after, metrics[0]),
                                 "loss": [result.initial_loss, result.final_loss], "train_s": round(train_s, 1),
                                 "total_s": round(time.monotonic() - t0, 1), "comparison": comparison}
         lead = comparison[metrics[0]]

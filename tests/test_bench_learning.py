@@ -1,0 +1,37 @@
+"""The learning bench's knowledge-base recipes build their training data from the knowledge base
+alone (kdflow.bench.learning): the same words as the passages, cut as the recipe says, and never a
+gold question."""
+
+from __future__ import annotations
+
+from kdflow.bench.learning import RECIPES, cued_sentence_pairs, passage_pairs
+from kdflow.config import load_config
+from kdflow.gold import BUILTIN_GOLD, load_gold
+
+
+def _words(pairs: list[tuple[str, str]]) -> list[str]:
+    return " ".join(answer for _, answer in pairs).split()
+
+
+def test_sentence_and_cued_recipes_train_on_exactly_the_passages_words():
+    config = load_config({}, environ={})
+    passages = passage_pairs(config)
+    sentences = passage_pairs(config, form="sentences")
+    cued = cued_sentence_pairs(config)
+    assert len(passages) == 202 and len(sentences) == len(cued) > len(passages)
+    assert _words(sentences) == _words(cued) == _words(passages)  # the same text, only cut and asked differently
+    assert [a for _, a in cued] == [a for _, a in sentences]
+    assert {RECIPES[name][1] for name in ("kb-sentences-r64-all", "kb-cued-r64-all")} == {"kb-sentences", "kb-cued"}
+
+
+def test_a_cued_question_names_words_of_its_own_answer_and_no_gold_question_is_trained():
+    config = load_config({}, environ={})
+    cued = cued_sentence_pairs(config)
+    gold = {item.question for item in load_gold(BUILTIN_GOLD).items}
+    assert not gold & {question for question, _ in cued}
+    for question, answer in cued:
+        section, _, cues = question.removesuffix("?").partition(": ")
+        assert section.startswith("What does the Kubernetes v1.28 documentation say about ")
+        words = cues.replace(" and ", ", ").split(", ")
+        assert 1 <= len(words) <= 3 and all(word in answer for word in words), (question, answer)
+    assert len({question for question, _ in cued}) > 0.9 * len(cued)  # nearly every pair has a cue of its own

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -258,6 +259,26 @@ def test_serve_answers_on_its_port_and_stops_its_server_when_terminated():
         proc.kill()
 
 
+def _export_a_tiny_student_to_hf_and_gguf(model_dir: Path, tmp_path: Path,
+                                          architecture: str) -> tuple[dict[str, Any], Path]:
+    """Train one epoch on the tiny model in ``model_dir``, publish it as a run's adapter and export it:
+    the merge must be exact, llama.cpp must load and answer from both GGUF types. Returns the export
+    record and its local folder."""
+    from kdflow.export.publish import export_model
+    from kdflow.export.source import run_source
+
+    adapter = _trained_adapter(model_dir, tmp_path / "adapter", epochs=1, lora_r=4, lora_alpha=8, learning_rate=1e-3)
+    ctx = _published_run(tmp_path / "store", str(model_dir), adapter)
+    record = export_model(ctx, run_source(ctx, RUN), out_root=tmp_path / "exports")
+    merge = record["checks"]["merge"]
+    assert record["errors"] == [] and merge["identical_answers"] == merge["prompts"] == 3
+    assert {"gguf_f16", "gguf_q8_0"} <= set(record["checks"])  # llama.cpp loaded each GGUF and answered
+    local = Path(record["local_dir"])
+    assert json.loads((local / "hf" / "config.json").read_text())["architectures"] == [architecture]
+    assert len(list((local / "gguf").glob("*.gguf"))) == 2
+    return record, local
+
+
 @pytest.mark.parametrize("architecture", ["PhiForCausalLM"])
 def test_a_phi_student_exports_to_a_gguf_llama_cpp_loads(architecture, tmp_path):
     """A tiny random model of the production student's family (Phi-2; the Llama family is the embedded
@@ -269,8 +290,6 @@ def test_a_phi_student_exports_to_a_gguf_llama_cpp_loads(architecture, tmp_path)
     import torch
     import transformers
 
-    from kdflow.export.publish import export_model
-    from kdflow.export.source import run_source
     from kdflow.student.models import resolve_student
 
     smollm2 = resolve_student("embedded")
@@ -286,15 +305,7 @@ def test_a_phi_student_exports_to_a_gguf_llama_cpp_loads(architecture, tmp_path)
                           bos_token_id=1, eos_token_id=2, pad_token_id=2)
     torch.manual_seed(0)
     getattr(transformers, architecture)(config).save_pretrained(model_dir)
-    adapter = _trained_adapter(model_dir, tmp_path / "adapter", epochs=1, lora_r=4, lora_alpha=8, learning_rate=1e-3)
-    ctx = _published_run(tmp_path / "store", str(model_dir), adapter)
-    record = export_model(ctx, run_source(ctx, RUN), out_root=tmp_path / "exports")
-    merge = record["checks"]["merge"]
-    assert record["errors"] == [] and merge["identical_answers"] == merge["prompts"] == 3
-    assert {"gguf_f16", "gguf_q8_0"} <= set(record["checks"])  # llama.cpp loaded each GGUF and answered
-    local = Path(record["local_dir"])
-    assert json.loads((local / "hf" / "config.json").read_text())["architectures"] == [architecture]
-    assert len(list((local / "gguf").glob("*.gguf"))) == 2
+    _export_a_tiny_student_to_hf_and_gguf(model_dir, tmp_path, architecture)
 
 
 def test_a_qwen3_student_exports_to_a_gguf_and_its_template_renders_the_trained_prompt_unasked(tmp_path):
@@ -311,9 +322,7 @@ def test_a_qwen3_student_exports_to_a_gguf_and_its_template_renders_the_trained_
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
-    from kdflow.export.publish import export_model
     from kdflow.export.serve import serving
-    from kdflow.export.source import run_source
     from kdflow.student.prompt import DEFAULT_SYSTEM_PROMPT, build_prompt
     from kdflow.student.tiny_models import qwen3_tokenizer_dir
 
@@ -332,15 +341,7 @@ def test_a_qwen3_student_exports_to_a_gguf_and_its_template_renders_the_trained_
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     Qwen3ForCausalLM(config).save_pretrained(model_dir)
-    adapter = _trained_adapter(model_dir, tmp_path / "adapter", epochs=1, lora_r=4, lora_alpha=8, learning_rate=1e-3)
-    ctx = _published_run(tmp_path / "store", str(model_dir), adapter)
-    record = export_model(ctx, run_source(ctx, RUN), out_root=tmp_path / "exports")
-    merge = record["checks"]["merge"]
-    assert record["errors"] == [] and merge["identical_answers"] == merge["prompts"] == 3
-    assert {"gguf_f16", "gguf_q8_0"} <= set(record["checks"])  # llama.cpp loaded each GGUF and answered
-    local = Path(record["local_dir"])
-    assert json.loads((local / "hf" / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
-    assert len(list((local / "gguf").glob("*.gguf"))) == 2
+    record, local = _export_a_tiny_student_to_hf_and_gguf(model_dir, tmp_path, "Qwen3ForCausalLM")
 
     question = "What is a Pod?"
     messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": question}]

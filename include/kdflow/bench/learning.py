@@ -255,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in recipes:
         overrides, source = RECIPES[name]
         cfg = config.student.model_copy(update=overrides)
-        data = {"teacher": pairs, "teacher+cited": pairs + passage_pairs(config, cited),
-                "kb": passage_pairs(config), "kb-sentences": passage_pairs(config, form="sentences"),
-                "kb-cued": cued_sentence_pairs(config) if source == "kb-cued" else []}[source]
+        data = {"teacher": lambda: pairs, "teacher+cited": lambda: pairs + passage_pairs(config, cited),
+                "kb": lambda: passage_pairs(config), "kb-sentences": lambda: passage_pairs(config, form="sentences"),
+                "kb-cued": lambda: cued_sentence_pairs(config)}[source]()  # only the recipe's own source is built
         t0 = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="kdflow-recipe-") as tmp:
             result = train_adapter(cfg, model_path, data, Path(tmp) / "adapter",

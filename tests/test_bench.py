@@ -81,6 +81,22 @@ def test_teacher_server_section_measures_every_layout_on_both_workloads_side_by_
     assert "teacher_pool" not in json_path.read_text()  # the section it replaced is dropped, not shown twice
 
 
+@pytest.mark.slow
+def test_judge_output_section_times_the_judges_schema_calls_beside_the_same_calls_without_a_grammar(tmp_path):
+    from kdflow.bench.judge import judge_output
+
+    result = judge_output(rounds=1, answers=1)
+    by = result["by_variant"]
+    assert set(by) == {"json_schema", "unconstrained"} and result["calls_per_round"] == 3
+    assert all(len(row["runs"]) == 1 and row["runs"][0]["tokens"] > 0 for row in by.values())
+    assert result["unconstrained_over_schema_tokens_per_s"] == round(
+        by["unconstrained"]["median_tokens_per_s"] / by["json_schema"]["median_tokens_per_s"], 2)
+    _, md_path = bench.write_results({"machine": bench.machine(), "measured_at": "now", "commands": [],
+                                      "judge_output": result}, tmp_path)
+    text = md_path.read_text()
+    assert "## Judge: grammar-constrained JSON vs decoding alone" in text and "| unconstrained |" in text
+
+
 def test_the_benchmarks_find_the_repository_from_their_package():
     """The benchmarks live in include/kdflow/bench/: their paths still lead to the repository's folders."""
     from kdflow.bench import airflow

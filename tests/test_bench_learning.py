@@ -4,7 +4,7 @@ gold question."""
 
 from __future__ import annotations
 
-from kdflow.bench.learning import RECIPES, cued_sentence_pairs, passage_pairs
+from kdflow.bench.learning import RECIPES, cued_sentence_pairs, lead_and_passage_pairs, passage_pairs
 from kdflow.config import load_config
 from kdflow.gold import BUILTIN_GOLD, load_gold
 
@@ -35,3 +35,14 @@ def test_a_cued_question_names_words_of_its_own_answer_and_no_gold_question_is_t
         words = cues.replace(" and ", ", ").split(", ")
         assert 1 <= len(words) <= 3 and all(word in answer for word in words), (question, answer)
     assert len({question for question, _ in cued}) > 0.9 * len(cued)  # nearly every pair has a cue of its own
+
+
+def test_the_probe_recipe_trains_each_passage_twice_its_lead_then_the_whole_passage():
+    config = load_config({}, environ={})
+    passages = passage_pairs(config)
+    pairs = lead_and_passage_pairs(config)
+    assert len(pairs) == 2 * len(passages) == 404
+    for (lead_q, lead), (whole_q, whole), passage in zip(pairs[::2], pairs[1::2], passages, strict=True):
+        assert lead_q == whole_q == passage[0] and (whole_q, whole) == passage
+        assert whole.startswith(lead) and len(lead) < len(whole) or lead == whole
+    assert RECIPES["kb-lead+passage-r64-all"][1] == "kb-lead+passage"

@@ -40,6 +40,8 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
     "kb-sentences-current": ({}, "kb-sentences"),
     "kb-sentences-r64-all": (R64_ALL, "kb-sentences"),
     "kb-cued-r64-all": (R64_ALL, "kb-cued"),
+    # the issue's own probe: each passage twice, its lead sentences and the whole passage (404 pairs)
+    "kb-lead+passage-r64-all": (R64_ALL, "kb-lead+passage"),
 }
 
 
@@ -76,6 +78,18 @@ def passage_pairs(config: Any, passage_ids: list[str] | None = None, form: str =
     else:
         passages = [p for t in config.pipeline.topics for p in kb.passages_for(t)]
     return [pair for p in passages for pair in p.training_pairs(kb.name, form)]
+
+
+def lead_and_passage_pairs(config: Any) -> list[tuple[str, str]]:
+    """Two pairs per passage under its section question: its lead (the first pair of the ``sentences``
+    form, a short answer) and the whole passage. The recipe of issue 14's probe, which moved key-term
+    recall on an independent gold set by +0.116 with r64 on all linear layers; measured here on the
+    project's gold set."""
+    from kdflow.kb import load_from_config
+
+    kb = load_from_config(config)
+    passages = [p for t in config.pipeline.topics for p in kb.passages_for(t)]
+    return [pair for p in passages for pair in (p.training_pairs(kb.name, "sentences")[0], *p.training_pairs(kb.name))]
 
 
 def cued_sentence_pairs(config: Any, cues: int = 3) -> list[tuple[str, str]]:
@@ -255,9 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in recipes:
         overrides, source = RECIPES[name]
         cfg = config.student.model_copy(update=overrides)
+        # only the recipe's own source is built
         data = {"teacher": lambda: pairs, "teacher+cited": lambda: pairs + passage_pairs(config, cited),
                 "kb": lambda: passage_pairs(config), "kb-sentences": lambda: passage_pairs(config, form="sentences"),
-                "kb-cued": lambda: cued_sentence_pairs(config)}[source]()  # only the recipe's own source is built
+                "kb-cued": lambda: cued_sentence_pairs(config),
+                "kb-lead+passage": lambda: lead_and_passage_pairs(config)}[source]()
         t0 = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="kdflow-recipe-") as tmp:
             result = train_adapter(cfg, model_path, data, Path(tmp) / "adapter",

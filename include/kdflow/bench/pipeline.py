@@ -20,11 +20,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from kdflow.bench.judge import render as render_judge_output
 from kdflow.bench.runner import ROOT, load_average, run_cli
 
 DAGS = ROOT / "dags"
 DEFAULT_OUT = ROOT / "docs" / "benchmarks"
-SECTIONS = ("parse", "load", "generation", "teacher_server", "e2e", "airflow", "throughput")
+SECTIONS = ("parse", "load", "generation", "teacher_server", "judge_output", "e2e", "airflow", "throughput")
 # Stages of the issue -> the runner's step ids that make them up (model loads count with the answers).
 STAGES = {
     "held_out_questions": ("prepare_held_out_questions",),
@@ -331,6 +332,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                 for name, row in block["by_server"].items()])
             lines += [f"{workload}: one llama-server per core is {block['per_core_over_single']}x one llama-server of "
                       f"{server['threads']} threads, {block['per_core_over_pool']}x the pool.", ""]
+    if judge := results.get("judge_output"):
+        lines += render_judge_output(judge)
     if load := results.get("load"):
         lines += ["## Student model load", ""]
         lines += _table(["load", "seconds", "runs", "load avg"], [
@@ -364,6 +367,7 @@ def run_benchmark(sections: Sequence[str] = SECTIONS, *, out_dir: Path | str = D
                   ) -> dict[str, Any]:
     """Run the chosen sections (cheap ones first) and write the results; returns what was measured."""
     from kdflow.bench.airflow import airflow_run
+    from kdflow.bench.judge import judge_output
     from kdflow.bench.teacher import teacher_servers
     from kdflow.bench.throughput import throughput
     from kdflow.student.models import resolve_student
@@ -383,6 +387,7 @@ def run_benchmark(sections: Sequence[str] = SECTIONS, *, out_dir: Path | str = D
         "generation": lambda: generation_comparison(resolve_student("embedded"), repeats=repeats,
                                                     max_new_tokens=max_new_tokens),
         "teacher_server": lambda: teacher_servers(repeats),
+        "judge_output": lambda: judge_output(rounds=2),
         "e2e": lambda: end_to_end(store),
         "airflow": airflow_run,
         "throughput": lambda: throughput(*throughput_size),

@@ -71,19 +71,21 @@ def _judge_prompts(kb: Any, answers: int) -> list[str]:
             for p in kb.passages[:answers]]
 
 
-def _judge_call(client: Any, model: str, cfg: EvaluationConfig) -> Callable[[str], int]:
+def _judge_call(client: Any, model: str, cfg: EvaluationConfig, constrained: bool = True) -> Callable[[str], int]:
     """One answer's score: ``relevancy_strictness`` draws of the same prompt one after another (ragas
-    awaits them in a loop), seeded per draw, with the judge's sampling settings and JSON schema."""
+    awaits them in a loop), seeded per draw, with the judge's sampling settings and JSON schema
+    (``constrained=False``: no ``response_format``, so no grammar; only for timing the decoding)."""
     from ragas.metrics.collections.answer_relevancy.util import AnswerRelevanceOutput
 
-    schema = {"type": "json_object", "schema": AnswerRelevanceOutput.model_json_schema()}
+    schema = ({"response_format": {"type": "json_object", "schema": AnswerRelevanceOutput.model_json_schema()}}
+              if constrained else {})
 
     def call(prompt: str) -> int:
         tokens = 0
         for draw in range(cfg.relevancy_strictness):
             reply = client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": prompt}], max_tokens=cfg.judge_max_tokens,
-                temperature=cfg.judge_temperature, top_p=1.0, seed=draw, response_format=schema)
+                temperature=cfg.judge_temperature, top_p=1.0, seed=draw, **schema)
             tokens += reply.usage.completion_tokens
         return tokens
 

@@ -156,8 +156,8 @@ class ServerPlan:
             ]  # fmt: skip
         if importlib.util.find_spec("llama_cpp") is None:
             raise EndpointError(
-                "teacher.embedded_server=llama_cpp_python needs llama-cpp-python[server]==0.3.36 built with "
-                "CMAKE_ARGS=-DGGML_NATIVE=OFF (make setup installs it)"
+                "teacher.embedded_server=llama_cpp_python needs llama-cpp-python[server]==0.3.36 on a non-native "
+                "llama.cpp build (make setup installs it: scripts/install-llama-cpp-python.sh)"
             )
         return [
             sys.executable, "-m", "llama_cpp.server",

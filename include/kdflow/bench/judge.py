@@ -46,7 +46,7 @@ def judge_output(rounds: int = 2, answers: int = 24) -> dict[str, Any]:
                 client = make_client(endpoint, ArtifactStore(cache), UsageLedger(), task="bench")
                 call = _judge_call(client, endpoint.model, config.evaluation, constrained=name == "json_schema")
                 runs[name].append(_timed_round(call, prompts, config.evaluation.judge_concurrency))
-    medians = {name: statistics.median(r["tokens_per_s"] for r in rows) for name, rows in runs.items()}
+    medians = {name: round(statistics.median(r["tokens_per_s"] for r in rows), 1) for name, rows in runs.items()}
     return {"answers": len(prompts), "calls_per_round": len(prompts) * config.evaluation.relevancy_strictness,
             "rounds": rounds, "processes": plan.processes, "threads": plan.threads, "slots": plan.slots,
             "by_variant": {name: {"median_tokens_per_s": medians[name], "runs": rows} for name, rows in runs.items()},

@@ -11,7 +11,7 @@
 
 Two workloads, each through the real client (cache + replica transports, an empty cache each time):
 free-text reference calls, and RAGAS answer-relevancy judge calls with the JSON schema the judge
-sends (grammar-constrained sampling, the judge's whole cost). Each round measures every layout back
+sends (grammar-constrained sampling; its cost per token: section judge_output). Each round measures every layout back
 to back; the ratios of the medians are the gains at the same total threads. All layouts stay started
 for the whole section, so start-up is not in the numbers.
 """

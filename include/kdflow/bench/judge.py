@@ -27,12 +27,10 @@ VARIANTS = ("json_schema", "unconstrained")
 
 def judge_output(rounds: int = 2, answers: int = 24) -> dict[str, Any]:
     """Seconds and tokens/s of ``answers`` x ``relevancy_strictness`` judge calls per variant and round."""
-    from kdflow.bench.teacher import _judge_call, _judge_prompts, _timed_round
+    from kdflow.bench.teacher import _embedded_client, _judge_call, _judge_prompts, _timed_round
     from kdflow.config import load_config
     from kdflow.kb import load_from_config
-    from kdflow.llm import Endpoint, UsageLedger, make_client
-    from kdflow.llm.server import EMBEDDED_STRUCTURED_OUTPUT, embedded_servers, resolve_gguf, server_plan
-    from kdflow.store import ArtifactStore
+    from kdflow.llm.server import embedded_servers, resolve_gguf, server_plan
 
     config = load_config(environ={})
     prompts = _judge_prompts(load_from_config(config), answers)
@@ -41,10 +39,8 @@ def judge_output(rounds: int = 2, answers: int = 24) -> dict[str, Any]:
     for round_ in range(rounds):
         for name in VARIANTS if round_ % 2 == 0 else reversed(VARIANTS):
             with embedded_servers(plan) as servers, tempfile.TemporaryDirectory(prefix="kdflow-bench-judge-") as cache:
-                endpoint = Endpoint(servers.base_urls[0], plan.gguf.stem, "sk-no-key-required",
-                                    EMBEDDED_STRUCTURED_OUTPUT, tuple(servers.base_urls[1:]))
-                client = make_client(endpoint, ArtifactStore(cache), UsageLedger(), task="bench")
-                call = _judge_call(client, endpoint.model, config.evaluation, constrained=name == "json_schema")
+                client, model = _embedded_client(servers.base_urls, plan.gguf.stem, cache)
+                call = _judge_call(client, model, config.evaluation, constrained=name == "json_schema")
                 runs[name].append(_timed_round(call, prompts, config.evaluation.judge_concurrency))
     medians = {name: round(statistics.median(r["tokens_per_s"] for r in rows), 1) for name, rows in runs.items()}
     return {"answers": len(prompts), "calls_per_round": len(prompts) * config.evaluation.relevancy_strictness,

@@ -50,6 +50,17 @@ def _timed_round(call: Callable[[Any], int], items: list[Any], concurrency: int)
             "load_avg": load}
 
 
+def _embedded_client(base_urls: list[str], model: str, cache_dir: str) -> tuple[Any, str]:
+    """The real client (cache in ``cache_dir``, replica transports) for embedded servers at ``base_urls``,
+    and the model name to ask for."""
+    from kdflow.llm import Endpoint, UsageLedger, make_client
+    from kdflow.llm.server import EMBEDDED_STRUCTURED_OUTPUT
+    from kdflow.store import ArtifactStore
+
+    endpoint = Endpoint(base_urls[0], model, "sk-no-key-required", EMBEDDED_STRUCTURED_OUTPUT, tuple(base_urls[1:]))
+    return make_client(endpoint, ArtifactStore(cache_dir), UsageLedger(), task="bench"), endpoint.model
+
+
 def _reference_call(client: Any, model: str, max_tokens: int) -> Callable[[Any], int]:
     def call(messages: Any) -> int:
         reply = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0.0)
@@ -103,9 +114,7 @@ def teacher_servers(repeats: int = 3, calls: int = 16, threads: int = 2, slots: 
 
     from kdflow.config import load_config
     from kdflow.kb import load_from_config
-    from kdflow.llm import Endpoint, UsageLedger, make_client
-    from kdflow.llm.server import EMBEDDED_STRUCTURED_OUTPUT, ServerPlan, embedded_servers, packaged_gguf
-    from kdflow.store import ArtifactStore
+    from kdflow.llm.server import ServerPlan, embedded_servers, packaged_gguf
     from kdflow.teacher.references import reference_messages
 
     config = load_config(environ={})
@@ -125,16 +134,14 @@ def teacher_servers(repeats: int = 3, calls: int = 16, threads: int = 2, slots: 
         urls = {name: stack.enter_context(embedded_servers(plan)).base_urls for name, (plan, _) in setups.items()}
         for round_ in range(repeats):
             for name, (_, concurrency) in setups.items():
-                endpoint = Endpoint(urls[name][0], gguf.stem, "sk-no-key-required", EMBEDDED_STRUCTURED_OUTPUT,
-                                    tuple(urls[name][1:]))
                 with tempfile.TemporaryDirectory(prefix="kdflow-bench-server-") as cache:
-                    client = make_client(endpoint, ArtifactStore(cache), UsageLedger(), task="bench")
+                    client, model = _embedded_client(urls[name], gguf.stem, cache)
                     prompts = [reference_messages(kb.name, f"{q} (round {round_})", passages)
                                for q in POOL_QUESTIONS[:calls]]
                     runs["references"][name].append(
-                        _timed_round(_reference_call(client, endpoint.model, max_tokens), prompts, concurrency))
+                        _timed_round(_reference_call(client, model, max_tokens), prompts, concurrency))
                     runs["judge"][name].append(
-                        _timed_round(_judge_call(client, endpoint.model, config.evaluation),
+                        _timed_round(_judge_call(client, model, config.evaluation),
                                      [f"{prompt}\n(round {round_})" for prompt in judge_prompts], concurrency))
     judge_calls = len(judge_prompts) * config.evaluation.relevancy_strictness
     result: dict[str, Any] = {"calls_per_round": calls, "judge_calls_per_round": judge_calls, "threads": threads,

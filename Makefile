@@ -22,10 +22,13 @@ run: setup
 run-cli: setup
 	$(PY) -m kdflow run
 
-## Set up, then run every test (the slow end-to-end ones included), as CI does.
+## Set up, then run every test (the slow end-to-end ones included), as CI does. Two pytest workers: the
+## Celery-topology tests in one (their daemons mostly wait), the other modules wherever a worker is free
+## (tests/conftest.py makes the work units); TEST_WORKERS=0 runs them all in one process.
+TEST_WORKERS ?= 2
 test: setup services
 	bash scripts/setup-browser.sh
-	$(PY) -m pytest -v --timeout=1800 --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -v --timeout=1800 --durations=25 -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)

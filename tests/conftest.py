@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -28,8 +29,43 @@ os.environ.setdefault("KDFLOW__TRACKING__MLFLOW_URI", "null")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 REPO = Path(__file__).resolve().parents[1]
+# The session fixture every deployment test shares (tests/fixtures_deploy.py): one Celery topology per
+# pytest process, so under pytest-xdist all its tests must run in the same worker.
+TOPOLOGY_FIXTURE = "airflow_topology"
 
 pytest_plugins = ["fixtures_student", "fixtures_llm", "fixtures_batch", "fixtures_deploy", "fixtures_reliability"]
+
+
+@functools.cache
+def _uses_topology(module: str) -> bool:
+    source = REPO / module
+    return source.is_file() and TOPOLOGY_FIXTURE in source.read_text()
+
+
+def work_unit(nodeid: str) -> str:
+    """The pytest-xdist work unit of a test: ``airflow_topology`` for every module whose tests use the
+    Celery topology (found in its source, so a new deployment test joins without a list to update),
+    else its module, so a module-scoped pipeline run is set up in one worker only."""
+    module = nodeid.split("::", 1)[0]
+    return TOPOLOGY_FIXTURE if _uses_topology(module) else module
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook; without xdist, nothing calls it
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``make test`` runs two pytest-xdist workers (``-n 2``). The topology tests are one work unit, so
+    the topology is started once and its daemons, which mostly wait on the scheduler, run beside the
+    other worker's modules. Units go out in collection order (no reordering by size), which puts the
+    longest unit first: test_batch_airflow, the first topology module, sorts first. pytest-xdist's own
+    ``--dist loadgroup`` cannot do this on pytest 9.2 (its group suffix on the node id is ignored,
+    pytest-dev/pytest-xdist#1386)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TopologyFirst(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    config.option.loadscopereorder = False
+    return TopologyFirst(config, log)
 
 
 def free_port() -> int:

@@ -4,7 +4,14 @@ gold question."""
 
 from __future__ import annotations
 
-from kdflow.bench.learning import RECIPES, cued_sentence_pairs, lead_and_passage_pairs, passage_pairs
+from kdflow.bench.learning import (
+    RECIPES,
+    RUN_SOURCES,
+    cued_sentence_pairs,
+    lead_and_passage_pairs,
+    passage_pairs,
+    recipe_stages,
+)
 from kdflow.config import load_config
 from kdflow.gold import BUILTIN_GOLD, load_gold
 
@@ -46,3 +53,15 @@ def test_the_probe_recipe_trains_each_passage_twice_its_lead_then_the_whole_pass
         assert lead_q == whole_q == passage[0] and (whole_q, whole) == passage
         assert whole.startswith(lead) and len(lead) < len(whole) or lead == whole
     assert RECIPES["kb-lead+passage-r64-all"][1] == "kb-lead+passage"
+
+
+def test_the_mixed_recipes_train_the_runs_pairs_with_every_passage_together_or_after_them():
+    config = load_config({}, environ={})
+    teacher = [("What is a Pod?", "The smallest deployable unit."), ("What is a Service?", "A stable endpoint.")]
+    passages = passage_pairs(config)
+    [mixed] = recipe_stages(config, RECIPES["r64-all+kb"][1], teacher, cited=[])
+    assert mixed == teacher + passages  # one dataset: the trainer shuffles it
+    first, then = recipe_stages(config, RECIPES["kb-then-r64-all"][1], teacher, cited=[])
+    assert (first, then) == (passages, teacher)  # passages first, the question-shaped pairs last
+    assert {"r64-all+kb", "kb-then-r64-all"} <= {name for name, (_, source) in RECIPES.items() if source in RUN_SOURCES}
+    assert recipe_stages(config, "kb", teacher, cited=[]) == [passages]  # a kb recipe never reads the run's pairs

@@ -3,7 +3,9 @@
 - one command line, ``python -m kdflow <group> <command>``: every group module is registered by name in
   ``kdflow.cli.GROUPS`` (a group module that fails to import fails the command line), none has a ``main``
   of its own, and every command's handler is ``func(args, config)``;
-- tests share data through the ``tests/fixtures_*.py`` modules, never by importing another test module.
+- tests share data through the ``tests/fixtures_*.py`` modules, never by importing another test module;
+- under ``make test``'s two pytest-xdist workers, every test that uses the Celery topology is in one work unit
+  (one topology per worker process, and two at once would only compete for the 2 cores).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +125,28 @@ def test_no_test_module_imports_another_test_module():
             if any(part.startswith("test_") for part in module.lstrip(".").split(".")):
                 offenders.append(f"{path.relative_to(REPO)}:{lineno}: imports {module}")
     assert offenders == []
+
+
+COLLECT_FIXTURES = """
+def pytest_collection_finish(session):
+    for item in session.items:
+        print("FIXTURES", item.nodeid, " ".join(item.fixturenames))
+"""
+
+
+def test_every_test_using_the_celery_topology_is_in_one_xdist_work_unit(tmp_path):
+    from conftest import TOPOLOGY_FIXTURE, work_unit
+
+    (tmp_path / "print_fixtures.py").write_text(COLLECT_FIXTURES)
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "print_fixtures", "-p",
+                           "no:cacheprovider"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": path})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    tests = dict(line.split(" ", 2)[1:] for line in done.stdout.splitlines() if line.startswith("FIXTURES "))
+    assert len(tests) > 400, len(tests)
+    using = {nodeid.split("::")[0] for nodeid, fixtures in tests.items() if TOPOLOGY_FIXTURE in fixtures.split()}
+    assert len(using) >= 5, using  # the deployment modules
+    for nodeid in tests:  # every other module is a unit of its own: its module fixtures are set up once
+        module = nodeid.split("::")[0]
+        assert work_unit(nodeid) == (TOPOLOGY_FIXTURE if module in using else module), nodeid

@@ -6,7 +6,9 @@ pairs come from a finished run's last training dataset (the teacher's gated pair
 the knowledge-base passages those pairs cite added as extra pairs (``+passages``), or from the
 knowledge base alone (``kb-``: every passage of the selected topics as a pair, no teacher at all,
 the issue's "passage pretraining" probe; ``kb-sentences-``: the same text cut into pairs of two
-sentences, answers as short as the student's; no run needed).
+sentences, answers as short as the student's; no run needed), or both: the run's pairs mixed with
+every passage in one dataset (``+kb``), or the passages first and the run's pairs after, continuing
+the same adapter (``kb-then-``: passage pretraining before Q&A).
 
     python -m kdflow.bench.learning --store /tmp/eval/store-a --run-id eval_default \\
         --recipes current,r64-all --out docs/benchmarks/learning.json
@@ -28,7 +30,8 @@ log = logging.getLogger("kdflow.bench.learning")
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 R64_ALL = {"lora_r": 64, "lora_alpha": 128, "target_modules": ALL_LINEAR, "learning_rate": 1e-3, "epochs": 5}
-# name -> (student overrides, training data: the run's "teacher" pairs, "teacher+cited" passages, or the "kb" alone)
+# name -> (student overrides, training data: the run's "teacher" pairs, "teacher+cited" passages, the "kb" alone,
+# or both: "teacher+kb" in one dataset, "kb-then-teacher" in two stages of one adapter)
 RECIPES: dict[str, tuple[dict[str, Any], str]] = {
     "current": ({}, "teacher"),
     "r64-all": (R64_ALL, "teacher"),
@@ -42,7 +45,13 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
     "kb-cued-r64-all": (R64_ALL, "kb-cued"),
     # the issue's own probe: each passage twice, its lead sentences and the whole passage (404 pairs)
     "kb-lead+passage-r64-all": (R64_ALL, "kb-lead+passage"),
+    # the teacher's question-shaped pairs beside the passages: do they keep the answer form while the passages
+    # bring the facts? Mixed, and the passages first (the pairs train last, from the passages' adapter)
+    "r64-all+kb": (R64_ALL, "teacher+kb"),
+    "kb-then-r64-all": (R64_ALL, "kb-then-teacher"),
 }
+# sources whose pairs need a finished run's training dataset
+RUN_SOURCES = ("teacher", "teacher+cited", "teacher+kb", "kb-then-teacher")
 
 
 def _run_dataset(store_url: str, run_id: str,
@@ -117,6 +126,20 @@ def cued_sentence_pairs(config: Any, cues: int = 3) -> list[tuple[str, str]]:
         listed = chosen[0] if len(chosen) == 1 else f"{', '.join(chosen[:-1])} and {chosen[-1]}"
         cued.append((f"{question.removesuffix('?')}: {listed}?", answer))
     return cued
+
+
+def recipe_stages(config: Any, source: str, pairs: list[tuple[str, str]],
+                  cited: list[str]) -> list[list[tuple[str, str]]]:
+    """The training data of a recipe's ``source`` as stages trained one after the other on one adapter
+    (one stage for every source but ``kb-then-teacher``). ``pairs`` and ``cited`` are the run's
+    training pairs and the passages they cite; only the recipe's own source is built."""
+    kb = {"kb": lambda: passage_pairs(config), "kb-sentences": lambda: passage_pairs(config, form="sentences"),
+          "kb-cued": lambda: cued_sentence_pairs(config), "kb-lead+passage": lambda: lead_and_passage_pairs(config)}
+    if source in kb:
+        return [kb[source]()]
+    return {"teacher": lambda: [pairs], "teacher+cited": lambda: [pairs + passage_pairs(config, cited)],
+            "teacher+kb": lambda: [pairs + passage_pairs(config)],
+            "kb-then-teacher": lambda: [passage_pairs(config), pairs]}[source]()
 
 
 def answer_gold(cfg: Any, model_path: Any, items: list[Any], adapter_dir: Path | None,
@@ -252,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     items = validated_gold(config).items
     model_path = resolve_student(config.student.model)
     recipes = args.recipes.split(",")
-    needs_run = any(not RECIPES[name][1].startswith("kb") for name in recipes)
+    needs_run = any(RECIPES[name][1] in RUN_SOURCES for name in recipes)
     if needs_run and not (args.store and args.run_id):
         parser.error("--store and --run-id are required for recipes that train on a run's teacher pairs")
     pairs, cited = run_pairs(args.store, args.run_id, args.cycle) if needs_run else ([], [])
@@ -269,25 +292,27 @@ def main(argv: list[str] | None = None) -> int:
     for name in recipes:
         overrides, source = RECIPES[name]
         cfg = config.student.model_copy(update=overrides)
-        # only the recipe's own source is built
-        data = {"teacher": lambda: pairs, "teacher+cited": lambda: pairs + passage_pairs(config, cited),
-                "kb": lambda: passage_pairs(config), "kb-sentences": lambda: passage_pairs(config, form="sentences"),
-                "kb-cued": lambda: cued_sentence_pairs(config),
-                "kb-lead+passage": lambda: lead_and_passage_pairs(config)}[source]()
+        stages = recipe_stages(config, source, pairs, cited)
+        data = [pair for stage in stages for pair in stage]
         t0 = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="kdflow-recipe-") as tmp:
-            result = train_adapter(cfg, model_path, data, Path(tmp) / "adapter",
-                                   plan=plan_device(cfg, "train"), seed=config.seed)
+            adapter, losses = None, []
+            for k, stage in enumerate(stages):  # each stage continues the previous stage's adapter
+                previous, adapter = adapter, Path(tmp) / f"adapter-{k}"
+                result = train_adapter(cfg, model_path, stage, adapter, init_adapter_dir=previous,
+                                       plan=plan_device(cfg, "train"), seed=config.seed)
+                losses.append([result.initial_loss, result.final_loss])
             train_s = time.monotonic() - t0
-            after_rows = answer_gold(cfg, model_path, items, Path(tmp) / "adapter", budget)
+            after_rows = answer_gold(cfg, model_path, items, adapter, budget)
             after = score(config, after_rows, items)
         comparison = compare(base, after, metrics, config.seed)
         doc["recipes"][name] = {"overrides": overrides, "data": source, "pairs": len(data),
+                                "stages": [len(stage) for stage in stages], "stage_losses": losses,
                                 "answers": _answers_side_by_side(base_rows, base, after_rows, after, metrics[0]),
-                                "loss": [result.initial_loss, result.final_loss], "train_s": round(train_s, 1),
+                                "loss": [losses[0][0], losses[-1][1]], "train_s": round(train_s, 1),
                                 "total_s": round(time.monotonic() - t0, 1), "comparison": comparison}
         lead = comparison[metrics[0]]
-        print(f"{name}: {len(data)} pairs, loss {result.initial_loss:.2f} -> {result.final_loss:.2f}, "
+        print(f"{name}: {len(data)} pairs, loss {losses[0][0]:.2f} -> {losses[-1][1]:.2f}, "
               f"{metrics[0]} {lead['before_mean']:.3f} -> {lead['after_mean']:.3f} (delta {lead['mean_delta']:+.3f} "
               f"[{lead['ci_low']:+.3f}, {lead['ci_high']:+.3f}], {lead['verdict']}), train {train_s:.0f} s", flush=True)
         args.out.write_text(json.dumps(doc, indent=2))

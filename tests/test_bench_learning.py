@@ -7,6 +7,7 @@ from __future__ import annotations
 from kdflow.bench.learning import (
     RECIPES,
     RUN_SOURCES,
+    answer_movement,
     cued_sentence_pairs,
     lead_and_passage_pairs,
     passage_pairs,
@@ -65,3 +66,11 @@ def test_the_mixed_recipes_train_the_runs_pairs_with_every_passage_together_or_a
     assert (first, then) == (passages, teacher)  # passages first, the question-shaped pairs last
     assert {"r64-all+kb", "kb-then-r64-all"} <= {name for name, (_, source) in RECIPES.items() if source in RUN_SOURCES}
     assert recipe_stages(config, "kb", teacher, cited=[]) == [passages]  # a kb recipe never reads the run's pairs
+
+
+def test_answer_movement_counts_items_up_and_down_and_the_answers_length():
+    rows = [{"base": "one two", "after": "one two three four", "key_fact_recall": [0.0, 0.5]},
+            {"base": "a b c d", "after": "a b", "key_fact_recall": [1.0, 0.0]},
+            {"base": "x y", "after": "x y", "key_fact_recall": [0.5, 0.5]},
+            {"base": "p q", "after": "p q r s", "key_fact_recall": [None, 1.0]}]  # unscored: neither up nor down
+    assert answer_movement(rows, "key_fact_recall") == {"gained": 1, "lost": 1, "mean_words": [2.5, 3.0]}

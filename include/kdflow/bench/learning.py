@@ -173,6 +173,17 @@ def _answers_side_by_side(base_rows: list[dict[str, Any]], base: dict[str, dict]
             for b, a in zip(base_rows, after_rows, strict=True)]
 
 
+def answer_movement(answers: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """How many gold items a recipe gained or lost on the lead metric, and how long the answers got:
+    a mean delta near the noise reads differently when it is eight items up and two down, and when the
+    answers grew by a third (longer answers state more key terms by chance)."""
+    moved = [(row[metric][0], row[metric][1]) for row in answers if None not in row[metric]]
+    return {"gained": sum(after > before for before, after in moved),
+            "lost": sum(after < before for before, after in moved),
+            "mean_words": [round(sum(len(row[side].split()) for row in answers) / max(len(answers), 1), 1)
+                           for side in ("base", "after")]}
+
+
 def compare(base: dict[str, dict], after: dict[str, dict], metrics: list[str], seed: int) -> dict[str, Any]:
     from kdflow.evaluation.stats import paired_comparison
 
@@ -306,15 +317,19 @@ def main(argv: list[str] | None = None) -> int:
             after_rows = answer_gold(cfg, model_path, items, adapter, budget)
             after = score(config, after_rows, items)
         comparison = compare(base, after, metrics, config.seed)
+        side_by_side = _answers_side_by_side(base_rows, base, after_rows, after, metrics[0])
+        movement = answer_movement(side_by_side, metrics[0])
         doc["recipes"][name] = {"overrides": overrides, "data": source, "pairs": len(data),
                                 "stages": [len(stage) for stage in stages], "stage_losses": losses,
-                                "answers": _answers_side_by_side(base_rows, base, after_rows, after, metrics[0]),
+                                "answers": side_by_side, "movement": movement,
                                 "loss": [losses[0][0], losses[-1][1]], "train_s": round(train_s, 1),
                                 "total_s": round(time.monotonic() - t0, 1), "comparison": comparison}
         lead = comparison[metrics[0]]
         print(f"{name}: {len(data)} pairs, loss {losses[0][0]:.2f} -> {losses[-1][1]:.2f}, "
               f"{metrics[0]} {lead['before_mean']:.3f} -> {lead['after_mean']:.3f} (delta {lead['mean_delta']:+.3f} "
-              f"[{lead['ci_low']:+.3f}, {lead['ci_high']:+.3f}], {lead['verdict']}), train {train_s:.0f} s", flush=True)
+              f"[{lead['ci_low']:+.3f}, {lead['ci_high']:+.3f}], {lead['verdict']}; {movement['gained']} items up, "
+              f"{movement['lost']} down, answers {movement['mean_words'][0]} -> {movement['mean_words'][1]} words), "
+              f"train {train_s:.0f} s", flush=True)
         args.out.write_text(json.dumps(doc, indent=2))
     return 0
 

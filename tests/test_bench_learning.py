@@ -12,6 +12,7 @@ from kdflow.bench.learning import (
     lead_and_passage_pairs,
     passage_pairs,
     recipe_stages,
+    trained_adapter,
 )
 from kdflow.config import load_config
 from kdflow.gold import BUILTIN_GOLD, load_gold
@@ -74,3 +75,34 @@ def test_answer_movement_counts_items_up_and_down_and_the_answers_length():
             {"base": "x y", "after": "x y", "key_fact_recall": [0.5, 0.5]},
             {"base": "p q", "after": "p q r s", "key_fact_recall": [None, 1.0]}]  # unscored: neither up nor down
     assert answer_movement(rows, "key_fact_recall") == {"gained": 1, "lost": 1, "mean_words": [2.5, 3.0]}
+
+
+def test_a_kept_adapter_is_trained_once_and_reused_until_its_record_is_published(tmp_path):
+    """--adapters: an hour of training is not repeated to score the same adapter on another gold set; a
+    folder whose training never finished (no record published) is trained again."""
+    calls = []
+
+    def train(folder):
+        calls.append(folder)
+        (folder / "adapter").mkdir()
+        return {"stage_losses": [[3.6, 0.3]], "train_s": 12.5}
+
+    adapter, record = trained_adapter(tmp_path, "r64-all+kb", train)
+    assert adapter == tmp_path / "r64-all+kb" / "adapter" and record == {"stage_losses": [[3.6, 0.3]], "train_s": 12.5}
+    again, reused = trained_adapter(tmp_path, "r64-all+kb", train)
+    assert again == adapter and len(calls) == 1
+    assert reused["stage_losses"] == [[3.6, 0.3]] and reused["reused"] == str(tmp_path / "r64-all+kb")
+    (tmp_path / "kb-r64-all").mkdir()
+    (tmp_path / "kb-r64-all" / "training.json.partial").write_text("{}")  # killed before publishing
+    trained_adapter(tmp_path, "kb-r64-all", lambda folder: train(folder) if folder.exists() else None)
+    assert len(calls) == 2 and (tmp_path / "kb-r64-all" / "training.json").is_file()
+    _, scratch = trained_adapter(None, "current", lambda folder: {"stage_losses": [[1.0, 0.5]], "train_s": 1.0,
+                                                                     "folder": str(folder)})
+    assert "kdflow-recipe-current-" in scratch["folder"] and "reused" not in scratch
+
+
+def test_the_pipeline_recipe_scores_the_runs_own_adapter_and_needs_a_run():
+    overrides, source = RECIPES["pipeline"]
+    assert overrides == {} and source in RUN_SOURCES
+    pairs = [("What is a Pod?", "The smallest deployable unit.")]
+    assert recipe_stages(load_config({}, environ={}), source, pairs, []) == [pairs]

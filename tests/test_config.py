@@ -3,7 +3,7 @@ from typing import Literal
 import pytest
 from pydantic import Field, create_model
 
-from kdflow.config import ConfigError, KdflowConfig, env_overrides, load_config
+from kdflow.config import ConfigError, KdflowConfig, env_overrides, load_config, set_overrides
 from kdflow.config_errors import describe_field
 
 
@@ -22,6 +22,16 @@ def test_env_overrides_nested_and_typed():
     cfg = load_config(environ=env)
     assert cfg.teacher.temperature == 0.2
     assert cfg.pipeline.topics == ["pods"]
+
+
+def test_set_options_nest_and_parse_like_env_overrides():
+    """`--set KEY=VALUE` (the CLI's and the benches'): dotted keys nest, values are YAML, later ones merge."""
+    items = ["evaluation.gold_per_topic=24", "pipeline.topics=[pods]", "evaluation.gold_path=/tmp/g.jsonl"]
+    assert set_overrides(items) == {"evaluation": {"gold_per_topic": 24, "gold_path": "/tmp/g.jsonl"},
+                                    "pipeline": {"topics": ["pods"]}}
+    assert set_overrides(None) == {}
+    cfg = load_config(set_overrides(items), environ={})
+    assert cfg.evaluation.gold_per_topic == 24 and cfg.pipeline.topics == ["pods"]
 
 
 def test_precedence_file_then_env_then_overrides(tmp_path):

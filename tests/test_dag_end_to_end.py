@@ -13,6 +13,8 @@ import pendulum
 import pytest
 
 from fixtures_reliability import STABLE
+from kdflow.config import load_config
+from kdflow.gold import BUILTIN_GOLD, load_gold, scored_gold
 from kdflow.pipeline.registry import CYCLE_STEPS, FINAL_STEPS, SETUP_STEPS
 from kdflow.pipeline.spec import DAG_ID
 from kdflow.store import ArtifactStore, run_key
@@ -32,7 +34,8 @@ def e2e_env(tmp_path_factory, tiny_phi_dir):
         "KDFLOW__STUDENT__EPOCHS": "2",
         "KDFLOW__TEACHER__MAX_TOKENS": "160",
         "KDFLOW__EVALUATION__RELEVANCY_STRICTNESS": "1",  # one judge question per answer keeps CI time down
-        "KDFLOW__EVALUATION__CEILING_PER_TOPIC": "1",  # the open-book ceiling on 3 of the 72 gold questions
+        "KDFLOW__EVALUATION__CEILING_PER_TOPIC": "1",  # the open-book ceiling on 3 of the scored gold questions
+        "KDFLOW__EVALUATION__GOLD_PER_TOPIC": "24",  # the student on 72 gold questions, as `make run` does
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -109,14 +112,17 @@ def test_the_gold_set_is_answered_at_the_start_and_after_each_cycle_and_leads_th
     store, run_id = e2e_env["store"], clean_run.run_id
     manifest = store.manifest(run_id)
     gold = {row["id"] for row in store.read_jsonl(manifest["gold"])}
-    assert len(gold) == 72
+    shipped = load_gold(BUILTIN_GOLD).items
+    assert gold == {item.id for item in shipped}  # the whole set is published: decontamination protects all of it
+    sample = {f"gold-{item.id}" for item in scored_gold(load_config({"evaluation": {"gold_per_topic": 24}},
+                                                                    environ={}), shipped)}
+    assert len(sample) == 72
     answered = {(n, stage): {a["question_id"] for a in store.read_jsonl(manifest[f"cycle_{n}.{stage}_answers"])
                              if a["split"] == "gold"}
                 for n in (1, 2) for stage in ("baseline", "finetuned")}
-    # the start model (cycle 1's baseline) and each cycle's adapter; cycle 2's baseline model is cycle 1's adapter
-    assert answered[(1, "baseline")] == answered[(1, "finetuned")] == answered[(2,
-                                                                                "finetuned")] == {f"gold-{i}"
-                                                                                                  for i in gold}
+    # the start model (cycle 1's baseline) and each cycle's adapter, on the same seeded sample; cycle 2's
+    # baseline model is cycle 1's adapter
+    assert answered[(1, "baseline")] == answered[(1, "finetuned")] == answered[(2, "finetuned")] == sample
     assert answered[(2, "baseline")] == set()
     ceiling = store.read_jsonl(manifest["gold_ceiling"])
     assert sorted(row["topic"] for row in ceiling) == ["pods", "services",
@@ -124,14 +130,16 @@ def test_the_gold_set_is_answered_at_the_start_and_after_each_cycle_and_leads_th
                                                                           for r in ceiling)
     report = json.loads(_report_file(store, run_id, "report.json"))
     verdict = report["verdict"]
-    assert verdict["items"] == 72 and verdict["start_model"] == "base model" and verdict["last_cycle"] == 2
+    assert verdict["items"] == 72 and verdict["set_items"] == len(shipped)
+    assert verdict["start_model"] == "base model" and verdict["last_cycle"] == 2
     lead = verdict["overall"]["key_fact_recall"]
     assert lead["n"] == 72 and lead["verdict"] in ("improved", "regressed",
                                                    "no detectable change") and lead["mde"] is not None
     assert lead["gap_closed"]["n"] == 3
     assert [step["cycle"] for step in verdict["per_cycle"]] == [1, 2]
     md = _report_file(store, run_id, "report.md").decode()
-    assert md.split("\n\n")[2].startswith("VERDICT: Gold set (72 questions), key_fact_recall: base model")
+    assert md.split("\n\n")[2].startswith(f"VERDICT: Gold set (a stratified sample of 72 of its {len(shipped)} "
+                                             "questions), key_fact_recall: base model")
     assert "on a stratified sample of 3 of 72 questions" in md
     roles = {r["role"]: r for r in report["roles"]}
     assert roles["teacher"]["where"].startswith("local") and roles["student"]["model"] == e2e_env["student"]

@@ -135,13 +135,21 @@ def test_key_fact_recall_counts_stated_facts(answer, expected):
     assert key_fact_recall(answer, [["Always"]]) == expected
 
 
-def test_the_ceiling_sample_is_stratified_and_seeded(shipped):
-    from kdflow.pipeline.teacher_steps import ceiling_sample
+def test_the_ceiling_and_scoring_samples_are_stratified_and_seeded(shipped):
+    from kdflow.gold import scored_gold, stratified_sample
 
-    sample = ceiling_sample(shipped.items, 4, seed=42)
+    sample = stratified_sample(shipped.items, 4, seed=42, purpose="ceiling")
     assert Counter(item.topic for item in sample) == {"pods": 4, "services": 4, "storage": 4}
-    assert sample == ceiling_sample(shipped.items, 4, seed=42) != ceiling_sample(shipped.items, 4, seed=7)
-    assert ceiling_sample(shipped.items, None, seed=42) == shipped.items
+    assert sample == stratified_sample(shipped.items, 4, seed=42, purpose="ceiling") != stratified_sample(
+        shipped.items, 4, seed=7, purpose="ceiling")
+    assert stratified_sample(shipped.items, None, seed=42, purpose="ceiling") == shipped.items
+    # the student's sample (evaluation.gold_per_topic): the same items in every run of a seed, all by default
+    config = load_config({"evaluation": {"gold_per_topic": 5}}, environ={})
+    scored = scored_gold(config, shipped.items)
+    assert Counter(item.topic for item in scored) == {"pods": 5, "services": 5, "storage": 5}
+    assert scored == scored_gold(load_config({"evaluation": {"gold_per_topic": 5}}, environ={}), shipped.items)
+    assert [i.id for i in scored] == [i.id for i in shipped.items if i in scored]  # file order kept
+    assert scored_gold(load_config({}, environ={}), shipped.items) == shipped.items
 
 
 def test_key_fact_recall_is_the_share_of_facts_with_any_form():

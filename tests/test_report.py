@@ -297,6 +297,19 @@ def test_a_ceiling_on_a_sample_says_so():
     assert "(0.900, on a stratified sample of 3 of 12 questions) closed by distillation" in verdict_headline(report)
 
 
+def test_a_verdict_on_a_sample_of_the_gold_set_says_so():
+    """`make run` scores the student on 24 gold questions per topic (evaluation.gold_per_topic): the headline
+    names the sample and the set it was drawn from; a run that scored every item says only how many."""
+    from kdflow.evaluation.report import compute_report, verdict_headline
+
+    results = make_results()
+    results["gold_set_items"] = 30
+    assert verdict_headline(compute_report(results)).startswith(
+        "Gold set (a stratified sample of 12 of its 30 questions), key_fact_recall:")
+    results["gold_set_items"] = 12
+    assert verdict_headline(compute_report(results)).startswith("Gold set (12 questions), key_fact_recall:")
+
+
 def test_without_a_gold_set_the_report_says_so():
     results = make_results()
     results["gold_metrics"] = []

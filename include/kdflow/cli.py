@@ -41,7 +41,7 @@ def _configure_environment() -> None:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config overrides of a command's options; any command may declare them (``--topics``, ``--cycles``,
     ``--questions``, ``--held-out``, ``--student``, ``--seed``, ``--store``, ``--set``), with these dests."""
-    from kdflow.config import deep_merge
+    from kdflow.config import deep_merge, set_overrides
     from kdflow.pipeline.params import params_to_overrides
 
     params = {
@@ -55,18 +55,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides = params_to_overrides(params)
     if getattr(args, "store", None):
         overrides = deep_merge(overrides, {"store": {"url": args.store}})
-    for item in getattr(args, "set", None) or []:
-        import yaml
-
-        dotted, _, raw = item.partition("=")
-        node: dict[str, Any] = {}
-        cursor = node
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            cursor = cursor.setdefault(part, {})
-        cursor[parts[-1]] = yaml.safe_load(raw)
-        overrides = deep_merge(overrides, node)
-    return overrides
+    return deep_merge(overrides, set_overrides(getattr(args, "set", None)))
 
 
 def _cmd_run(args: argparse.Namespace, config: KdflowConfig) -> int:

@@ -185,6 +185,29 @@ def validated_gold(config: Any) -> GoldSet | None:  # KdflowConfig, kept import-
     return gold
 
 
+def stratified_sample(items: Sequence[GoldItem], per_topic: int | None, *, seed: int,
+                      purpose: str) -> list[GoldItem]:
+    """A seeded sample of ``per_topic`` items per topic, in file order (all when None). The same
+    seed and ``purpose`` draw the same items in every run, so two runs' samples pair by question."""
+    if per_topic is None:
+        return list(items)
+    import random
+
+    from kdflow.teacher.questions import stable_int
+
+    chosen: set[str] = set()
+    for topic in dict.fromkeys(item.topic for item in items):
+        ids = [item.id for item in items if item.topic == topic]
+        chosen.update(random.Random(stable_int(seed, purpose, topic)).sample(ids, min(per_topic, len(ids))))
+    return [item for item in items if item.id in chosen]
+
+
+def scored_gold(config: Any, items: Sequence[GoldItem]) -> list[GoldItem]:  # KdflowConfig, kept import-light
+    """The gold items the student is answered and scored on: ``evaluation.gold_per_topic`` per topic
+    (a seeded sample, e.g. in ``make run``) or all. Decontamination still protects every item."""
+    return stratified_sample(items, config.evaluation.gold_per_topic, seed=config.seed, purpose="gold")
+
+
 def key_fact_recall(answer: str, key_facts: Sequence[Sequence[str]]) -> float:
     """Share of ``key_facts`` stated in ``answer`` (any form of a fact, as whole words, after
     normalising case and punctuation). 0 for an empty answer."""

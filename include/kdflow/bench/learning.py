@@ -8,10 +8,15 @@ knowledge base alone (``kb-``: every passage of the selected topics as a pair, n
 the issue's "passage pretraining" probe; ``kb-sentences-``: the same text cut into pairs of two
 sentences, answers as short as the student's; no run needed), or both: the run's pairs mixed with
 every passage in one dataset (``+kb``), or the passages first and the run's pairs after, continuing
-the same adapter (``kb-then-``: passage pretraining before Q&A).
+the same adapter (``kb-then-``: passage pretraining before Q&A). ``pipeline`` trains nothing: it
+scores the run's own last adapter, e.g. on a larger gold set than the run was scored on.
 
     python -m kdflow.bench.learning --store /tmp/eval/store-a --run-id eval_default \\
         --recipes current,r64-all --out docs/benchmarks/learning.json
+
+``--adapters DIR`` keeps each recipe's adapter in ``DIR/<recipe>`` and reuses it on the next call
+(a recipe can train for an hour on two CPU cores), so the same adapters can be scored again, on
+another gold set (``--set evaluation.gold_path=...``) for instance.
 
 Prints one line per recipe as it finishes and writes a JSON document with every number.
 """
@@ -49,9 +54,12 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
     # bring the facts? Mixed, and the passages first (the pairs train last, from the passages' adapter)
     "r64-all+kb": (R64_ALL, "teacher+kb"),
     "kb-then-r64-all": (R64_ALL, "kb-then-teacher"),
+    # no training: the run's own last adapter (the pipeline's profile, cycle after cycle), scored by the bench
+    # on the gold set it is given, e.g. a larger one than the run was scored on
+    "pipeline": ({}, "run-adapter"),
 }
-# sources whose pairs need a finished run's training dataset
-RUN_SOURCES = ("teacher", "teacher+cited", "teacher+kb", "kb-then-teacher")
+# sources that need a finished run: its training dataset, or its adapter
+RUN_SOURCES = ("teacher", "teacher+cited", "teacher+kb", "kb-then-teacher", "run-adapter")
 
 
 def _run_dataset(store_url: str, run_id: str,
@@ -74,6 +82,40 @@ def run_pairs(store_url: str, run_id: str, cycle: int | None = None) -> tuple[li
     _ctx, _last, rows, cites = _run_dataset(store_url, run_id, cycle)
     cited = [pid for row in rows for pid in cites.get(row["question_id"], [])]
     return [(r["prompt"], r["completion"]) for r in rows], list(dict.fromkeys(cited))
+
+
+def fetch_run_adapter(store_url: str, run_id: str, cycle: int | None, target: Path) -> Path:
+    """The run's adapter of ``cycle`` (default: the last), downloaded from its store into ``target``."""
+    ctx, last, _rows, _cites = _run_dataset(store_url, run_id, cycle)
+    return ctx.store.download_dir(ctx.checkpoint(last, "adapter"), target)
+
+
+def scratch_folder(prefix: str) -> Path:
+    """A temporary folder removed when the process exits (adapters are tens of MB)."""
+    import atexit
+    import shutil
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def trained_adapter(keep: Path | None, name: str, train: Any) -> tuple[Path, dict[str, Any]]:
+    """A recipe's adapter and its training record, trained by ``train(folder) -> record`` into
+    ``keep/<name>`` and reused from there when a finished record is already in it, so a recipe that
+    trains for an hour is trained once and can be scored again (on another gold set, say). Without
+    ``keep`` it trains into a temporary folder, removed at exit."""
+    folder = scratch_folder(f"kdflow-recipe-{name}-") if keep is None else keep / name
+    record_file = folder / "training.json"
+    if record_file.is_file():
+        log.info("%s: reusing the adapter trained in %s", name, folder)
+        return folder / "adapter", {**json.loads(record_file.read_text()), "reused": str(folder)}
+    folder.mkdir(parents=True, exist_ok=True)
+    record = train(folder)
+    partial = record_file.with_suffix(".json.partial")
+    partial.write_text(json.dumps(record, indent=2))
+    partial.replace(record_file)  # published last: a folder without it is trained again
+    return folder / "adapter", record
 
 
 def passage_pairs(config: Any, passage_ids: list[str] | None = None, form: str = "passage") -> list[tuple[str, str]]:
@@ -137,7 +179,8 @@ def recipe_stages(config: Any, source: str, pairs: list[tuple[str, str]],
           "kb-cued": lambda: cued_sentence_pairs(config), "kb-lead+passage": lambda: lead_and_passage_pairs(config)}
     if source in kb:
         return [kb[source]()]
-    return {"teacher": lambda: [pairs], "teacher+cited": lambda: [pairs + passage_pairs(config, cited)],
+    return {"teacher": lambda: [pairs], "run-adapter": lambda: [pairs],
+            "teacher+cited": lambda: [pairs + passage_pairs(config, cited)],
             "teacher+kb": lambda: [pairs + passage_pairs(config)],
             "kb-then-teacher": lambda: [passage_pairs(config), pairs]}[source]()
 
@@ -256,7 +299,7 @@ def teachable(store_url: str, run_id: str, cycle: int | None = None) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kdflow.config import load_config
+    from kdflow.config import deep_merge, load_config, set_overrides
     from kdflow.gold import validated_gold
     from kdflow.student.device import plan_device
     from kdflow.student.models import resolve_student
@@ -270,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--adapters", type=Path, default=None,
+                        help="keep each recipe's adapter in ADAPTERS/<recipe> and reuse it when it is there already")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="any config value, e.g. evaluation.gold_path=my-gold.jsonl")
     parser.add_argument("--contamination", action="store_true",
                         help="only measure how close the run's questions come to gold")
     parser.add_argument("--teachable", action="store_true",
@@ -282,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(report, indent=2))
         print(json.dumps(report, indent=2))
         return 0
-    config = load_config({"student": {"torch_threads": args.threads}}, environ={})
+    config = load_config(deep_merge({"student": {"torch_threads": args.threads}}, set_overrides(args.set)), environ={})
     items = validated_gold(config).items
     model_path = resolve_student(config.student.model)
     recipes = args.recipes.split(",")
@@ -306,30 +353,40 @@ def main(argv: list[str] | None = None) -> int:
         stages = recipe_stages(config, source, pairs, cited)
         data = [pair for stage in stages for pair in stage]
         t0 = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="kdflow-recipe-") as tmp:
-            adapter, losses = None, []
+
+        def train(folder: Path, cfg: Any = cfg, stages: list = stages) -> dict[str, Any]:
+            adapter, losses, started = None, [], time.monotonic()
             for k, stage in enumerate(stages):  # each stage continues the previous stage's adapter
-                previous, adapter = adapter, Path(tmp) / f"adapter-{k}"
+                previous, adapter = adapter, folder / (f"stage-{k}" if k < len(stages) - 1 else "adapter")
                 result = train_adapter(cfg, model_path, stage, adapter, init_adapter_dir=previous,
                                        plan=plan_device(cfg, "train"), seed=config.seed)
                 losses.append([result.initial_loss, result.final_loss])
-            train_s = time.monotonic() - t0
-            after_rows = answer_gold(cfg, model_path, items, adapter, budget)
-            after = score(config, after_rows, items)
+            return {"stage_losses": losses, "train_s": round(time.monotonic() - started, 1)}
+
+        if source == "run-adapter":
+            adapter = fetch_run_adapter(args.store, args.run_id, args.cycle, scratch_folder("kdflow-run-") / "adapter")
+            record = {"stage_losses": [[None, None]], "train_s": None}
+        else:
+            adapter, record = trained_adapter(args.adapters, name, train)
+        losses, train_s = record["stage_losses"], record["train_s"]
+        after_rows = answer_gold(cfg, model_path, items, adapter, budget)
+        after = score(config, after_rows, items)
         comparison = compare(base, after, metrics, config.seed)
         side_by_side = _answers_side_by_side(base_rows, base, after_rows, after, metrics[0])
         movement = answer_movement(side_by_side, metrics[0])
         doc["recipes"][name] = {"overrides": overrides, "data": source, "pairs": len(data),
                                 "stages": [len(stage) for stage in stages], "stage_losses": losses,
                                 "answers": side_by_side, "movement": movement,
-                                "loss": [losses[0][0], losses[-1][1]], "train_s": round(train_s, 1),
+                                "loss": [losses[0][0], losses[-1][1]], "train_s": train_s,
+                                "reused_adapter": record.get("reused"),
                                 "total_s": round(time.monotonic() - t0, 1), "comparison": comparison}
         lead = comparison[metrics[0]]
-        print(f"{name}: {len(data)} pairs, loss {losses[0][0]:.2f} -> {losses[-1][1]:.2f}, "
+        loss = "the run's own" if losses[0][0] is None else f"{losses[0][0]:.2f} -> {losses[-1][1]:.2f}"
+        print(f"{name}: {len(data)} pairs, loss {loss}, "
               f"{metrics[0]} {lead['before_mean']:.3f} -> {lead['after_mean']:.3f} (delta {lead['mean_delta']:+.3f} "
               f"[{lead['ci_low']:+.3f}, {lead['ci_high']:+.3f}], {lead['verdict']}; {movement['gained']} items up, "
               f"{movement['lost']} down, answers {movement['mean_words'][0]} -> {movement['mean_words'][1]} words), "
-              f"train {train_s:.0f} s", flush=True)
+              f"train {'reused' if record.get('reused') or train_s is None else f'{train_s:.0f} s'}", flush=True)
         args.out.write_text(json.dumps(doc, indent=2))
     return 0
 

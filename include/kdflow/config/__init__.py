@@ -12,7 +12,7 @@ in: ``base`` (the shared base model, ``ConfigError``, the YAML reader), ``teache
 
 from kdflow.config.base import DEFAULTS_FILE, ConfigError
 from kdflow.config.evaluation import PROMOTION_METRIC, EvaluationConfig, EvaluationMetric, GoldMetric, PromotionConfig
-from kdflow.config.loader import ENV_PREFIX, deep_merge, env_overrides, load_config
+from kdflow.config.loader import ENV_PREFIX, deep_merge, env_overrides, load_config, set_overrides
 from kdflow.config.model import (
     AirflowConfig,
     KdflowConfig,
@@ -41,5 +41,5 @@ __all__ = [
     "GateConfig", "GoldMetric", "KdflowConfig", "KnowledgeBaseConfig", "LearningRate", "PipelineConfig",
     "PromotionConfig", "ReviewConfig", "StoreConfig", "StudentConfig", "TeacherConfig", "TrackingConfig",
     "TrainingProfile", "deep_merge", "env_overrides", "load_config", "mask_secrets", "match_profile",
-    "names_a_secret", "uri_password",
+    "names_a_secret", "set_overrides", "uri_password",
 ]

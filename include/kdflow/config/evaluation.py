@@ -30,9 +30,13 @@ class EvaluationConfig(_Section):
     gold_metrics: list[GoldMetric] = Field(
         default_factory=lambda: ["key_fact_recall", "semantic_similarity", "rouge_l"], min_length=1
     )
+    # Gold questions per topic the student is answered and scored on (a seeded stratified sample, the
+    # same in every run of a seed); null = every one. Decontamination protects the whole set.
+    gold_per_topic: int | None = Field(None, ge=1, le=10_000)
     # The teacher answers the gold questions open book (as it writes references): the ceiling.
     teacher_ceiling: bool = True
-    # Gold questions per topic the teacher answers for the ceiling (a seeded stratified sample);
+    # Gold questions per topic the teacher answers for the ceiling (a seeded stratified sample of the
+    # scored ones);
     # null = every one. `make run` samples 4 per topic to stay short; nightly runs answer all.
     ceiling_per_topic: int | None = Field(None, ge=1, le=10_000)
     # The student's token budget for a gold answer (one or two sentences are asked for).

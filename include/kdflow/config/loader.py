@@ -52,6 +52,22 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return result
 
 
+def set_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["student.epochs=2", "pipeline.topics=[pods]"]`` (the command line's ``--set KEY=VALUE``) ->
+    nested overrides; values are parsed as YAML, like ``KDFLOW__`` variables."""
+    result: dict[str, Any] = {}
+    for item in items or []:
+        dotted, _, raw = item.partition("=")
+        node: dict[str, Any] = {}
+        cursor = node
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[parts[-1]] = yaml.safe_load(raw)
+        result = deep_merge(result, node)
+    return result
+
+
 def load_config(
     overrides: Mapping[str, Any] | None = None,
     *,

@@ -140,9 +140,12 @@ def compute_report(results: dict[str, Any] | RunResults, *,
         comparison["decontaminated"] = list(cycle.decontaminated)
         cycles.append(comparison)
     scores = {c.cycle: c.scores for c in parsed.cycles}
+    verdict = gold_verdict(scores, parsed.gold_metrics, ceiling=parsed.gold_ceiling or None,
+                           start_model=parsed.start_model, **stats) if parsed.gold_metrics else None
+    if verdict:  # scored on a stratified sample (evaluation.gold_per_topic) when fewer than the set holds
+        verdict["set_items"] = parsed.gold_set_items or verdict["items"]
     return {
-        "verdict": gold_verdict(scores, parsed.gold_metrics, ceiling=parsed.gold_ceiling or None,
-                                start_model=parsed.start_model, **stats) if parsed.gold_metrics else None,
+        "verdict": verdict,
         "roles": list(parsed.roles),
         "statistics": stats,
         "run_id": parsed.run_id,
@@ -290,7 +293,10 @@ def verdict_headline(report: dict[str, Any]) -> str:
         return "No gold set was scored in this run (evaluation.gold_path is null): no verdict on independent questions."
     lead = verdict["lead_metric"]
     c = verdict["overall"][lead]
-    text = (f"Gold set ({verdict['items']} questions), {lead}: {verdict['start_model']} {fmt_score(c['before_mean'])} "
+    total = verdict.get("set_items", verdict["items"])
+    scored = (f"{verdict['items']} questions" if total == verdict["items"]
+              else f"a stratified sample of {verdict['items']} of its {total} questions")
+    text = (f"Gold set ({scored}), {lead}: {verdict['start_model']} {fmt_score(c['before_mean'])} "
             f"-> {fmt_score(c['after_mean'])} after cycle {verdict['last_cycle']}, delta {fmt_signed(c['mean_delta'])} "
             f"{fmt_interval(c['ci_low'], c['ci_high'])}, p {fmt_p(c['p_value'])}, MDE {fmt_score(c['mde'])}: "
             f"{c['verdict'].upper()}.")

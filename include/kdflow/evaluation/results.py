@@ -28,6 +28,7 @@ Schema (``RunResults.model_validate(results)`` checks a plain dict against it)::
                 "judge": {...}},
       "promotion": {"promote": true, "reason": "...", ...} | null,  # decide_promotion() output
       "gold_metrics": ["key_fact_recall", ...], "gold_ceiling": {qid: {metric: score}},
+      "gold_set_items": 150,  # the gold set's size; fewer are scored under evaluation.gold_per_topic
       "start_model": "base model", "statistics": {"resamples", "confidence", "seed"},
       "roles": [{"role", "model", "provider", "where"}]
     }
@@ -96,6 +97,7 @@ class RunResults(_Model):
     # (question id -> metric -> score), and what the run started from ("base model" or a champion).
     gold_metrics: list[str] = Field(default_factory=list)
     gold_ceiling: dict[str, dict[str, float | None]] = Field(default_factory=dict)
+    gold_set_items: int | None = None  # the whole set's size (None: as many as were scored)
     start_model: str = "base model"
     # paired statistics options: {"resamples", "confidence", "seed"}
     statistics: dict[str, Any] = Field(default_factory=dict)

@@ -266,6 +266,7 @@ def save_pipeline_results(ctx: RunContext, cycle: None) -> dict[str, Any]:
         "promotion": _promotion(ctx, cycles[-1]),
         "gold_metrics": list(ctx.config.evaluation.gold_metrics) if ctx.has_checkpoint(None, "gold.jsonl") else [],
         "gold_ceiling": _gold_ceiling(ctx),
+        "gold_set_items": len(run_gold(ctx)),
         "start_model": start_model(ctx),
         "statistics": statistics_of(ctx),
         "roles": _roles(ctx),

@@ -12,6 +12,7 @@ from collections.abc import Container, Iterable
 from pathlib import Path
 from typing import Any
 
+from kdflow.gold import scored_gold
 from kdflow.kb import KnowledgeBase, load_from_config
 from kdflow.pipeline.artifacts import gold_answered_at, run_gold, run_questions, start_adapter
 from kdflow.pipeline.context import CheckpointError, RunContext
@@ -68,7 +69,7 @@ def _answer(ctx: RunContext, cycle: int, adapter: Pointer | None, stage: str) ->
     questions = run_questions(ctx, cycle)
     budgets = [ctx.config.student.max_new_tokens] * len(questions)
     if gold_answered_at(cycle, stage):
-        gold = [item.as_question() for item in run_gold(ctx)]
+        gold = [item.as_question() for item in scored_gold(ctx.config, run_gold(ctx))]
         questions += gold
         budgets += [ctx.config.evaluation.gold_max_new_tokens] * len(gold)
     plan = plan_device(ctx.config.student, "answer")

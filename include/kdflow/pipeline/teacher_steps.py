@@ -20,7 +20,6 @@ from kdflow.pipeline.context import RunContext
 from kdflow.records import Question
 
 if TYPE_CHECKING:
-    from kdflow.gold import GoldItem
     from kdflow.llm.server import Endpoint
     from kdflow.teacher.faithfulness import SentenceJudge
 
@@ -66,21 +65,23 @@ def _prepare_gold(ctx: RunContext) -> None:
     the teacher) and, with ``evaluation.teacher_ceiling``, the teacher's open-book answers to it
     scored like the student's: the ceiling of the report's verdict."""
     from kdflow.evaluation.metrics import score_gold_answers
-    from kdflow.gold import validated_gold
+    from kdflow.gold import scored_gold, stratified_sample, validated_gold
 
     gold = validated_gold(ctx.config)
     if gold is None:
         return
     items = gold.for_topics(ctx.config.pipeline.topics)
     ctx.publish(None, "gold.jsonl", ctx.stage_rows(None, "gold.jsonl", items, summary={"path": gold.path}))
-    log.info("gold set %s: %d items for topics %s", gold.path, len(items), ", ".join(ctx.config.pipeline.topics))
+    scored = scored_gold(ctx.config, items)
+    log.info("gold set %s: %d items for topics %s, the student scored on %s", gold.path, len(items),
+             ", ".join(ctx.config.pipeline.topics), "all" if scored == items else f"a sample of {len(scored)}")
     if not ctx.config.evaluation.teacher_ceiling:
         return
     from kdflow.llm.cache import UsageLedger
     from kdflow.retrieval import Retriever
     from kdflow.teacher.references import generate_references
 
-    items = ceiling_sample(items, ctx.config.evaluation.ceiling_per_topic, seed=ctx.config.seed)
+    items = stratified_sample(scored, ctx.config.evaluation.ceiling_per_topic, seed=ctx.config.seed, purpose="ceiling")
     questions = [item.as_question() for item in items]
     retriever = Retriever(load_from_config(ctx.config), ctx.store)
     with teacher_session(ctx, None, "gold_ceiling") as (endpoint, client):
@@ -94,21 +95,6 @@ def _prepare_gold(ctx: RunContext) -> None:
     ceiling = [{**row, "mode": ref.mode, "scores": score.scores}
                for row, ref, score in zip(rows, references, scores, strict=True)]
     ctx.publish(None, "gold_ceiling.jsonl", ctx.stage_rows(None, "gold_ceiling.jsonl", ceiling))
-
-
-def ceiling_sample(items: list[GoldItem], per_topic: int | None, *, seed: int) -> list[GoldItem]:
-    """A seeded stratified sample of ``per_topic`` gold items per topic, in file order (all when None)."""
-    if per_topic is None:
-        return items
-    import random
-
-    from kdflow.teacher.questions import stable_int
-
-    chosen: set[str] = set()
-    for topic in dict.fromkeys(item.topic for item in items):
-        ids = [item.id for item in items if item.topic == topic]
-        chosen.update(random.Random(stable_int(seed, "ceiling", topic)).sample(ids, min(per_topic, len(ids))))
-    return [item for item in items if item.id in chosen]
 
 
 def generate_questions(ctx: RunContext, cycle: int) -> dict[str, Any]:

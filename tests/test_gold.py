@@ -162,7 +162,7 @@ def test_the_gold_cli_checks_a_file_and_lists_passages(tmp_path, capsys):
     from kdflow.cli import main
 
     assert main(["gold", "check"]) == 0
-    expected = "72 items {'pods': 24, 'services': 24, 'storage': 24}; 0 answer(s) below the support floor 0.7"
+    expected = "150 items {'pods': 50, 'services': 50, 'storage': 50}; 0 answer(s) below the support floor 0.7"
     assert expected in capsys.readouterr().out
     planted = tmp_path / "planted.jsonl"
     planted.write_text(json.dumps({**GOOD,

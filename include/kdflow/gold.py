@@ -35,7 +35,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kdflow.kb import KnowledgeBaseError
-from kdflow.records import Question
+from kdflow.records import Question, stable_int
 
 BUILTIN_GOLD = Path(__file__).parent / "data" / "gold" / "kubernetes-v1.28.jsonl"
 GOLD_SPLIT = "gold"
@@ -192,8 +192,6 @@ def stratified_sample(items: Sequence[GoldItem], per_topic: int | None, *, seed:
     if per_topic is None:
         return list(items)
     import random
-
-    from kdflow.teacher.questions import stable_int
 
     chosen: set[str] = set()
     for topic in dict.fromkeys(item.topic for item in items):

@@ -17,6 +17,12 @@ class _Row(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def stable_int(*parts: Any) -> int:
+    """A 31-bit integer from ``parts`` that is the same in every process (``hash()`` is salted): the
+    seed of every seeded choice that must repeat across runs and workers."""
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
 def question_id(topic: str, text: str) -> str:
     """Content-derived id: the same question text always gets the same id (idempotent reruns)."""
     norm = " ".join(text.lower().split())

@@ -12,7 +12,6 @@ the rejected drafts and their reasons are kept in ``Question.gate``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from collections.abc import Mapping
@@ -25,7 +24,7 @@ from kdflow.config import GateConfig, TeacherConfig
 from kdflow.kb import KnowledgeBase, Passage, split_sentences
 from kdflow.llm.batch import map_round
 from kdflow.llm.server import Endpoint
-from kdflow.records import Question, question_id
+from kdflow.records import Question, question_id, stable_int
 from kdflow.teacher.gate import AnswerabilityJudge, DuplicateIndex, TeacherError, check_question, llm_answerability
 from kdflow.teacher.structured import UnusableReplyError, complete_json
 
@@ -55,11 +54,6 @@ FOCUSED_PROMPT = (
 
 class QuestionDraft(BaseModel):
     question: str = Field(pattern=QUESTION_PATTERN)
-
-
-def stable_int(*parts: Any) -> int:
-    """A 31-bit integer from ``parts`` that is the same in every process (``hash()`` is salted)."""
-    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
 def question_messages(kb_name: str, passage: Passage, focus: int | None = None) -> list[dict[str, str]]:

@@ -121,6 +121,22 @@ def test_training_uses_only_gated_pairs_of_every_cycle_and_says_what_it_dropped(
                                                         for d in first["summary"]["dropped_items"])
 
 
+def test_decontamination_protects_gold_items_the_student_is_not_scored_on(run):
+    """`make run` scores a sample of the gold set (evaluation.gold_per_topic); a training question close to a
+    gold question outside the sample is still kept out: a later run may score that item."""
+    from kdflow.config import deep_merge, load_config
+    from kdflow.gold import scored_gold
+
+    ctx, overrides, _ = run
+    sampled = deep_merge(overrides, {"evaluation": {"gold_per_topic": 1}})
+    items = load_gold(SMALL_GOLD).items
+    assert items[0] not in scored_gold(load_config(sampled, environ={}), items)  # pods-01 is not scored
+    pointer = execute("prepare_training_dataset", run_id=RUN, overrides=sampled, cycle=2)
+    [removed] = pointer["summary"]["decontaminated"]
+    assert removed["question_id"] == "services-c2-near-gold" and removed["closest"] == items[0].question
+    assert "services-c2-near-gold" not in {r["question_id"] for r in ctx.rows(pointer)}
+
+
 def test_a_dropped_reference_is_no_ground_truth_for_evaluation(run):
     from kdflow.evaluation.aggregate import aggregate
     from kdflow.pipeline.artifacts import cycle_scores

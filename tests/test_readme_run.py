@@ -41,9 +41,11 @@ def test_the_readme_run_command_runs_the_dag_and_prints_the_report(tmp_path, tin
     [report] = list(store.glob("runs/*/report/*/report.html"))  # the report folder's one (current) version
     assert str(report) in out or report.relative_to(store).as_posix() in out, out[-2000:]
     assert "semantic_similarity" in out and "cycle" in out.lower()
-    # the verdict on the gold set (the 24 pods questions) comes before every other table
-    verdict = re.search(r"^VERDICT: Gold set \((\d+) questions\), key_fact_recall: base model", out, re.MULTILINE)
-    assert verdict and int(verdict.group(1)) == 24, out[-3000:]
+    # the verdict on the gold set comes before every other table: make run scores a stratified sample of 24 of
+    # the 50 pods questions (evaluation.gold_per_topic)
+    verdict = re.search(r"^VERDICT: Gold set \(a stratified sample of (\d+) of its (\d+) questions\), key_fact_recall: "
+                        "base model", out, re.MULTILINE)
+    assert verdict and (int(verdict.group(1)), int(verdict.group(2))) == (24, 50), out[-3000:]
     assert verdict.start() < out.index("split  metric")
     # tracked with no server: MLflow's SQLite store beside the store, one finished run named after the DAG run
     from mlflow import MlflowClient

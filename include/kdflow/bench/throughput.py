@@ -21,6 +21,9 @@ from typing import Any
 BASELINE_COMMIT = "ba153f4acf9f79c720736e081f724f3768dcacdb"
 # The teacher's open-book ceiling on the gold set is cached per store; both sides sample it the same way.
 COMMON_SETTINGS = ("evaluation.ceiling_per_topic=4",)
+# The code before knows only its own 72 gold questions (24 per topic); this code answers as many, a stratified
+# sample of its larger set, so both sides score the gold set with the same work.
+NOW_SETTINGS = ("evaluation.gold_per_topic=24",)
 STEP_STAGES = {  # the rest (bookkeeping, report) is "other"
     "teacher questions (+ held-out, gold ceiling)": ("prepare_held_out_questions", "generate_questions"),
     "teacher references": ("generate_reference_answers",),
@@ -58,19 +61,21 @@ def throughput(cycles: int = 3, questions: int = 24, *, baseline: str = BASELINE
     from kdflow.bench.runner import ROOT, run_cli
 
     extra = [arg for setting in settings for arg in ("--set", setting)]
+    now_extra = extra + [arg for setting in NOW_SETTINGS for arg in ("--set", setting)]
     with tempfile.TemporaryDirectory(prefix="kdflow-bench-throughput-") as tmp:
         work = Path(tmp)
         tree = baseline_worktree(ROOT, baseline, work / "baseline")
         try:
             # This code first: a failure of the new code shows in minutes, not after the slower baseline.
-            now = run_cli(work / "store-now", "bench", cycles, questions, extra=extra)
+            now = run_cli(work / "store-now", "bench", cycles, questions, extra=now_extra)
             before = run_cli(work / "store-before", "bench", cycles, questions, code=tree / "include", extra=extra)
             runs = {"before": before, "now": now}
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
     asked = cycles * questions
     result: dict[str, Any] = {"cycles": cycles, "questions_per_cycle": questions, "baseline_commit": baseline,
-                              "settings": list(settings), "runs": 1, "by_code": {}}
+                              "settings": list(settings), "now_settings": list(NOW_SETTINGS), "runs": 1,
+                              "by_code": {}}
     for name, run in runs.items():
         result["by_code"][name] = {
             "command": run["command"], "wall_s": run["wall_s"], "load_avg_before": run["load_avg_before"],

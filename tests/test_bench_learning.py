@@ -106,3 +106,11 @@ def test_the_pipeline_recipe_scores_the_runs_own_adapter_and_needs_a_run():
     assert overrides == {} and source in RUN_SOURCES
     pairs = [("What is a Pod?", "The smallest deployable unit.")]
     assert recipe_stages(load_config({}, environ={}), source, pairs, []) == [pairs]
+
+
+def test_the_printed_training_time_tells_trained_reused_and_untrained_adapters_apart():
+    from kdflow.bench.learning import _training_time
+
+    assert _training_time({"stage_losses": [[3.6, 0.3]], "train_s": 1650.4}) == "1650 s"
+    assert _training_time({"train_s": 1650.4, "reused": "/tmp/eval/adapters/r64-all+kb"}) == "reused"
+    assert _training_time({"stage_losses": [[None, None]], "train_s": None}) == "none (the run's own adapter)"

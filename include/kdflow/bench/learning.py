@@ -298,6 +298,12 @@ def teachable(store_url: str, run_id: str, cycle: int | None = None) -> dict[str
             "gold_passage_cited": len(covered), "gold_facts_in_training_references": len(taught), "items": taught}
 
 
+def _training_time(record: dict[str, Any]) -> str:
+    if record["train_s"] is None:
+        return "none (the run's own adapter)"
+    return "reused" if record.get("reused") else f"{record['train_s']:.0f} s"
+
+
 def main(argv: list[str] | None = None) -> int:
     from kdflow.config import deep_merge, load_config, set_overrides
     from kdflow.gold import validated_gold
@@ -386,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{metrics[0]} {lead['before_mean']:.3f} -> {lead['after_mean']:.3f} (delta {lead['mean_delta']:+.3f} "
               f"[{lead['ci_low']:+.3f}, {lead['ci_high']:+.3f}], {lead['verdict']}; {movement['gained']} items up, "
               f"{movement['lost']} down, answers {movement['mean_words'][0]} -> {movement['mean_words'][1]} words), "
-              f"train {'reused' if record.get('reused') or train_s is None else f'{train_s:.0f} s'}", flush=True)
+              f"train {_training_time(record)}", flush=True)
         args.out.write_text(json.dumps(doc, indent=2))
     return 0
 

@@ -36,8 +36,7 @@ class EvaluationConfig(_Section):
     # The teacher answers the gold questions open book (as it writes references): the ceiling.
     teacher_ceiling: bool = True
     # Gold questions per topic the teacher answers for the ceiling (a seeded stratified sample of the
-    # scored ones);
-    # null = every one. `make run` samples 4 per topic to stay short; nightly runs answer all.
+    # scored ones); null = every one. `make run` samples 4 per topic to stay short; nightly runs answer all.
     ceiling_per_topic: int | None = Field(None, ge=1, le=10_000)
     # The student's token budget for a gold answer (one or two sentences are asked for).
     gold_max_new_tokens: int = Field(48, ge=8, le=4096)

@@ -94,7 +94,7 @@ def test_a_kept_adapter_is_trained_once_and_reused_until_its_record_is_published
     assert reused["stage_losses"] == [[3.6, 0.3]] and reused["reused"] == str(tmp_path / "r64-all+kb")
     (tmp_path / "kb-r64-all").mkdir()
     (tmp_path / "kb-r64-all" / "training.json.partial").write_text("{}")  # killed before publishing
-    trained_adapter(tmp_path, "kb-r64-all", lambda folder: train(folder) if folder.exists() else None)
+    trained_adapter(tmp_path, "kb-r64-all", train)
     assert len(calls) == 2 and (tmp_path / "kb-r64-all" / "training.json").is_file()
     _, scratch = trained_adapter(None, "current", lambda folder: {"stage_losses": [[1.0, 0.5]], "train_s": 1.0,
                                                                      "folder": str(folder)})

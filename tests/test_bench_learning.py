@@ -4,6 +4,8 @@ gold question."""
 
 from __future__ import annotations
 
+import pytest
+
 from kdflow.bench.learning import (
     RECIPES,
     RUN_SOURCES,
@@ -114,3 +116,16 @@ def test_the_printed_training_time_tells_trained_reused_and_untrained_adapters_a
     assert _training_time({"stage_losses": [[3.6, 0.3]], "train_s": 1650.4}) == "1650 s"
     assert _training_time({"train_s": 1650.4, "reused": "/tmp/eval/adapters/r64-all+kb"}) == "reused"
     assert _training_time({"stage_losses": [[None, None]], "train_s": None}) == "none (the run's own adapter)"
+
+
+def test_full_fine_tuning_recipes_keep_a_model_folder_and_reuse_it(tmp_path):
+    """A fully fine-tuned recipe's weights are a whole model in ``<recipe>/model``, found again from
+    its record when the recipe is reused; its training data is the same as its LoRA twin's."""
+    from kdflow.bench.learning import FULL_FINETUNE
+
+    assert FULL_FINETUNE <= set(RECIPES)
+    assert RECIPES["kb-full"][1] == RECIPES["kb-r64-all"][1] and RECIPES["full+kb"][1] == RECIPES["r64-all+kb"][1]
+    record = {"stage_losses": [[3.6, 0.2]], "weights": "model", "train_s": 30.0}
+    weights, _ = trained_adapter(tmp_path, "kb-full", lambda folder: record)
+    again, reused = trained_adapter(tmp_path, "kb-full", lambda folder: pytest.fail("trained twice"))
+    assert weights == again == tmp_path / "kb-full" / "model" and reused["reused"]

@@ -57,7 +57,12 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
     # no training: the run's own last adapter (the pipeline's profile, cycle after cycle), scored by the bench
     # on the gold set it is given, e.g. a larger one than the run was scored on
     "pipeline": ({}, "run-adapter"),
+    # every weight trained, no adapter (FULL_FINETUNE): the passages alone, and the run's pairs with them
+    "kb-full": ({"learning_rate": 1e-4, "epochs": 5}, "kb"),
+    "full+kb": ({"learning_rate": 1e-4, "epochs": 5}, "teacher+kb"),
 }
+# recipes that fine-tune the whole student (kdflow.student.full_finetune) instead of training a LoRA adapter
+FULL_FINETUNE = {"kb-full", "full+kb"}
 # sources that need a finished run: its training dataset, or its adapter
 RUN_SOURCES = ("teacher", "teacher+cited", "teacher+kb", "kb-then-teacher", "run-adapter")
 
@@ -104,18 +109,20 @@ def trained_adapter(keep: Path | None, name: str, train: Any) -> tuple[Path, dic
     """A recipe's adapter and its training record, trained by ``train(folder) -> record`` into
     ``keep/<name>`` and reused from there when a finished record is already in it, so a recipe that
     trains for an hour is trained once and can be scored again (on another gold set, say). Without
-    ``keep`` it trains into a temporary folder, removed at exit."""
+    ``keep`` it trains into a temporary folder, removed at exit. The trained weights are in the
+    record's ``weights`` subfolder: ``adapter`` (LoRA), or ``model`` for a fully fine-tuned student."""
     folder = scratch_folder(f"kdflow-recipe-{name}-") if keep is None else keep / name
     record_file = folder / "training.json"
     if record_file.is_file():
-        log.info("%s: reusing the adapter trained in %s", name, folder)
-        return folder / "adapter", {**json.loads(record_file.read_text()), "reused": str(folder)}
+        log.info("%s: reusing the weights trained in %s", name, folder)
+        record = json.loads(record_file.read_text())
+        return folder / record.get("weights", "adapter"), {**record, "reused": str(folder)}
     folder.mkdir(parents=True, exist_ok=True)
     record = train(folder)
     partial = record_file.with_suffix(".json.partial")
     partial.write_text(json.dumps(record, indent=2))
     partial.replace(record_file)  # published last: a folder without it is trained again
-    return folder / "adapter", record
+    return folder / record.get("weights", "adapter"), record
 
 
 def passage_pairs(config: Any, passage_ids: list[str] | None = None, form: str = "passage") -> list[tuple[str, str]]:
@@ -308,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     from kdflow.config import deep_merge, load_config, set_overrides
     from kdflow.gold import validated_gold
     from kdflow.student.device import plan_device
+    from kdflow.student.full_finetune import train_full
     from kdflow.student.models import resolve_student
     from kdflow.student.train import train_adapter
 
@@ -360,8 +368,15 @@ def main(argv: list[str] | None = None) -> int:
         data = [pair for stage in stages for pair in stage]
         t0 = time.monotonic()
 
-        def train(folder: Path, cfg: Any = cfg, stages: list = stages) -> dict[str, Any]:
-            adapter, losses, started = None, [], time.monotonic()
+        def train(folder: Path, cfg: Any = cfg, stages: list = stages,
+                  full: bool = name in FULL_FINETUNE) -> dict[str, Any]:
+            started = time.monotonic()
+            if full:  # one stage, every weight trained
+                result = train_full(cfg, model_path, stages[0], folder / "model", plan=plan_device(cfg, "train"),
+                                    seed=config.seed)
+                return {"stage_losses": [[result["initial_loss"], result["final_loss"]]], "weights": "model",
+                        "train_s": round(time.monotonic() - started, 1)}
+            adapter, losses = None, []
             for k, stage in enumerate(stages):  # each stage continues the previous stage's adapter
                 previous, adapter = adapter, folder / (f"stage-{k}" if k < len(stages) - 1 else "adapter")
                 result = train_adapter(cfg, model_path, stage, adapter, init_adapter_dir=previous,
@@ -375,7 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             adapter, record = trained_adapter(args.adapters, name, train)
         losses, train_s = record["stage_losses"], record["train_s"]
-        after_rows = answer_gold(cfg, model_path, items, adapter, budget)
+        if record.get("weights") == "model":  # a fully fine-tuned student answers on its own
+            after_rows = answer_gold(cfg, adapter, items, None, budget)
+        else:
+            after_rows = answer_gold(cfg, model_path, items, adapter, budget)
         after = score(config, after_rows, items)
         comparison = compare(base, after, metrics, config.seed)
         side_by_side = _answers_side_by_side(base_rows, base, after_rows, after, metrics[0])

@@ -16,6 +16,7 @@ import random
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,79 @@ def _peak_mb(plan: DevicePlan, rss_peak: float) -> float:
     return round(rss_peak, 1)
 
 
+@dataclass
+class Fit:
+    """What one training loop did: the numbers every trained student records, LoRA or full."""
+
+    losses: list[float]
+    initial_loss: float
+    final_loss: float
+    epochs: int
+    examples: list[dict[str, list[int]]]
+    tokens: int  # all tokens (prompt + answer) processed
+    wall_s: float
+    rss_peak_mb: float
+
+    def summary(self) -> dict[str, Any]:
+        """The ``TrainResult`` fields this loop decides."""
+        return {"losses": self.losses, "initial_loss": round(self.initial_loss, 5),
+                "final_loss": round(self.final_loss, 5), "steps": len(self.losses), "epochs": self.epochs,
+                "pairs": len(self.examples),
+                "train_tokens": sum(sum(1 for t in e["labels"] if t != IGNORE_INDEX) for e in self.examples),
+                "wall_s": round(self.wall_s, 3), "s_per_step": round(self.wall_s / max(len(self.losses), 1), 3),
+                "tokens_per_s": round(self.tokens / self.wall_s, 1)}
+
+
+def fit_examples(model: Any, examples: list[dict[str, list[int]]], pad_id: int, cfg: Any, profile: StudentProfile,
+                 plan: DevicePlan, seed: int) -> Fit:
+    """nanoGPT's plain loop over every parameter that requires grad (the LoRA weights, or the whole
+    model when it is fully fine-tuned): AdamW at the profile's learning rate, length-grouped batches,
+    gradient accumulation, clipping at 1.0, a progress line per epoch and at most once a minute."""
+    import torch
+
+    if not examples:
+        raise ValueError(f"no training pair fits student.max_length={profile.max_length}")
+    initial_loss = _mean_loss(model, examples, pad_id, cfg.batch_size, plan)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=profile.learning_rate)
+    accumulate = cfg.gradient_accumulation_steps
+    order = random.Random(seed)
+    losses: list[float] = []
+    tokens = 0
+    rss_peak = memory_snapshot()["rss_mb"]
+    started = last_report = time.perf_counter()
+    total_steps = profile.epochs * math.ceil(math.ceil(len(examples) / cfg.batch_size) / accumulate)
+    for epoch in range(profile.epochs):
+        if epoch:  # progress on long CPU runs: one line per epoch
+            log.info("student training: epoch %d/%d done, %d steps, last loss %.3f, %.0f s", epoch, profile.epochs,
+                     len(losses), losses[-1], time.perf_counter() - started)
+        batches = length_grouped_batches(examples, cfg.batch_size, order)
+        for first in range(0, len(batches), accumulate):
+            group = batches[first : first + accumulate]
+            step_loss = 0.0
+            for chunk in group:
+                batch = collate(chunk, pad_id)
+                tokens += int(batch["attention_mask"].sum())
+                loss = _loss(model, batch, plan) / len(group)
+                loss.backward()
+                step_loss += float(loss.detach())
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(round(step_loss, 5))
+            rss_peak = max(rss_peak, memory_snapshot()["rss_mb"])
+            if time.perf_counter() - last_report >= PROGRESS_EVERY_S:  # and within an epoch, once a minute
+                last_report = time.perf_counter()
+                elapsed = last_report - started
+                log.info("student training: step %d/%d (epoch %d/%d), loss %.3f, %.0f s, about %.0f s left",
+                         len(losses), total_steps, epoch + 1, profile.epochs, losses[-1], elapsed,
+                         elapsed / len(losses) * (total_steps - len(losses)))
+    wall = time.perf_counter() - started
+    final_loss = _mean_loss(model, examples, pad_id, cfg.batch_size, plan)
+    return Fit(losses=losses, initial_loss=initial_loss, final_loss=final_loss, epochs=profile.epochs,
+               examples=examples, tokens=tokens, wall_s=wall, rss_peak_mb=rss_peak)
+
+
 def train_adapter(
     cfg: Any,
     model_path: Path | str,
@@ -208,69 +282,28 @@ def train_adapter(
         if init_adapter_dir is None:
             model = _attach_lora(cfg, model, profile)
         examples = encode_pairs(tokenizer, pairs, profile.max_length, system_prompt)
-        if not examples:
-            raise ValueError(f"no training pair fits student.max_length={profile.max_length}")
-        pad_id = tokenizer.pad_token_id
-        initial_loss = _mean_loss(model, examples, pad_id, cfg.batch_size, plan)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=profile.learning_rate)
-        accumulate = cfg.gradient_accumulation_steps
-        order = random.Random(seed)
-        losses: list[float] = []
-        tokens = 0
-        rss_peak = memory_snapshot()["rss_mb"]
-        started = last_report = time.perf_counter()
-        total_steps = profile.epochs * math.ceil(math.ceil(len(examples) / cfg.batch_size) / accumulate)
-        for epoch in range(profile.epochs):
-            if epoch:  # progress on long CPU runs: one line per epoch
-                log.info("student training: epoch %d/%d done, %d steps, last loss %.3f, %.0f s", epoch, profile.epochs,
-                         len(losses), losses[-1], time.perf_counter() - started)
-            batches = length_grouped_batches(examples, cfg.batch_size, order)
-            for first in range(0, len(batches), accumulate):
-                group = batches[first : first + accumulate]
-                step_loss = 0.0
-                for chunk in group:
-                    batch = collate(chunk, pad_id)
-                    tokens += int(batch["attention_mask"].sum())
-                    loss = _loss(model, batch, plan) / len(group)
-                    loss.backward()
-                    step_loss += float(loss.detach())
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(round(step_loss, 5))
-                rss_peak = max(rss_peak, memory_snapshot()["rss_mb"])
-                if time.perf_counter() - last_report >= PROGRESS_EVERY_S:  # and within an epoch, once a minute
-                    last_report = time.perf_counter()
-                    elapsed = last_report - started
-                    log.info("student training: step %d/%d (epoch %d/%d), loss %.3f, %.0f s, about %.0f s left",
-                             len(losses), total_steps, epoch + 1, profile.epochs, losses[-1], elapsed,
-                             elapsed / len(losses) * (total_steps - len(losses)))
-        wall = time.perf_counter() - started
-        final_loss = _mean_loss(model, examples, pad_id, cfg.batch_size, plan)
+        fit = fit_examples(model, examples, tokenizer.pad_token_id, cfg, profile, plan, seed)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(str(out_dir))
         (out_dir / BASE_INFO_FILE).write_text(json.dumps(base_info(model_path,
                                                                    model.get_base_model().config), indent=2))
-        peak = _peak_mb(plan, rss_peak)
+        peak = _peak_mb(plan, fit.rss_peak_mb)
         lora = model.peft_config["default"]
     finally:
         memory = release_memory(model)
         del model
     adapter_bytes = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())
     result = TrainResult(
-        losses=losses, initial_loss=round(initial_loss, 5), final_loss=round(final_loss, 5), steps=len(losses),
-        epochs=profile.epochs, pairs=len(examples),
-        train_tokens=sum(sum(1 for t in e["labels"] if t != IGNORE_INDEX) for e in examples),
-        wall_s=round(wall, 3), s_per_step=round(wall / max(len(losses), 1), 3), tokens_per_s=round(tokens / wall, 1),
-        peak_memory_mb=peak, plan=plan, init_adapter=str(init_adapter_dir) if init_adapter_dir else None,
+        **fit.summary(), peak_memory_mb=peak, plan=plan,
+        init_adapter=str(init_adapter_dir) if init_adapter_dir else None,
         target_modules=sorted({name.rsplit(".", 1)[-1] for name in lora.target_modules}), lora_r=lora.r,
         lora_alpha=lora.lora_alpha, seed=seed,
         adapter_bytes=adapter_bytes, memory=memory, profile=profile,
     )
     (out_dir / RESULT_FILE).write_text(result.model_dump_json(indent=2))
-    log.info("student trained %d steps in %.1f s: loss %.3f -> %.3f", result.steps, wall, initial_loss, final_loss)
+    log.info("student trained %d steps in %.1f s: loss %.3f -> %.3f", result.steps, result.wall_s,
+             result.initial_loss, result.final_loss)
     return result
 
 

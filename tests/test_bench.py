@@ -136,3 +136,22 @@ def test_throughput_runs_the_baseline_commit_and_this_code_side_by_side(tiny_phi
                                       "throughput": result}, tmp_path)
     assert "## Throughput: questions per minute, before issue 17 and now" in md_path.read_text()
     assert "questions per minute >= 4x the code before issue 17 (1 x 1, side by side)" in md_path.read_text()
+
+
+def test_the_throughput_section_says_what_the_goal_asks_of_the_stages_left_to_speed_up(tmp_path):
+    """4x of a 2,487 s baseline is 622 s: when the student's own stages already take more, the section
+    says no teacher or judge speed-up reaches it; otherwise how much faster the rest must get."""
+    from kdflow.bench.throughput import goal_budget
+
+    stages = {"teacher questions (+ held-out, gold ceiling)": 175.6, "teacher references": 298.0,
+              "student answers (+ gold set)": 295.7, "judge": 475.3, "training": 349.5, "other": 16.7}
+    side = {"command": "python -m kdflow run", "load_avg_before": 1.0, "load_avg_after": 1.0}
+    rate = {"cycles": 3, "questions_per_cycle": 24, "settings": [], "baseline_commit": "ba153f4acf", "speedup": 1.53,
+            "by_code": {"before": {**side, "wall_s": 2487.3, "questions_per_min": 1.74, "stages_s": stages},
+                        "now": {**side, "wall_s": 1615.6, "questions_per_min": 2.67, "stages_s": stages}}}
+    need = goal_budget(rate)
+    assert need == {"goal": 4.0, "budget_s": 621.8, "student_s": 645.2, "rest_s": 970.4, "rest_speedup_needed": None}
+    text = bench.render_markdown({"machine": bench.machine(), "measured_at": "now", "commands": [], "throughput": rate})
+    assert "this run within 621.8 s" in text and "the student's stages alone exceed it" in text
+    assert goal_budget(rate, goal=2.0) == {"goal": 2.0, "budget_s": 1243.7, "student_s": 645.2, "rest_s": 970.4,
+                                           "rest_speedup_needed": 1.6}  # 970.4 s into the 598.5 s left

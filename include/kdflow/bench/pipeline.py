@@ -22,6 +22,7 @@ from typing import Any
 
 from kdflow.bench.judge import render as render_judge_output
 from kdflow.bench.runner import ROOT, load_average, run_cli
+from kdflow.bench.throughput import goal_budget
 
 DAGS = ROOT / "dags"
 DEFAULT_OUT = ROOT / "docs" / "benchmarks"
@@ -315,6 +316,15 @@ def render_markdown(results: dict[str, Any]) -> str:
             ["load average before / after", f"{before['load_avg_before']} / {before['load_avg_after']}",
              f"{now['load_avg_before']} / {now['load_avg_after']}", None]])
         lines += [f"Speed-up in questions per minute: {rate['speedup']}x (goal: 4x).", ""]
+        need = goal_budget(rate)
+        reach = (f"everything else ({need['rest_s']} s now: teacher, judge, bookkeeping) would have to get "
+                 f"{need['rest_speedup_needed']}x faster in the {round(need['budget_s'] - need['student_s'], 1)} s left"
+                 if need["rest_speedup_needed"] else
+                 "the student's stages alone exceed it, so no teacher or judge speed-up can reach the goal without "
+                 "the student's own work getting faster too")
+        lines += [f"What {need['goal']:g}x asks: this run within {need['budget_s']} s (the baseline's wall time / "
+                  f"{need['goal']:g}). The student's own stages (answers and training, the work being measured) took "
+                  f"{need['student_s']} s of the run now; {reach}.", ""]
     if server := results.get("teacher_server"):
         lines += ["## Embedded teacher: server layouts at the same threads", "",
                   f"Through the real client with an empty cache, {server['threads']} threads in all on each side, "

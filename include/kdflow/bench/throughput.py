@@ -34,6 +34,26 @@ STEP_STAGES = {  # the rest (bookkeeping, report) is "other"
 }
 
 
+# The student's own work: answering (training questions, held-out and the gold set at every scoring point) and
+# training on all pairs so far. What the run measures, not waiting on the teacher: no server change touches it.
+STUDENT_STAGES = ("student answers (+ gold set)", "training")
+GOAL = 4.0  # issue 17: four times the questions per minute of the code before it
+
+
+def goal_budget(result: dict[str, Any], goal: float = GOAL) -> dict[str, float]:
+    """What ``goal`` times the questions per minute asks of this run, in seconds: the whole run within
+    the baseline's wall time / ``goal``; how much of that the student's own stages took now; and how
+    fast everything else (teacher, judge, bookkeeping) would have to get in what is left. When the
+    student's stages alone exceed the budget, no teacher or judge speed-up reaches the goal."""
+    before, now = result["by_code"]["before"], result["by_code"]["now"]
+    budget = before["wall_s"] / goal
+    student = sum(now["stages_s"].get(stage, 0.0) for stage in STUDENT_STAGES)
+    rest = now["wall_s"] - student
+    left = budget - student
+    return {"goal": goal, "budget_s": round(budget, 1), "student_s": round(student, 1), "rest_s": round(rest, 1),
+            "rest_speedup_needed": round(rest / left, 1) if left > 0 else None}
+
+
 def baseline_worktree(root: Path, commit: str, into: Path) -> Path:
     """A detached worktree of ``commit`` at ``into``; a clear error when the clone lacks the commit."""
     known = subprocess.run(["git", "-C", str(root), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True)

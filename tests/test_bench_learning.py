@@ -129,3 +129,39 @@ def test_full_fine_tuning_recipes_keep_a_model_folder_and_reuse_it(tmp_path):
     weights, _ = trained_adapter(tmp_path, "kb-full", lambda folder: record)
     again, reused = trained_adapter(tmp_path, "kb-full", lambda folder: pytest.fail("trained twice"))
     assert weights == again == tmp_path / "kb-full" / "model" and reused["reused"]
+
+
+def _bench_doc(after: list[float], base: list[float]) -> dict:
+    answers = [{"question_id": f"q{i}", "key_fact_recall": [b, a]}
+               for i, (b, a) in enumerate(zip(base, after, strict=True))]
+    return {"base_means": {"key_fact_recall": sum(base) / len(base), "rouge_l": 0.3},
+            "recipes": {"kb-full": {"answers": answers, "comparison": {"key_fact_recall": {"mean_delta": 0.0}}}}}
+
+
+def test_a_recipe_is_judged_over_its_seeds_by_the_mean_score_per_question(tmp_path, capsys):
+    """Two seeds that each gain on other questions: pooled, every question's after-score is the mean of
+    the seeds', paired with the one base score; only the question both gained counts as gained under
+    every seed. Files of different bases are refused."""
+    import json
+
+    from kdflow.bench.learning import main, pooled_over_seeds
+
+    base = [0.0] * 6
+    seed_a = _bench_doc([1.0, 1.0, 0.0, 0.0, 0.5, 0.0], base)
+    seed_b = _bench_doc([1.0, 0.0, 1.0, 0.0, 0.0, 0.0], base)
+    report = pooled_over_seeds({"a": seed_a, "b": seed_b}, "kb-full")
+    assert report["metric"] == "key_fact_recall" and report["seeds"] == ["a", "b"]
+    assert report["pooled"]["after_mean"] == pytest.approx((1.0 + 0.5 + 0.5 + 0.25) / 6)
+    assert report["pooled"]["n"] == 6 and report["pooled"]["before_mean"] == 0.0
+    assert report["gained_under_every_seed"] == ["q0"] and report["gained_under_any_seed"] == 4
+    with pytest.raises(ValueError, match="base model scores differ"):
+        pooled_over_seeds({"a": seed_a, "c": _bench_doc([0.0] * 6, [0.5] + [0.0] * 5)}, "kb-full")
+    with pytest.raises(ValueError, match="no recipe 'kb-r64-all'"):
+        pooled_over_seeds({"a": seed_a}, "kb-r64-all")
+    files = []
+    for name, doc in (("seed-a", seed_a), ("seed-b", seed_b)):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(doc))
+    assert main(["--pool", *map(str, files), "--recipes", "kb-full", "--out", str(tmp_path / "pooled.json")]) == 0
+    assert "kb-full over 2 seeds: key_fact_recall 0.000 -> 0.375" in capsys.readouterr().out
+    assert json.loads((tmp_path / "pooled.json").read_text())["seeds"] == ["seed-a", "seed-b"]

@@ -165,3 +165,15 @@ def test_a_recipe_is_judged_over_its_seeds_by_the_mean_score_per_question(tmp_pa
     assert main(["--pool", *map(str, files), "--recipes", "kb-full", "--out", str(tmp_path / "pooled.json")]) == 0
     assert "kb-full over 2 seeds: key_fact_recall 0.000 -> 0.375" in capsys.readouterr().out
     assert json.loads((tmp_path / "pooled.json").read_text())["seeds"] == ["seed-a", "seed-b"]
+
+
+def test_the_plain_text_recipe_trains_every_passage_as_a_document_and_only_as_a_full_fine_tuning():
+    from kdflow.bench.learning import FULL_FINETUNE
+
+    config = load_config({}, environ={})
+    overrides, source = RECIPES["kb-text-full"]
+    [documents] = recipe_stages(config, source, [], [])
+    passages = passage_pairs(config)
+    assert len(documents) == len(passages) == 202 and all(isinstance(d, str) for d in documents)
+    assert all(doc.endswith("\n\n" + text) for doc, (_, text) in zip(documents, passages, strict=True))
+    assert {name for name, (_, data) in RECIPES.items() if data == "kb-text"} <= FULL_FINETUNE

@@ -54,3 +54,22 @@ def test_full_fine_tuning_refuses_no_pairs_and_quantized_weights(tiny_phi_dir, s
     with pytest.raises(StudentModelError, match="full fine-tuning needs unquantized weights"):
         train_full(student_cfg, tiny_phi_dir, tiny_pairs, tmp_path / "nf4", plan=NF4_CPU, seed=1)
     assert not (tmp_path / "nf4").exists()
+
+
+def test_documents_are_learned_as_plain_text_every_token_with_no_chat_turn(tiny_phi_dir, tmp_path):
+    from fixtures_student import student_settings
+    from kdflow.student.models import load_tokenizer
+    from kdflow.student.train import encode_texts
+
+    tokenizer = load_tokenizer(tiny_phi_dir)
+    documents = ["Pods > Pod Lifecycle\n\nA Pod's phase is Pending, Running, Succeeded, Failed or Unknown.",
+                 "Services\n\nA Service exposes a set of Pods as one network endpoint."]
+    examples = encode_texts(tokenizer, documents, max_length=128)
+    assert [e["labels"] for e in examples] == [e["input_ids"] for e in examples]  # nothing masked
+    assert tokenizer.decode(examples[0]["input_ids"][:-1]) == documents[0]
+    assert examples[0]["input_ids"][-1] == tokenizer.eos_token_id
+    assert len(encode_texts(tokenizer, documents, max_length=5)[0]["input_ids"]) == 5
+    cfg = student_settings().model_copy(update={"learning_rate": 3e-3})
+    result = train_full(cfg, tiny_phi_dir, documents, tmp_path / "text", plan=CPU, seed=3)
+    assert result["data"] == "documents" and result["pairs"] == 2
+    assert result["final_loss"] < result["initial_loss"] - 1.0, result

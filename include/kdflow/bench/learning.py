@@ -60,9 +60,12 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
     # every weight trained, no adapter (FULL_FINETUNE): the passages alone, and the run's pairs with them
     "kb-full": ({"learning_rate": 1e-4, "epochs": 5}, "kb"),
     "full+kb": ({"learning_rate": 1e-4, "epochs": 5}, "teacher+kb"),
+    # the passages as plain documents, no question and no chat turn (continued pretraining): facts stored without
+    # teaching the answer turn to speak documentation prose? Only a full fine-tuning trains on documents.
+    "kb-text-full": ({"learning_rate": 1e-4, "epochs": 5}, "kb-text"),
 }
 # recipes that fine-tune the whole student (kdflow.student.full_finetune) instead of training a LoRA adapter
-FULL_FINETUNE = {"kb-full", "full+kb"}
+FULL_FINETUNE = {"kb-full", "full+kb", "kb-text-full"}
 # sources that need a finished run: its training dataset, or its adapter
 RUN_SOURCES = ("teacher", "teacher+cited", "teacher+kb", "kb-then-teacher", "run-adapter")
 
@@ -138,6 +141,14 @@ def passage_pairs(config: Any, passage_ids: list[str] | None = None, form: str =
     return [pair for p in passages for pair in p.training_pairs(kb.name, form)]
 
 
+def passage_documents(config: Any) -> list[str]:
+    """Every passage of the configured topics as a plain document: its section path, then its text."""
+    from kdflow.kb import load_from_config
+
+    kb = load_from_config(config)
+    return [f"{p.section}\n\n{p.text}" for t in config.pipeline.topics for p in kb.passages_for(t)]
+
+
 def lead_and_passage_pairs(config: Any) -> list[tuple[str, str]]:
     """Two pairs per passage under its section question: its lead (the first pair of the ``sentences``
     form, a short answer) and the whole passage. The recipe of issue 14's probe, which moved key-term
@@ -178,12 +189,14 @@ def cued_sentence_pairs(config: Any, cues: int = 3) -> list[tuple[str, str]]:
 
 
 def recipe_stages(config: Any, source: str, pairs: list[tuple[str, str]],
-                  cited: list[str]) -> list[list[tuple[str, str]]]:
+                  cited: list[str]) -> list[list[Any]]:
     """The training data of a recipe's ``source`` as stages trained one after the other on one adapter
     (one stage for every source but ``kb-then-teacher``). ``pairs`` and ``cited`` are the run's
-    training pairs and the passages they cite; only the recipe's own source is built."""
+    training pairs and the passages they cite; only the recipe's own source is built. ``kb-text`` is
+    plain documents (strings), not pairs: only a full fine-tuning trains on them."""
     kb = {"kb": lambda: passage_pairs(config), "kb-sentences": lambda: passage_pairs(config, form="sentences"),
-          "kb-cued": lambda: cued_sentence_pairs(config), "kb-lead+passage": lambda: lead_and_passage_pairs(config)}
+          "kb-cued": lambda: cued_sentence_pairs(config), "kb-lead+passage": lambda: lead_and_passage_pairs(config),
+          "kb-text": lambda: passage_documents(config)}
     if source in kb:
         return [kb[source]()]
     return {"teacher": lambda: [pairs], "run-adapter": lambda: [pairs],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +20,23 @@ from kdflow.student.device import DevicePlan, release_memory
 from kdflow.student.generate import set_torch_threads
 from kdflow.student.models import BASE_INFO_FILE, StudentModelError, base_info, load_student
 from kdflow.student.profiles import resolve_profile
-from kdflow.student.train import RESULT_FILE, encode_pairs, fit_examples
+from kdflow.student.train import RESULT_FILE, encode_pairs, encode_texts, fit_examples
 
 log = logging.getLogger(__name__)
 
 
-def train_full(cfg: Any, model_path: Path | str, pairs: list[tuple[str, str]], out_dir: Path | str, *,
-               plan: DevicePlan, seed: int, system_prompt: str | None = None) -> dict[str, Any]:
-    """Fine-tune all of the student's weights on ``pairs`` with the training loop LoRA uses
+def train_full(cfg: Any, model_path: Path | str, data: Sequence[tuple[str, str]] | Sequence[str],
+               out_dir: Path | str, *, plan: DevicePlan, seed: int, system_prompt: str | None = None) -> dict[str, Any]:
+    """Fine-tune all of the student's weights on ``data`` with the training loop LoRA uses
     (:func:`kdflow.student.train.fit_examples`, the profile's learning rate and epochs) and save the
-    whole model with its tokenizer and ``train_result.json`` into ``out_dir``. A 4-bit plan is
-    refused: quantized weights cannot be trained directly."""
+    whole model with its tokenizer and ``train_result.json`` into ``out_dir``. ``data`` is (question,
+    answer) pairs, learned as chat answers, or plain documents (strings), learned as text with no chat
+    turn: continued pretraining. A 4-bit plan is refused: quantized weights cannot be trained directly."""
     import torch
 
-    if not pairs:
-        raise ValueError("train_full needs at least one (question, answer) pair, got none")
+    if not data:
+        raise ValueError("train_full needs at least one (question, answer) pair or document, got none")
+    documents = all(isinstance(item, str) for item in data)
     if plan.quantization is not None:
         raise StudentModelError(f"full fine-tuning needs unquantized weights; the device plan loads the student "
                                 f"in {plan.quantization} ({plan.reason})")
@@ -44,7 +47,8 @@ def train_full(cfg: Any, model_path: Path | str, pairs: list[tuple[str, str]], o
     try:
         model.requires_grad_(True)
         profile = resolve_profile(cfg, model.config)
-        examples = encode_pairs(tokenizer, pairs, profile.max_length, system_prompt)
+        examples = (encode_texts(tokenizer, data, profile.max_length) if documents
+                    else encode_pairs(tokenizer, data, profile.max_length, system_prompt))
         fit = fit_examples(model, examples, tokenizer.pad_token_id, cfg, profile, plan, seed)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +59,8 @@ def train_full(cfg: Any, model_path: Path | str, pairs: list[tuple[str, str]], o
     finally:
         release_memory(model)
         del model
-    result = {**fit.summary(), "method": "full", "parameters_trained": parameters, "seed": seed,
+    result = {**fit.summary(), "method": "full", "data": "documents" if documents else "pairs",
+              "parameters_trained": parameters, "seed": seed,
               "learning_rate": profile.learning_rate, "plan": plan.model_dump(),
               "model_bytes": sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())}
     (out_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))

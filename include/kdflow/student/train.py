@@ -98,6 +98,19 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]] | Any, max_len
     return examples
 
 
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[dict[str, list[int]]]:
+    """Plain documents as training examples, no chat turn: every token is learned (continued
+    pretraining on the knowledge base's text), each document ended by the eos token and cut at
+    ``max_length``."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    examples = []
+    for text in texts:
+        ids = (tokenizer(text.strip(), add_special_tokens=False)["input_ids"] + eos)[:max_length]
+        if len(ids) > 1:
+            examples.append({"input_ids": ids, "labels": list(ids)})
+    return examples
+
+
 def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
     """Right-padded batch tensors; padding is masked out of attention and loss."""
     import torch

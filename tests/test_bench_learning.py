@@ -177,3 +177,27 @@ def test_the_plain_text_recipe_trains_every_passage_as_a_document_and_only_as_a_
     assert len(documents) == len(passages) == 202 and all(isinstance(d, str) for d in documents)
     assert all(doc.endswith("\n\n" + text) for doc, (_, text) in zip(documents, passages, strict=True))
     assert {name for name, (_, data) in RECIPES.items() if data == "kb-text"} <= FULL_FINETUNE
+
+
+def test_a_recipe_on_top_of_the_knowledge_base_student_trains_its_adapter_on_that_student(tiny_phi_dir, tmp_path):
+    """``kb-text-full+current``: the knowledge base's text first (a fully fine-tuned student, trained
+    once and kept), then the pipeline's LoRA profile on the run's pairs, on that student, not on the
+    base model; asked again, both are reused."""
+    import json
+
+    from fixtures_student import TINY_PAIRS
+    from kdflow.bench.learning import STARTS_FROM, recipe_student
+
+    assert STARTS_FROM["kb-text-full+current"] == "kb-text-full" and RECIPES["kb-text-full+current"][1] == "teacher"
+    config = load_config({"pipeline": {"topics": ["pods"]}, "student": {
+        "model": str(tiny_phi_dir), "lora_r": 4, "lora_alpha": 8, "epochs": 3, "learning_rate": 3e-2, "max_length": 64,
+        "batch_size": 8,
+        "torch_threads": 1, "target_modules": ["q_proj", "v_proj"]}}, environ={})
+    stages = recipe_stages(config, "teacher", list(TINY_PAIRS), [])
+    start, adapter, record = recipe_student("kb-text-full+current", config, tiny_phi_dir, stages, tmp_path)
+    assert start == tmp_path / "kb-text-full" / "model" and adapter == tmp_path / "kb-text-full+current" / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(start)
+    assert json.loads((start / "train_result.json").read_text())["data"] == "documents"
+    assert record["stage_losses"][0][1] < record["stage_losses"][0][0]
+    again = recipe_student("kb-text-full+current", config, tiny_phi_dir, stages, tmp_path)
+    assert again[:2] == (start, adapter) and again[2]["reused"]

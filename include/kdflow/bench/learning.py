@@ -63,9 +63,13 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
     # the passages as plain documents, no question and no chat turn (continued pretraining): facts stored without
     # teaching the answer turn to speak documentation prose? Only a full fine-tuning trains on documents.
     "kb-text-full": ({"learning_rate": 1e-4, "epochs": 5}, "kb-text"),
+    "kb-text-full+current": ({}, "teacher"),
 }
 # recipes that fine-tune the whole student (kdflow.student.full_finetune) instead of training a LoRA adapter
 FULL_FINETUNE = {"kb-full", "full+kb", "kb-text-full"}
+# recipes trained on another recipe's fully fine-tuned student instead of the base model: the knowledge base's
+# text first (continued pretraining), then the pipeline's own LoRA profile on the run's teacher pairs
+STARTS_FROM = {"kb-text-full+current": "kb-text-full"}
 # sources that need a finished run: its training dataset, or its adapter
 RUN_SOURCES = ("teacher", "teacher+cited", "teacher+kb", "kb-then-teacher", "run-adapter")
 
@@ -203,6 +207,44 @@ def recipe_stages(config: Any, source: str, pairs: list[tuple[str, str]],
             "teacher+cited": lambda: [pairs + passage_pairs(config, cited)],
             "teacher+kb": lambda: [pairs + passage_pairs(config)],
             "kb-then-teacher": lambda: [passage_pairs(config), pairs]}[source]()
+
+
+def recipe_student(name: str, config: Any, model_path: Path | str, stages: list[list[Any]],
+                   keep: Path | None) -> tuple[Path | str, Path | None, dict[str, Any]]:
+    """A recipe's trained student as (the model to load, the LoRA adapter on it or None) and its training
+    record, trained once into ``keep`` (:func:`trained_adapter`). A full fine-tuning trains every weight
+    of one stage; a LoRA recipe trains its stages one after the other on one adapter, on the base model,
+    or, for a recipe in ``STARTS_FROM``, on the fully fine-tuned student of another recipe (trained
+    first, or reused from ``keep``)."""
+    from kdflow.student.device import plan_device
+    from kdflow.student.full_finetune import train_full
+    from kdflow.student.train import train_adapter
+
+    cfg = config.student.model_copy(update=RECIPES[name][0])
+    start = model_path
+    if name in STARTS_FROM:
+        first = STARTS_FROM[name]
+        start, _, _ = recipe_student(first, config, model_path, recipe_stages(config, RECIPES[first][1], [], []), keep)
+
+    def train(folder: Path) -> dict[str, Any]:
+        started = time.monotonic()
+        if name in FULL_FINETUNE:  # one stage, every weight trained
+            result = train_full(cfg, start, stages[0], folder / "model", plan=plan_device(cfg, "train"),
+                                seed=config.seed)
+            return {"stage_losses": [[result["initial_loss"], result["final_loss"]]], "weights": "model",
+                    "train_s": round(time.monotonic() - started, 1)}
+        adapter, losses = None, []
+        for k, stage in enumerate(stages):  # each stage continues the previous stage's adapter
+            previous, adapter = adapter, folder / (f"stage-{k}" if k < len(stages) - 1 else "adapter")
+            result = train_adapter(cfg, start, stage, adapter, init_adapter_dir=previous,
+                                   plan=plan_device(cfg, "train"), seed=config.seed)
+            losses.append([result.initial_loss, result.final_loss])
+        return {"stage_losses": losses, "train_s": round(time.monotonic() - started, 1)}
+
+    weights, record = trained_adapter(keep, name, train)
+    if record.get("weights") == "model":  # a fully fine-tuned student answers on its own
+        return weights, None, record
+    return start, weights, record
 
 
 def answer_gold(cfg: Any, model_path: Any, items: list[Any], adapter_dir: Path | None,
@@ -358,10 +400,7 @@ def _training_time(record: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from kdflow.config import deep_merge, load_config, set_overrides
     from kdflow.gold import validated_gold
-    from kdflow.student.device import plan_device
-    from kdflow.student.full_finetune import train_full
     from kdflow.student.models import resolve_student
-    from kdflow.student.train import train_adapter
 
     parser = argparse.ArgumentParser(prog="python -m kdflow.bench.learning", description=__doc__.splitlines()[0])
     parser.add_argument("--store", help="the finished run's store (not needed for kb- recipes)")
@@ -426,37 +465,20 @@ def main(argv: list[str] | None = None) -> int:
         data = [pair for stage in stages for pair in stage]
         t0 = time.monotonic()
 
-        def train(folder: Path, cfg: Any = cfg, stages: list = stages,
-                  full: bool = name in FULL_FINETUNE) -> dict[str, Any]:
-            started = time.monotonic()
-            if full:  # one stage, every weight trained
-                result = train_full(cfg, model_path, stages[0], folder / "model", plan=plan_device(cfg, "train"),
-                                    seed=config.seed)
-                return {"stage_losses": [[result["initial_loss"], result["final_loss"]]], "weights": "model",
-                        "train_s": round(time.monotonic() - started, 1)}
-            adapter, losses = None, []
-            for k, stage in enumerate(stages):  # each stage continues the previous stage's adapter
-                previous, adapter = adapter, folder / (f"stage-{k}" if k < len(stages) - 1 else "adapter")
-                result = train_adapter(cfg, model_path, stage, adapter, init_adapter_dir=previous,
-                                       plan=plan_device(cfg, "train"), seed=config.seed)
-                losses.append([result.initial_loss, result.final_loss])
-            return {"stage_losses": losses, "train_s": round(time.monotonic() - started, 1)}
-
         if source == "run-adapter":
-            adapter = fetch_run_adapter(args.store, args.run_id, args.cycle, scratch_folder("kdflow-run-") / "adapter")
+            start, adapter = model_path, fetch_run_adapter(args.store, args.run_id, args.cycle,
+                                                           scratch_folder("kdflow-run-") / "adapter")
             record = {"stage_losses": [[None, None]], "train_s": None}
         else:
-            adapter, record = trained_adapter(args.adapters, name, train)
+            start, adapter, record = recipe_student(name, config, model_path, stages, args.adapters)
         losses, train_s = record["stage_losses"], record["train_s"]
-        if record.get("weights") == "model":  # a fully fine-tuned student answers on its own
-            after_rows = answer_gold(cfg, adapter, items, None, budget)
-        else:
-            after_rows = answer_gold(cfg, model_path, items, adapter, budget)
+        after_rows = answer_gold(cfg, start, items, adapter, budget)
         after = score(config, after_rows, items)
         comparison = compare(base, after, metrics, config.seed)
         side_by_side = _answers_side_by_side(base_rows, base, after_rows, after, metrics[0])
         movement = answer_movement(side_by_side, metrics[0])
-        doc["recipes"][name] = {"overrides": overrides, "data": source, "pairs": len(data),
+        doc["recipes"][name] = {"overrides": overrides, "data": source, "starts_from": STARTS_FROM.get(name),
+                                "pairs": len(data),
                                 "stages": [len(stage) for stage in stages], "stage_losses": losses,
                                 "answers": side_by_side, "movement": movement,
                                 "loss": [losses[0][0], losses[-1][1]], "train_s": train_s,

@@ -73,3 +73,29 @@ def test_documents_are_learned_as_plain_text_every_token_with_no_chat_turn(tiny_
     result = train_full(cfg, tiny_phi_dir, documents, tmp_path / "text", plan=CPU, seed=3)
     assert result["data"] == "documents" and result["pairs"] == 2
     assert result["final_loss"] < result["initial_loss"] - 1.0, result
+
+
+def test_the_cli_lets_the_student_read_the_knowledge_base_and_publishes_a_student_to_run_with(
+        tiny_phi_dir, tmp_path, monkeypatch, capsys):
+    """``student read-kb``: every passage of the selected topics read as plain text with
+    ``student.kb_reading``'s numbers, the model published whole at --out (never over an existing
+    folder), then usable as ``--model`` of the other student commands."""
+    from kdflow.cli import main
+
+    monkeypatch.setenv("KDFLOW__STUDENT__KB_READING__EPOCHS", "1")
+    monkeypatch.setenv("KDFLOW__STUDENT__MAX_LENGTH", "64")
+    out = tmp_path / "tiny-read-k8s"
+    model = ["--model", str(tiny_phi_dir)]
+    assert main(["student", "read-kb", "--out", str(out), "--topics", "services", *model]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["data"] == "documents" and result["epochs"] == 1 and result["learning_rate"] == 1e-4
+    assert result["pairs"] == 68 and result["model"] == str(out)  # the services passages of the shipped KB
+    assert f"use it with --student {out}" in captured.err
+    assert (out / "config.json").is_file() and not list(tmp_path.glob(".*.partial"))
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "What does a Service do?"}) + "\n")
+    assert main(["student", "answer", "--questions", str(questions), "--model", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["answer"]
+    with pytest.raises(SystemExit, match="already exists"):
+        main(["student", "read-kb", "--out", str(out), *model])

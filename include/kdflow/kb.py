@@ -51,6 +51,11 @@ class Passage:
         words for a section it is asked about (``student.passage_pairs``)."""
         return f"What does the {kb_name} documentation say about {self.section.split(' > ')[-1]}?", self.text
 
+    def as_document(self) -> str:
+        """The passage as a plain document, its section path then its text: what the student reads when
+        it is pretrained on the knowledge base (``python -m kdflow student read-kb``)."""
+        return f"{self.section}\n\n{self.text}"
+
     def training_pairs(self, kb_name: str, form: str = "passage") -> list[tuple[str, str]]:
         """The passage as training pairs in ``student.passage_form``: ``passage`` is one pair with the
         whole passage as the answer; ``sentences`` is one pair per run of ``SENTENCES_PER_PAIR``

@@ -150,7 +150,7 @@ def passage_documents(config: Any) -> list[str]:
     from kdflow.kb import load_from_config
 
     kb = load_from_config(config)
-    return [f"{p.section}\n\n{p.text}" for t in config.pipeline.topics for p in kb.passages_for(t)]
+    return [p.as_document() for t in config.pipeline.topics for p in kb.passages_for(t)]
 
 
 def lead_and_passage_pairs(config: Any) -> list[tuple[str, str]]:

@@ -60,6 +60,15 @@ def _default_architectures() -> dict[str, ArchitectureProfile]:
             for name, p in _read_yaml(DEFAULTS_FILE)["student"]["architectures"].items()}
 
 
+class KbReadingConfig(_Section):
+    """Reading the knowledge base before any distillation (``python -m kdflow student read-kb``): every
+    weight of the student trained on the selected topics' passages as plain text. Numbers measured on the
+    embedded SmolLM2-135M with the gold set (docs/benchmarks/evaluation.md, ``kb-text-full``)."""
+
+    learning_rate: LearningRate = 1e-4
+    epochs: Epochs = 5
+
+
 def match_profile(model: str, patterns: Iterable[str]) -> str | None:
     """The most specific pattern found in the model's name (case-insensitive glob, ``*`` matches
     anything), or None. The name is the hub id's or path's last part; ``embedded`` is the packaged
@@ -106,6 +115,7 @@ class StudentConfig(_Section):
     # How a passage becomes training pairs: "passage" (one pair, the whole passage as the answer) or
     # "sentences" (one pair per two sentences, answers as short as the student's; kb.Passage.training_pairs).
     passage_form: Literal["passage", "sentences"] = "passage"
+    kb_reading: KbReadingConfig = Field(default_factory=KbReadingConfig)
     # The values the validator took from the generic ``*`` profile: the model's architecture profile
     # replaces them once the model's config is read (kdflow.student.profiles.resolve_profile).
     _from_generic_profile: dict[str, Any] = PrivateAttr(default_factory=dict)

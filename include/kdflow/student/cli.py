@@ -1,5 +1,6 @@
-"""``python -m kdflow student answer|train|gpu-check``: answer a question file or fine-tune on a dataset
-file with the student, without Airflow, or check the GPU path on this machine. ``register(subparsers)``
+"""``python -m kdflow student answer|train|read-kb|gpu-check``: answer a question file or fine-tune on a
+dataset file with the student, without Airflow, let it read the knowledge base before any distillation,
+or check the GPU path on this machine. ``register(subparsers)``
 is called by ``kdflow.cli``, the one command line; the handlers take ``(args, config)`` like every
 command's there."""
 
@@ -106,8 +107,36 @@ def cmd_train(args: argparse.Namespace, config: KdflowConfig) -> int:
     return 0
 
 
+def cmd_read_kb(args: argparse.Namespace, config: KdflowConfig) -> int:
+    """Continued pretraining: every weight of the student trained on the selected topics' passages as
+    plain text (``student.kb_reading``), published as a model folder at ``--out`` once it is complete, to
+    be used as the student of later runs (``--student``)."""
+    import shutil
+
+    from kdflow.kb import load_from_config
+    from kdflow.student.full_finetune import train_full
+
+    out = Path(args.out)
+    if out.exists():
+        raise SystemExit(f"{out} already exists: choose another --out or remove it")
+    kb = load_from_config(config)
+    documents = [p.as_document() for topic in config.pipeline.topics for p in kb.passages_for(topic)]
+    model_path, plan = _student_setup(args, config, "train")
+    reading = config.student.kb_reading
+    cfg = config.student.model_copy(update={"learning_rate": reading.learning_rate, "epochs": reading.epochs})
+    log.info("the student reads %d passages of %s (%s): every weight, %s x %d epochs", len(documents), kb.name,
+             ", ".join(config.pipeline.topics), reading.learning_rate, reading.epochs)
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # an earlier attempt that was stopped
+    result = train_full(cfg, model_path, documents, partial, plan=plan, seed=config.seed)
+    partial.rename(out)  # published whole or not at all
+    print(json.dumps({**result, "model": str(out)}, indent=2))
+    print(f"the student has read {len(documents)} passages of {kb.name}: use it with --student {out}", file=sys.stderr)
+    return 0
+
+
 def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``student answer`` and ``student train``; each sets ``func(args, config) -> int``."""
+    """Add ``student answer``, ``train``, ``read-kb`` and ``gpu-check``; each sets ``func(args, config) -> int``."""
     student = subparsers.add_parser("student", help="answer questions or fine-tune the student model")
     commands = student.add_subparsers(dest="student_command", required=True)
 
@@ -134,6 +163,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help="random seed (default: config seed)")
     common(train)
     train.set_defaults(func=cmd_train)
+
+    read = commands.add_parser("read-kb", help="train every weight of the student on the knowledge base's text "
+                                                "(the selected topics), before any distillation; then --student DIR")
+    read.add_argument("--out", required=True, help="new folder for the model (name it after the student, e.g. "
+                                                   "models/SmolLM2-135M-Instruct-k8s, so its training profile applies)")
+    read.add_argument("--topics", help="comma-separated topics to read (default: config pipeline.topics)")
+    read.add_argument("--seed", type=int, help="random seed (default: config seed)")
+    read.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="any config value, e.g. student.kb_reading.epochs=3")
+    common(read)
+    read.set_defaults(func=cmd_read_kb)
 
     gpu = commands.add_parser("gpu-check", help="check the GPU path (QLoRA, bf16 answers, OOM fallback) on tiny "
                                                 "models, offline; skips without CUDA (scripts/gpu-check.sh)")

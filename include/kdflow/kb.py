@@ -169,6 +169,10 @@ class KnowledgeBase:
             )
         return found
 
+    def documents(self, topics: Iterable[str]) -> list[str]:
+        """Every passage of ``topics`` as a plain document (:meth:`Passage.as_document`), in order."""
+        return [p.as_document() for topic in topics for p in self.passages_for(topic)]
+
     def require_topics(self, topics: Iterable[str]) -> None:
         missing = [t for t in topics if t not in self.topics]
         if missing:

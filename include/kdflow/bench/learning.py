@@ -9,7 +9,11 @@ the issue's "passage pretraining" probe; ``kb-sentences-``: the same text cut in
 sentences, answers as short as the student's; no run needed), or both: the run's pairs mixed with
 every passage in one dataset (``+kb``), or the passages first and the run's pairs after, continuing
 the same adapter (``kb-then-``: passage pretraining before Q&A). ``pipeline`` trains nothing: it
-scores the run's own last adapter, e.g. on a larger gold set than the run was scored on.
+scores the run's own last adapter, e.g. on a larger gold set than the run was scored on. ``-full``
+recipes train every weight instead of an adapter (``kdflow.student.full_finetune``); ``kb-text-full``
+reads the passages as plain documents (continued pretraining, what ``python -m kdflow student read-kb``
+does), and ``kb-text-full+current`` trains the pipeline's LoRA profile on the run's pairs on top of it.
+``--pool`` judges one recipe over the bench files of several seeds.
 
     python -m kdflow.bench.learning --store /tmp/eval/store-a --run-id eval_default \\
         --recipes current,r64-all --out docs/benchmarks/learning.json
@@ -57,16 +61,15 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
     # no training: the run's own last adapter (the pipeline's profile, cycle after cycle), scored by the bench
     # on the gold set it is given, e.g. a larger one than the run was scored on
     "pipeline": ({}, "run-adapter"),
-    # every weight trained, no adapter (FULL_FINETUNE): the passages alone, and the run's pairs with them
+    # every weight trained, no adapter (FULL_FINETUNE): the passages under their section questions
     "kb-full": ({"learning_rate": 1e-4, "epochs": 5}, "kb"),
-    "full+kb": ({"learning_rate": 1e-4, "epochs": 5}, "teacher+kb"),
     # the passages as plain documents, no question and no chat turn (continued pretraining): facts stored without
     # teaching the answer turn to speak documentation prose? Only a full fine-tuning trains on documents.
     "kb-text-full": ({"learning_rate": 1e-4, "epochs": 5}, "kb-text"),
     "kb-text-full+current": ({}, "teacher"),
 }
 # recipes that fine-tune the whole student (kdflow.student.full_finetune) instead of training a LoRA adapter
-FULL_FINETUNE = {"kb-full", "full+kb", "kb-text-full"}
+FULL_FINETUNE = {"kb-full", "kb-text-full"}
 # recipes trained on another recipe's fully fine-tuned student instead of the base model: the knowledge base's
 # text first (continued pretraining), then the pipeline's own LoRA profile on the run's teacher pairs
 STARTS_FROM = {"kb-text-full+current": "kb-text-full"}
@@ -145,14 +148,6 @@ def passage_pairs(config: Any, passage_ids: list[str] | None = None, form: str =
     return [pair for p in passages for pair in p.training_pairs(kb.name, form)]
 
 
-def passage_documents(config: Any) -> list[str]:
-    """Every passage of the configured topics as a plain document: its section path, then its text."""
-    from kdflow.kb import load_from_config
-
-    kb = load_from_config(config)
-    return [p.as_document() for t in config.pipeline.topics for p in kb.passages_for(t)]
-
-
 def lead_and_passage_pairs(config: Any) -> list[tuple[str, str]]:
     """Two pairs per passage under its section question: its lead (the first pair of the ``sentences``
     form, a short answer) and the whole passage. The recipe of issue 14's probe, which moved key-term
@@ -198,9 +193,11 @@ def recipe_stages(config: Any, source: str, pairs: list[tuple[str, str]],
     (one stage for every source but ``kb-then-teacher``). ``pairs`` and ``cited`` are the run's
     training pairs and the passages they cite; only the recipe's own source is built. ``kb-text`` is
     plain documents (strings), not pairs: only a full fine-tuning trains on them."""
+    from kdflow.kb import load_from_config
+
     kb = {"kb": lambda: passage_pairs(config), "kb-sentences": lambda: passage_pairs(config, form="sentences"),
           "kb-cued": lambda: cued_sentence_pairs(config), "kb-lead+passage": lambda: lead_and_passage_pairs(config),
-          "kb-text": lambda: passage_documents(config)}
+          "kb-text": lambda: load_from_config(config).documents(config.pipeline.topics)}
     if source in kb:
         return [kb[source]()]
     return {"teacher": lambda: [pairs], "run-adapter": lambda: [pairs],

@@ -120,7 +120,7 @@ def cmd_read_kb(args: argparse.Namespace, config: KdflowConfig) -> int:
     if out.exists():
         raise SystemExit(f"{out} already exists: choose another --out or remove it")
     kb = load_from_config(config)
-    documents = [p.as_document() for topic in config.pipeline.topics for p in kb.passages_for(topic)]
+    documents = kb.documents(config.pipeline.topics)
     model_path, plan = _student_setup(args, config, "train")
     reading = config.student.kb_reading
     cfg = config.student.model_copy(update={"learning_rate": reading.learning_rate, "epochs": reading.epochs})

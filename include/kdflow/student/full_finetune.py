@@ -1,10 +1,12 @@
 """Full fine-tuning: every weight of the student trained, not a LoRA adapter.
 
 Issue 14 lists it among the ways a model as small as the embedded 135M student might store the
-knowledge base's facts where LoRA did not. It is measured in the learning bench
-(:mod:`kdflow.bench.learning`, the ``kb-full`` recipes); the pipeline's cycles still chain adapters
-(an adapter per cycle is what is published, merged, promoted and exported). The result is a
-complete model folder (weights, config, tokenizer) that loads wherever a student model path does.
+knowledge base's facts where LoRA did not. Measured in the learning bench (:mod:`kdflow.bench.learning`,
+the ``kb-full`` and ``kb-text-full`` recipes): read as plain documents, the knowledge base's facts are
+stored without the answers turning into documentation prose, which is what ``python -m kdflow student
+read-kb`` does. The pipeline's cycles still chain adapters (an adapter per cycle is what is published,
+merged, promoted and exported). The result is a complete model folder (weights, config, tokenizer)
+that loads wherever a student model path does.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def train_full(cfg: Any, model_path: Path | str, data: Sequence[tuple[str, str]]
     documents = all(isinstance(item, str) for item in data)
     if plan.quantization is not None:
         raise StudentModelError(f"full fine-tuning needs unquantized weights; the device plan loads the student "
-                                f"in {plan.quantization} ({plan.reason})")
+                                f"in {plan.quantization} ({plan.reason}): set student.load_in_4bit=false")
     set_torch_threads(cfg.torch_threads)
     random.seed(seed)
     torch.manual_seed(seed)

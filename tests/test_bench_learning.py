@@ -189,10 +189,9 @@ def test_a_recipe_on_top_of_the_knowledge_base_student_trains_its_adapter_on_tha
     from kdflow.bench.learning import STARTS_FROM, recipe_student
 
     assert STARTS_FROM["kb-text-full+current"] == "kb-text-full" and RECIPES["kb-text-full+current"][1] == "teacher"
-    config = load_config({"pipeline": {"topics": ["pods"]}, "student": {
-        "model": str(tiny_phi_dir), "lora_r": 4, "lora_alpha": 8, "epochs": 3, "learning_rate": 3e-2, "max_length": 64,
-        "batch_size": 8,
-        "torch_threads": 1, "target_modules": ["q_proj", "v_proj"]}}, environ={})
+    student = {"model": str(tiny_phi_dir), "lora_r": 4, "lora_alpha": 8, "epochs": 3, "learning_rate": 3e-2,
+               "max_length": 64, "batch_size": 8, "torch_threads": 1, "target_modules": ["q_proj", "v_proj"]}
+    config = load_config({"pipeline": {"topics": ["pods"]}, "student": student}, environ={})
     stages = recipe_stages(config, "teacher", list(TINY_PAIRS), [])
     start, adapter, record = recipe_student("kb-text-full+current", config, tiny_phi_dir, stages, tmp_path)
     assert start == tmp_path / "kb-text-full" / "model" and adapter == tmp_path / "kb-text-full+current" / "adapter"

@@ -166,8 +166,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     read = commands.add_parser("read-kb", help="train every weight of the student on the knowledge base's text "
                                                 "(the selected topics), before any distillation; then --student DIR")
-    read.add_argument("--out", required=True, help="new folder for the model (name it after the student, e.g. "
-                                                   "models/SmolLM2-135M-Instruct-k8s, so its training profile applies)")
+    read.add_argument("--out", required=True, help="new folder for the model (name it after the student, e.g. ~/.cache/"
+                                                   "kdflow/models/SmolLM2-135M-Instruct-k8s, so its training profile "
+                                                   "applies)")
     read.add_argument("--topics", help="comma-separated topics to read (default: config pipeline.topics)")
     read.add_argument("--seed", type=int, help="random seed (default: config seed)")
     read.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -150,8 +150,14 @@ def test_the_throughput_section_says_what_the_goal_asks_of_the_stages_left_to_sp
             "by_code": {"before": {**side, "wall_s": 2487.3, "questions_per_min": 1.74, "stages_s": stages},
                         "now": {**side, "wall_s": 1615.6, "questions_per_min": 2.67, "stages_s": stages}}}
     need = goal_budget(rate)
-    assert need == {"goal": 4.0, "budget_s": 621.8, "student_s": 645.2, "rest_s": 970.4, "rest_speedup_needed": None}
+    assert need == {"goal": 4.0, "budget_s": 621.8, "student_s": 645.2, "rest_s": 970.4, "left_s": -23.4,
+                    "rest_speedup_needed": None}
     text = bench.render_markdown({"machine": bench.machine(), "measured_at": "now", "commands": [], "throughput": rate})
     assert "this run within 621.8 s" in text and "the student's stages alone exceed it" in text
+    slower_baseline = {**rate["by_code"]["before"], "wall_s": 4000.0}  # 4x: within 1,000 s, 354.8 s left
+    by_code = {**rate["by_code"], "before": slower_baseline}
+    reachable = bench.render_markdown({"machine": bench.machine(), "measured_at": "now", "commands": [],
+                                       "throughput": {**rate, "by_code": by_code}})
+    assert "would have to get 2.7x faster in the 354.8 s left" in reachable
     assert goal_budget(rate, goal=2.0) == {"goal": 2.0, "budget_s": 1243.7, "student_s": 645.2, "rest_s": 970.4,
-                                           "rest_speedup_needed": 1.6}  # 970.4 s into the 598.5 s left
+                                           "left_s": 598.5, "rest_speedup_needed": 1.6}  # 970.4 s into 598.5 s

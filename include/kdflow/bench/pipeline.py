@@ -318,7 +318,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += [f"Speed-up in questions per minute: {rate['speedup']}x (goal: 4x).", ""]
         need = goal_budget(rate)
         reach = (f"everything else ({need['rest_s']} s now: teacher, judge, bookkeeping) would have to get "
-                 f"{need['rest_speedup_needed']}x faster in the {round(need['budget_s'] - need['student_s'], 1)} s left"
+                 f"{need['rest_speedup_needed']}x faster in the {need['left_s']} s left"
                  if need["rest_speedup_needed"] else
                  "the student's stages alone exceed it, so no teacher or judge speed-up can reach the goal without "
                  "the student's own work getting faster too")

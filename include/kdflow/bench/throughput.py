@@ -47,11 +47,11 @@ def goal_budget(result: dict[str, Any], goal: float = GOAL) -> dict[str, float]:
     student's stages alone exceed the budget, no teacher or judge speed-up reaches the goal."""
     before, now = result["by_code"]["before"], result["by_code"]["now"]
     budget = before["wall_s"] / goal
-    student = sum(now["stages_s"].get(stage, 0.0) for stage in STUDENT_STAGES)
+    student = sum(now["stages_s"][stage] for stage in STUDENT_STAGES)  # every stage is in every run's table
     rest = now["wall_s"] - student
     left = budget - student
     return {"goal": goal, "budget_s": round(budget, 1), "student_s": round(student, 1), "rest_s": round(rest, 1),
-            "rest_speedup_needed": round(rest / left, 1) if left > 0 else None}
+            "left_s": round(left, 1), "rest_speedup_needed": round(rest / left, 1) if left > 0 else None}
 
 
 def baseline_worktree(root: Path, commit: str, into: Path) -> Path:

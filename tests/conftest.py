@@ -26,6 +26,10 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 # Experiment tracking off unless a test turns it on (tests/test_tracking.py): each fresh store would
 # otherwise get its own MLflow database, seconds of set-up per pipeline test.
 os.environ.setdefault("KDFLOW__TRACKING__MLFLOW_URI", "null")
+# The pipeline's tests train tiny students (or the embedded one for a cycle) and are not about reading the
+# knowledge base, which trains every weight on every passage first (14 min for the embedded student): off here;
+# tests/test_pipeline_reading.py turns it on for its runs.
+os.environ.setdefault("KDFLOW__STUDENT__KB_READING__ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 REPO = Path(__file__).resolve().parents[1]

@@ -183,6 +183,7 @@ def test_display_names_are_the_box_texts(dag):
     assert names["cycle_2.generate_questions"] == "Generate 3 NEW Questions using SmolLM2-135M-Instruct.Q4_1"
     assert names["load_knowledge_base"] == "Load Kubernetes v1.28 Knowledge Base"
     assert names["select_topics"] == "Select Topics: Pods, Services, Storage"
+    assert names["read_knowledge_base"] == "SmolLM2-135M-Instruct.Q4_1 Reads the Kubernetes v1.28 Knowledge Base"
     assert names["cycle_1.calculate_baseline_score"] == "Calculate Baseline Key Fact Recall Score"
     assert names["cycle_2.prepare_training_dataset"] == "Prepare Training Dataset 6 Q&A Pairs Total"
     assert names["cycle_1.cycle_start"] == "CYCLE 1 START"
@@ -219,7 +220,7 @@ def test_dag_edges_are_the_diagram_order_and_the_declared_inputs(dag):
     assert actual == expected
     # what the diagram's line alone does not say: the previous adapter, the cycles a report reads
     assert dag.get_task("cycle_2.cycle_start").upstream_task_ids == {"cycle_1.save_cycle_results",
-                                                                     "cycle_1.save_adapter"}
+                                                                     "cycle_1.save_adapter", "read_knowledge_base"}
     assert {"cycle_1.finetuning_complete", "cycle_1.save_finetuned_evaluation"} <= dag.get_task(
         "cycle_1.compare_performance").upstream_task_ids
     assert "cycle_3.save_cycle_results" in dag.get_task("compare_all_cycles").upstream_task_ids
@@ -253,8 +254,8 @@ def test_student_tasks_use_the_gpu_pool_and_queue(dag):
         else:
             assert t.pool != "gpu" and t.queue == "default", t.task_id
     student = {t.task_id.split(".")[-1] for t in dag.tasks if t.pool == "gpu"}
-    assert student == {"load_student_model", "generate_baseline_answers", "finetune_student", "load_finetuned_model",
-                       "generate_finetuned_answers"}
+    assert student == {"read_knowledge_base", "load_student_model", "generate_baseline_answers", "finetune_student",
+                       "load_finetuned_model", "generate_finetuned_answers"}
 
 
 def test_teacher_tasks_back_off_exponentially(dag):

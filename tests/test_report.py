@@ -333,3 +333,48 @@ def test_the_answered_reviews_are_in_the_report(tmp_path):
         assert f"<li>{review['reason']}</li>" in html and f"- {review['reason']}" in md
     assert json.loads(paths["json"].read_text())["reviews"] == reviews
     assert 'id="reviews"' not in build_report(make_results(), tmp_path / "none")["html"].read_text()
+
+
+def test_a_run_whose_student_read_the_knowledge_base_measures_the_reading_first():
+    """Cycle 1's baseline file holds the gold answers from before reading (stage "unread") beside the read
+    student's: the verdict starts there, its first step is the reading, the cycles follow, and the
+    headline and the reading line say the run (not distillation alone) closed the gap."""
+    from kdflow.evaluation.report import compute_report, reading_line, verdict_headline
+
+    results = make_results()
+    unread = [ScoreRow(question_id=f"gold-g{i}", topic=["pods", "services", "storage"][i % 3], split="gold",
+                       stage="unread", cycle=1, scores={"key_fact_recall": 0.05 + 0.01 * (i % 2), "rouge_l": 0.3})
+              for i in range(GOLD_N)]
+    results["cycles"][0]["scores"] += [r.model_dump() for r in unread]
+    results["reading"] = {"read": True, "reason": "student.kb_reading.enabled is auto and every weight trains",
+                          "base_model": "embedded+kb-reading:abc", "documents": 202,
+                          "topics": ["pods", "services", "storage"], "learning_rate": 1e-4, "epochs": 5,
+                          "read_in_run": "nightly_1", "training": {"initial_loss": 2.9, "final_loss": 0.24}}
+    report = compute_report(results)
+    verdict = report["verdict"]
+    lead = verdict["overall"]["key_fact_recall"]
+    assert verdict["read"] and lead["before_mean"] == pytest.approx(0.055) and lead["after_mean"] == pytest.approx(0.5)
+    steps = [(c["step"], c["from"], c["to"]) for c in verdict["per_cycle"]]
+    assert steps == [("reading", "before reading", "after reading the knowledge base"),
+                     ("cycle 1", "after reading the knowledge base", "after cycle 1"),
+                     ("cycle 2", "after cycle 1", "after cycle 2")]
+    reading = verdict["per_cycle"][0]["metrics"]["key_fact_recall"]
+    assert reading["mean_delta"] == pytest.approx(0.2 - 0.055) and reading["verdict"] == "improved"
+    # the cycle's aggregates keep the two models apart
+    gold = report["cycles"][0]["aggregates"]["by_split_stage"]["gold"]
+    assert gold["unread"]["key_fact_recall"]["mean"] == pytest.approx(0.055)
+    assert gold["baseline"]["key_fact_recall"]["mean"] == pytest.approx(0.2)
+    headline = verdict_headline(report)
+    assert headline.startswith("Gold set (12 questions), key_fact_recall: base model before reading the knowledge "
+                               "base 0.055 -> 0.500 after cycle 2")
+    assert "closed by reading the knowledge base and distillation" in headline
+    assert reading_line(report) == (
+        "Before cycle 1 the student read the knowledge base: 202 passages of pods, services, storage as plain text, "
+        "every weight, 0.0001 x 5 epochs (by run nightly_1, reused, loss 2.900 -> 0.240); cycle 1 starts from that "
+        "student.")
+    text = render_tables(results)["final_results"]
+    assert "reading: before reading -> after reading the knowledge base" in text
+    assert text.index("Before cycle 1 the student read") < text.index("gold set, paired by question")
+    results["reading"] = {"read": False, "reason": "student.kb_reading.enabled is false", "base_model": "embedded"}
+    assert reading_line(compute_report(results)) == ("The student did not read the knowledge base before cycle 1 "
+                                                     "(student.kb_reading.enabled is false).")

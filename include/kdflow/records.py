@@ -10,7 +10,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Split = Literal["train", "held_out", "gold"]
-Stage = Literal["baseline", "finetuned"]
+# "unread": the gold set answered by the configured student before it read the knowledge base, beside cycle 1's
+# baseline (kdflow.pipeline.reading_steps), so the run measures what reading changed
+Stage = Literal["baseline", "finetuned", "unread"]
 
 
 class _Row(BaseModel):

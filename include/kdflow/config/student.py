@@ -65,6 +65,11 @@ class KbReadingConfig(_Section):
     weight of the student trained on the selected topics' passages as plain text. Numbers measured on the
     embedded SmolLM2-135M with the gold set (docs/benchmarks/evaluation.md, ``kb-text-full``)."""
 
+    # Whether a pipeline run reads the knowledge base before cycle 1 (kdflow.pipeline.reading_steps): "auto" when
+    # every weight can be trained (the device plan is not 4-bit: the CPU, or student.load_in_4bit=false), true
+    # always (a 4-bit plan then trains unquantized), false never. Read once per knowledge base, student and
+    # these settings, kept in the store and reused by later runs.
+    enabled: bool | Literal["auto"] = "auto"
     learning_rate: LearningRate = 1e-4
     epochs: Epochs = 5
 

@@ -29,13 +29,13 @@ import asyncio
 import functools
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, get_args
 
 from kdflow.config import EvaluationConfig
 from kdflow.evaluation import JUDGE_METRICS
 from kdflow.evaluation.judge import make_judge_llm, ragas_environment, start_score
 from kdflow.llm.client import find_config_error
-from kdflow.records import ScoreRow
+from kdflow.records import ScoreRow, Stage
 
 ROW_KEYS = ("question_id", "topic", "split", "question", "answer", "reference")
 DROPPED_KEY = "reference_dropped"  # optional row key: why the gate dropped the reference
@@ -179,8 +179,8 @@ def score_answers(
     the optional ``reference_dropped`` reason) with ``cfg.metrics``; judge calls go to ``judge``
     (an :class:`kdflow.llm.server.Endpoint`) through the cached client, counted in ``ledger``
     under task ``"judge"``. ``metrics`` replaces ``cfg.metrics`` (the gold set's judge-free ones)."""
-    if stage not in ("baseline", "finetuned"):
-        raise ValueError(f"score_answers: stage {stage!r} must be 'baseline' or 'finetuned'")
+    if stage not in get_args(Stage):
+        raise ValueError(f"score_answers: stage {stage!r} must be one of {', '.join(get_args(Stage))}")
     metrics = list(cfg.metrics if metrics is None else metrics)
     needs_judge = [m for m in metrics if m in JUDGE_METRICS]
     if needs_judge and judge is None:

@@ -160,6 +160,7 @@ def compute_report(results: dict[str, Any] | RunResults, *,
         "failures": _failures(parsed),
         "health": list(parsed.health),
         "reviews": list(parsed.reviews),
+        "reading": parsed.reading,
     }
 
 
@@ -200,7 +201,8 @@ def _render_html(report: dict[str, Any], images: dict[str, str]) -> str:
         tables.update(verdict=verdict_rows(report), ceiling=ceiling_rows(report))
     return env.get_template(TEMPLATE).render(
         report=report, images=images, overall_note=OVERALL_NOTE, verdict_note=VERDICT_NOTE, tables=tables,
-        headline=verdict_headline(report), roles_warning=roles_warning(report), interval=fmt_interval)
+        headline=verdict_headline(report), roles_warning=roles_warning(report), reading=reading_line(report),
+        interval=fmt_interval)
 
 
 def build_report(results: dict[str, Any] | RunResults, out_dir: Path) -> dict[str, Path]:
@@ -268,7 +270,8 @@ def verdict_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     last = f"{verdict['start_model']} -> after cycle {verdict['last_cycle']}"
     rows = [_verdict_row(last, m, c) for m, c in verdict["overall"].items()]
     for step in verdict["per_cycle"]:
-        rows += [_verdict_row(f"cycle {step['cycle']}: {step['from']} -> {step['to']}", m, c)
+        rows += [_verdict_row(f"{step.get('step') or 'cycle ' + str(step['cycle'])}: {step['from']} -> {step['to']}",
+                              m, c)
                  for m, c in step["metrics"].items()]
     rows += [_verdict_row(f"topic {topic}: start -> after cycle {verdict['last_cycle']}", verdict["lead_metric"], c)
              for topic, c in verdict["by_topic"].items()]
@@ -304,8 +307,9 @@ def verdict_headline(report: dict[str, Any]) -> str:
     if gap.get("share") is not None:
         interval = "" if gap.get("ci_low") is None else " " + fmt_share_interval(gap["ci_low"], gap["ci_high"])
         sample = "" if gap["n"] == c["n"] else f", on a stratified sample of {gap['n']} of {c['n']} questions"
+        by = "reading the knowledge base and distillation" if verdict.get("read") else "distillation"
         text += (f" Share of the gap to the open-book teacher ({fmt_score(gap.get('ceiling_mean'))}{sample}) closed by "
-                 f"distillation: {fmt_share(gap['share'])}{interval}.")
+                 f"{by}: {fmt_share(gap['share'])}{interval}.")
     return text
 
 
@@ -313,6 +317,24 @@ def roles_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["role", "model", "provider", "where"]
     return header, [[r.get("role", ""), r.get("model", ""), r.get("provider", ""), r.get("where", "")]
                     for r in report["roles"]]
+
+
+def reading_line(report: dict[str, Any]) -> str | None:
+    """One sentence on what the student started from: the knowledge base read first (by this run or an
+    earlier one, reused), or why not. None for a run from before the reading step."""
+    reading = report.get("reading")
+    if not reading:
+        return None
+    if not reading.get("read"):
+        return f"The student did not read the knowledge base before cycle 1 ({reading.get('reason')})."
+    who = ("in this run" if reading.get("read_in_run") == report["run_id"]
+           else f"by run {reading.get('read_in_run')}, reused")
+    training = reading.get("training") or {}
+    loss = (f", loss {training['initial_loss']:.3f} -> {training['final_loss']:.3f}"
+            if training.get("initial_loss") is not None and training.get("final_loss") is not None else "")
+    return (f"Before cycle 1 the student read the knowledge base: {reading.get('documents')} passages of "
+            f"{', '.join(reading.get('topics') or [])} as plain text, every weight, {reading.get('learning_rate')} x "
+            f"{reading.get('epochs')} epochs ({who}{loss}); cycle 1 starts from that student.")
 
 
 def roles_warning(report: dict[str, Any]) -> str | None:
@@ -422,6 +444,8 @@ def render_tables(results: dict[str, Any] | RunResults) -> dict[str, str]:
 def verdict_text(report: dict[str, Any], table=text_table) -> list[str]:  # noqa: ANN001 - a table renderer
     """The verdict block, first in every output: headline, gold verdict and ceiling, the roles."""
     parts = ["VERDICT: " + verdict_headline(report)]
+    if line := reading_line(report):
+        parts.append(line)
     if report["verdict"]:
         parts += ["gold set, paired by question\n" + table(*verdict_rows(report)), VERDICT_NOTE]
         if report["verdict"]["has_ceiling"]:

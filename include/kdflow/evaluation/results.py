@@ -30,7 +30,8 @@ Schema (``RunResults.model_validate(results)`` checks a plain dict against it)::
       "gold_metrics": ["key_fact_recall", ...], "gold_ceiling": {qid: {metric: score}},
       "gold_set_items": 150,  # the gold set's size; fewer are scored under evaluation.gold_per_topic
       "start_model": "base model", "statistics": {"resamples", "confidence", "seed"},
-      "roles": [{"role", "model", "provider", "where"}]
+      "roles": [{"role", "model", "provider", "where"}],
+      "reading": {"read", "reason", "base_model", "documents", "read_in_run", ...} | null  # student_base.json
     }
     Cycles may also hold "coverage" and "decontaminated" (see CycleResult); score rows of split
     "gold" are the gold set's (answered at cycle 1's baseline and every fine-tuned stage).
@@ -69,6 +70,7 @@ class QAPair(_Model):
     reference: str = ""
     baseline_answer: str = ""
     finetuned_answer: str = ""
+    unread_answer: str = ""  # gold only: the configured student's, before it read the knowledge base
 
 
 class CycleResult(_Model):
@@ -108,6 +110,9 @@ class RunResults(_Model):
     # the answered reviews (issue 21): {"review", "cycle", "outcome", "option", "dropped", "by", "at", "timed_out",
     # "reason"}, from kdflow.pipeline.review.run_decisions
     reviews: list[dict[str, Any]] = Field(default_factory=list)
+    # what the student started from (kdflow.pipeline.reading_steps' student_base.json): whether it read the
+    # knowledge base first, why (not), how many passages, which run read it; None for runs before that step
+    reading: dict[str, Any] | None = None
 
 
 def parse_results(results: dict[str, Any] | RunResults) -> RunResults:

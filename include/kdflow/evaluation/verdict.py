@@ -1,12 +1,15 @@
 """The verdict on the gold set: did the student learn what the knowledge base states?
 
 The gold set is answered by the model the run started from (cycle 1's baseline: the base model or
-the champion) and after every cycle (each cycle's fine-tuned answers). Every comparison is paired
-on the same gold questions (:mod:`kdflow.evaluation.stats`):
+the champion) and after every cycle (each cycle's fine-tuned answers). When the run's student read the
+knowledge base first (:mod:`kdflow.pipeline.reading_steps`), cycle 1's baseline also holds its answers
+from before reading (stage ``unread``), and they are the first point. Every comparison is paired on the
+same gold questions (:mod:`kdflow.evaluation.stats`):
 
-* ``overall``: start -> after the last cycle, per gold metric, with the share of the gap to the
-  ceiling (the teacher answering the same questions open book) that distillation closed;
-* ``per_cycle``: after cycle k-1 (the start for k = 1) -> after cycle k;
+* ``overall``: the first point -> after the last cycle, per gold metric, with the share of the gap to
+  the ceiling (the teacher answering the same questions open book) that the run closed;
+* ``per_cycle``: before -> after reading the knowledge base (where it did), then after cycle k-1 (the
+  start for k = 1) -> after cycle k;
 * ``by_topic``: start -> last per topic of the lead metric.
 """
 
@@ -22,14 +25,22 @@ from kdflow.records import ScoreRow
 GOLD = "gold"
 
 
+READ_LABEL = "after reading the knowledge base"
+
+
 def gold_points(cycles: Mapping[int, Sequence[ScoreRow]]) -> list[dict[str, Any]]:
     """``[{"cycle": 0, "label": "start", "rows"}, {"cycle": k, "label": "after cycle k", "rows"}...]``
-    from each cycle's score rows: the start is cycle 1's gold baseline, then every cycle's gold fine-tuned."""
+    from each cycle's score rows: the start is cycle 1's gold baseline, then every cycle's gold fine-tuned.
+    A run whose student read the knowledge base starts one point earlier: ``{"cycle": 0, "label": "before
+    reading"}`` (the ``unread`` rows), then ``{"cycle": 0, "label": READ_LABEL}``."""
     ordered = sorted(cycles)
     if not ordered:
         return []
     start = select(cycles[ordered[0]], split=GOLD, stage="baseline")
-    points = [{"cycle": 0, "label": "start", "rows": start}] if start else []
+    unread = select(cycles[ordered[0]], split=GOLD, stage="unread")
+    points = [{"cycle": 0, "label": "before reading", "rows": unread}] if unread and start else []
+    if start:
+        points.append({"cycle": 0, "label": READ_LABEL if points else "start", "rows": start})
     for n in ordered:
         rows = select(cycles[n], split=GOLD, stage="finetuned")
         if rows:
@@ -57,6 +68,7 @@ def gold_verdict(
     if len(points) < 2 or points[0]["cycle"] != 0:
         return None
     start, last = points[0], points[-1]
+    read = start["label"] == "before reading"
     overall: dict[str, Any] = {}
     for metric in metrics:
         before, after = by_question(start["rows"], metric), by_question(last["rows"], metric)
@@ -68,7 +80,8 @@ def gold_verdict(
     per_cycle = []
     for prev, point in zip(points, points[1:], strict=False):
         per_cycle.append({
-            "cycle": point["cycle"], "from": prev["label"], "to": point["label"],
+            "cycle": point["cycle"], "step": "reading" if point["label"] == READ_LABEL else f"cycle {point['cycle']}",
+            "from": prev["label"], "to": point["label"],
             "metrics": {m: paired_comparison(by_question(prev["rows"], m), by_question(point["rows"], m), **stats)
                         for m in metrics},
         })
@@ -76,7 +89,8 @@ def gold_verdict(
     return {
         "lead_metric": lead,
         "metrics": list(metrics),
-        "start_model": start_model,
+        "start_model": f"{start_model} before reading the knowledge base" if read else start_model,
+        "read": read,  # the student read the knowledge base before cycle 1: the run, not distillation alone
         "last_cycle": last["cycle"],
         "items": len(start["rows"]),
         "overall": overall,

@@ -78,7 +78,6 @@ def export_model(ctx: RunContext, source: ExportSource, *, formats: Sequence[str
                  out_root: Path | None = None, progress: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Export ``source``'s adapter (see module docstring); returns the export record. A GGUF the
     converter cannot make is reported in ``errors`` (one line) while the transformers export completes."""
-    from kdflow.student.models import resolve_student
     from kdflow.student.prompt import build_prompt
 
     unknown = sorted(set(formats) - set(FORMATS))
@@ -91,7 +90,7 @@ def export_model(ctx: RunContext, source: ExportSource, *, formats: Sequence[str
     try:
         clock = time.perf_counter()
         adapter = ctx.store.download_dir(source.adapter, staging / "adapter")
-        base_path = resolve_student(source.student)
+        base_path = source.base_path()
         progress(f"export {name}: merging the adapter of run {source.run.run_id} cycle {source.cycle} into {base_path}")
         model, tokenizer = merged_model(base_path, adapter)
         questions = source.check_questions()

@@ -44,7 +44,6 @@ def smoke_test(source: ExportSource, gguf: Path, *, questions: int = SMOKE_QUEST
     from kdflow.export.merge import agreement
     from kdflow.gold import key_fact_recall
     from kdflow.pipeline.artifacts import run_gold
-    from kdflow.student.models import resolve_student
     from kdflow.student.prompt import build_prompt
 
     recorded = recorded_gold_answers(source)
@@ -53,7 +52,7 @@ def smoke_test(source: ExportSource, gguf: Path, *, questions: int = SMOKE_QUEST
     if not asked:
         raise ExportError(f"run {source.run.run_id} recorded no gold answers for cycle {source.cycle}: nothing to "
                           "compare the export with")
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_student(source.student)))
+    tokenizer = AutoTokenizer.from_pretrained(str(source.base_path()))
     prompts = [build_prompt(tokenizer, q) for q in asked]
     ids = gguf_greedy_tokens(gguf, tokenizer, prompts, max_new_tokens)
     answers = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]

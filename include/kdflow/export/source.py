@@ -5,6 +5,7 @@ the card describes how the model was made, not the exporting machine's configura
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kdflow.pipeline.artifacts import champion_dir, stored_champion
@@ -27,6 +28,15 @@ class ExportSource:
     @property
     def student(self) -> str:
         return self.run_config["student"]["model"]
+
+    def base_path(self) -> Path | str:
+        """The model the adapter was trained on: the run's reading of the knowledge base where its student read
+        one (fetched from the store), else the run's configured student."""
+        from kdflow.pipeline.artifacts import student_base, student_model_path
+        from kdflow.student.models import resolve_student
+
+        base = student_base(self.run)
+        return student_model_path(self.run, base) if base.get("model") else resolve_student(self.student)
 
     @property
     def version(self) -> str:

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdflow.gold import GoldItem
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHAMPION_PREFIX = "champion"
+DONE_FILE = ".kdflow-complete"  # written last into a fetched student folder: a folder without it is incomplete
 LEGACY_CHAMPION_KEY = "champion/current.json"  # one champion for the whole store (before issue #15): read only
 
 
@@ -51,6 +55,47 @@ def start_record(ctx: RunContext, cycle: int) -> dict[str, Any]:
 def start_adapter(ctx: RunContext, cycle: int) -> Pointer | None:
     adapter = start_record(ctx, cycle)["start_adapter"]
     return Pointer.of(adapter) if adapter else None
+
+
+# -- the student base: the configured student, or the one that read the knowledge base -------------
+READ_SUFFIX = "+kb-reading:"  # a read student's name: <student.model>+kb-reading:<reading key>
+READING_CACHE_PREFIX = "cache/kb-reading"
+
+
+def reading_cache_key(model: str, key: str) -> str:
+    """Where a reading of ``model`` is kept in the store, shared by every run: ``cache/kb-reading/<model>/<key>``
+    (the model's folder name as the champion's)."""
+    return f"{READING_CACHE_PREFIX}/{champion_dir(model).split('/', 1)[1]}/{key}"
+
+
+def student_base(ctx: RunContext) -> dict[str, Any]:
+    """What ``read_knowledge_base`` published: ``base_model`` (the name the run's adapters belong to) and
+    ``model`` (the read folder's pointer, None for the configured student). A run from before that step
+    has the configured student."""
+    if ctx.has_checkpoint(None, "student_base.json"):
+        return ctx.store.read_json(ctx.checkpoint(None, "student_base.json"))
+    return {"read": False, "base_model": ctx.config.student.model, "model": None}
+
+
+def student_model_path(ctx: RunContext, base: dict[str, Any] | None = None) -> Path | str:
+    """The local folder (or hub id) of the run's student base: a read student is fetched from the store once
+    per machine into ``~/.cache/kdflow/models/read-<marker hash>`` (each file checked against its marker), the
+    configured one resolved as always."""
+    from kdflow.student.models import DEFAULT_CACHE_DIR, resolve_student
+
+    base = student_base(ctx) if base is None else base
+    if not base.get("model"):
+        return resolve_student(ctx.config.student.model)
+    pointer = Pointer.of(base["model"])
+    local = DEFAULT_CACHE_DIR.expanduser() / f"read-{pointer.sha256[:16]}"
+    if not (local / DONE_FILE).exists():
+        partial = local.with_name(f".{local.name}.{os.getpid()}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        ctx.store.download_dir(pointer, partial)
+        (partial / DONE_FILE).write_text(pointer.key)
+        shutil.rmtree(local, ignore_errors=True)  # a folder left without its done file by a stopped download
+        partial.rename(local)
+    return local
 
 
 # -- questions, held-out and gold ---------------------------------------------------------------
@@ -80,8 +125,11 @@ def gold_answered_at(cycle: int, stage: str) -> bool:
 
 
 # -- scores -------------------------------------------------------------------------------------
-def cycle_scores(ctx: RunContext, cycle: int, stage: str) -> list[ScoreRow]:
-    return [ScoreRow.model_validate(r) for r in ctx.rows(ctx.checkpoint(cycle, f"{stage}_scores.jsonl"))]
+def cycle_scores(ctx: RunContext, cycle: int, stage: str, *, only_stage: bool = False) -> list[ScoreRow]:
+    """The rows of the cycle's ``<stage>_scores.jsonl``; with ``only_stage`` those of that stage alone (cycle 1's
+    baseline file also holds the ``unread`` gold rows of a run whose student read the knowledge base)."""
+    rows = [ScoreRow.model_validate(r) for r in ctx.rows(ctx.checkpoint(cycle, f"{stage}_scores.jsonl"))]
+    return [r for r in rows if r.stage == stage] if only_stage else rows
 
 
 def statistics_of(ctx: RunContext) -> dict[str, Any]:
@@ -138,9 +186,10 @@ def current_champion(ctx: RunContext) -> dict[str, Any] | None:
         champion = champion.get("previous")
     if not champion:
         return None
-    if champion.get("base_model") != ctx.config.student.model:
+    base_model = student_base(ctx)["base_model"]
+    if champion.get("base_model") != base_model:
         log.info("champion %s was trained from %s, not %s: starting from the base model",
-                 champion.get("run_id"), champion.get("base_model"), ctx.config.student.model)
+                 champion.get("run_id"), champion.get("base_model"), base_model)
         return None
     return champion
 

@@ -23,7 +23,8 @@ def _evaluate(ctx: RunContext, cycle: int, stage: str) -> dict[str, Any]:
     references = {r["question_id"]: r for r in ctx.rows(ctx.checkpoint(cycle, "references.jsonl"))}
     answers = ctx.rows(ctx.checkpoint(cycle, f"{stage}_answers.jsonl"))
     gold_rows = [{"question_id": a["question_id"], "topic": topics[a["question_id"]], "split": a["split"],
-                  "question": a["question"], "answer": a["answer"]} for a in answers if a["split"] == "gold"]
+                  "question": a["question"], "answer": a["answer"], "stage": a["stage"]}
+                 for a in answers if a["split"] == "gold"]
     # A reference the gate dropped is no ground truth: its metrics are recorded as failures (see score_answers).
     rows = [
         {"question_id": a["question_id"], "topic": topics[a["question_id"]], "split": a["split"],
@@ -37,9 +38,11 @@ def _evaluate(ctx: RunContext, cycle: int, stage: str) -> dict[str, Any]:
     with session as (judge, ledger):
         scores = score_answers(ctx.config.evaluation, rows, judge=judge, store=ctx.store, ledger=ledger, cycle=cycle,
                                stage=stage)
-    # The gold set is scored without the judge, against its gold answers and key facts.
-    scores += score_gold_answers(ctx.config.evaluation, gold_rows, gold, store=ctx.store, ledger=UsageLedger(),
-                                 cycle=cycle, stage=stage)
+    # The gold set is scored without the judge, against its gold answers and key facts; each answer under its own
+    # stage (cycle 1's baseline file also holds the student's answers from before it read the knowledge base).
+    for answered in dict.fromkeys(row["stage"] for row in gold_rows):
+        scores += score_gold_answers(ctx.config.evaluation, [r for r in gold_rows if r["stage"] == answered], gold,
+                                     store=ctx.store, ledger=UsageLedger(), cycle=cycle, stage=answered)
     failures = sum(len(s.failures) for s in scores)
     if failures:
         log.warning("cycle %d %s: %d metric values failed and are excluded from the means", cycle, stage, failures)
@@ -84,7 +87,8 @@ def compare_performance(ctx: RunContext, cycle: int) -> dict[str, Any]:
     from kdflow.evaluation.aggregate import compare_cycle
 
     training = ctx.store.read_json(ctx.checkpoint(cycle, "training.json"))
-    comparison = compare_cycle(cycle_scores(ctx, cycle, "baseline"), cycle_scores(ctx, cycle, "finetuned"),
+    comparison = compare_cycle(cycle_scores(ctx, cycle, "baseline", only_stage=True),
+                               cycle_scores(ctx, cycle, "finetuned", only_stage=True),
                                training=training, success_threshold=ctx.config.evaluation.success_threshold,
                                **statistics_of(ctx))
     return ctx.stage_json(cycle, "comparison.json", comparison).to_xcom()

@@ -23,6 +23,7 @@ from kdflow.pipeline.artifacts import (
     start_model,
     statistics_of,
     stored_champion,
+    student_base,
 )
 from kdflow.pipeline.context import CheckpointError, RunContext
 from kdflow.pipeline.review import read_decision, run_decisions
@@ -90,7 +91,7 @@ def _cycle_result(ctx: RunContext, n: int) -> dict[str, Any]:
             entry = answers.setdefault(a["question_id"], {
                 "question_id": q.id, "topic": q.topic, "split": q.split, "question": q.question,
                 "reference": references.get(q.id, {}).get("reference", "")})
-            entry[f"{stage}_answer"] = a["answer"]
+            entry[f"{a['stage']}_answer"] = a["answer"]  # cycle 1's baseline file may hold "unread" answers too
     training = ctx.store.read_json(ctx.checkpoint(n, "training.json"))
     dataset = ctx.checkpoint(n, "dataset.jsonl").summary or {}
     cycle_questions = [q for q in questions.values() if q.split == "train"]
@@ -147,7 +148,7 @@ def promotion_gate(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
     candidate = [s for s in cycle_scores(ctx, last_cycle, "finetuned") if s.split == split]
     # The incumbent is the model cycle 1 started from (the champion, or the base model when there is
     # none), scored in this run on the same questions.
-    incumbent = [s for s in cycle_scores(ctx, 1, "baseline") if s.split == split]
+    incumbent = [s for s in cycle_scores(ctx, 1, "baseline", only_stage=True) if s.split == split]
     decision = decide_promotion(candidate, incumbent, cfg, metric=cfg.metric, split=split, **statistics_of(ctx))
     decision["incumbent"] = describe_start(current_champion(ctx))
     return decision
@@ -178,7 +179,7 @@ def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
     decision = with_review(ctx, promotion_gate(ctx, last_cycle))
     split = decision["split"]
     if decision["promote"]:
-        model = ctx.config.student.model
+        model, base = ctx.config.student.model, student_base(ctx)
         replaced = stored_champion(ctx)
         if replaced is not None:  # kept before it is replaced: no promotion loses a champion
             ctx.store.write_json(champion_history_key(model, replaced), replaced)
@@ -186,7 +187,10 @@ def _promotion(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
         if champion is not None:  # keep the chain short: the history folder holds the older ones
             previous = {k: v for k, v in champion.items() if k != "previous"}
         ctx.store.write_json(champion_key(model), {
-            "run_id": ctx.run_id, "cycle": last_cycle, "base_model": model,
+            # the adapter belongs to the run's student base: the configured model, or its reading of the KB
+            # (whose folder the export merges into: "student_base")
+            "run_id": ctx.run_id, "cycle": last_cycle, "base_model": base["base_model"],
+            "student_base": base.get("model"),
             # the champion's own copy: never retired by a rerun of this run (copy_dir)
             "adapter": ctx.store.copy_dir(ctx.checkpoint(last_cycle, "adapter"),
                                           f"{champion_dir(model)}/adapter").to_xcom(),
@@ -272,6 +276,7 @@ def save_pipeline_results(ctx: RunContext, cycle: None) -> dict[str, Any]:
         "roles": _roles(ctx),
         "health": tracking_health(ctx) + teacher_health(ctx),
         "reviews": run_decisions(ctx.store, ctx.run_id, cycles),
+        "reading": {k: v for k, v in student_base(ctx).items() if k != "model"},
     }
     results = ctx.mask(results)  # the report is rendered from these: a base URL's credentials never reach it
     ctx.publish_json(None, "results.json", results)

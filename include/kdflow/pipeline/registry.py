@@ -12,6 +12,7 @@ from kdflow.config import KdflowConfig
 from kdflow.pipeline import checkpoint_steps as save
 from kdflow.pipeline import eval_steps as ev
 from kdflow.pipeline import final_steps as fin
+from kdflow.pipeline import reading_steps as reading
 from kdflow.pipeline import setup_steps as setup
 from kdflow.pipeline import student_steps as stu
 from kdflow.pipeline import teacher_steps as tea
@@ -19,6 +20,7 @@ from kdflow.pipeline.spec import StepSpec, earlier, every_cycle, previous, run, 
 
 S = StepSpec
 HELD_OUT = (run("held_out"), run("gold"))  # read by every step that handles the run's questions
+BASE = run("student_base")  # the model every student step loads, and the name its adapters and champion belong to
 
 SETUP_STEPS: tuple[StepSpec, ...] = (
     S("start_pipeline", "User Clicks Start Pipeline", "setup", setup.start_pipeline, produces=("run",)),
@@ -26,20 +28,23 @@ SETUP_STEPS: tuple[StepSpec, ...] = (
     S("load_knowledge_base", "Load {kb} Knowledge Base", "setup", setup.load_knowledge_base,
       produces=("knowledge_base",)),
     S("select_topics", "Select Topics: {topics}", "setup", setup.select_topics, produces=("topics",)),
+    # beyond the diagram: every weight of the student trained on the topics' passages, once per student and KB
+    S("read_knowledge_base", "{student} Reads the {kb} Knowledge Base", "student", reading.read_knowledge_base,
+      produces=("student_base",)),
     S("prepare_held_out_questions", "Prepare Held-out Questions", "teacher", tea.prepare_held_out_questions,
       produces=("held_out", "gold", "gold_ceiling")),
 )
 
 CYCLE_STEPS: tuple[StepSpec, ...] = (
-    S("cycle_start", "CYCLE {n} START", "setup", setup.cycle_start, (previous("adapter"),), ("start",)),
+    S("cycle_start", "CYCLE {n} START", "setup", setup.cycle_start, (previous("adapter"), BASE), ("start",)),
     S("generate_questions", "Generate {q} Questions using {teacher}", "teacher", tea.generate_questions,
       (this("start"), earlier("questions")), display_later="Generate {q} NEW Questions using {teacher}"),
     S("save_questions", "Save Questions Checkpoint", "checkpoint", save.save_questions, (step("generate_questions"),),
       ("questions",), display_later="Save Cycle {n} Questions"),
-    S("load_student_model", "Load {student} Model 4-bit QLoRA", "student", stu.load_student_model, (this("start"),),
-      ("baseline_model",), display_later="Load Fine-tuned {student} from Cycle {prev}"),
+    S("load_student_model", "Load {student} Model 4-bit QLoRA", "student", stu.load_student_model,
+      (this("start"), BASE), ("baseline_model",), display_later="Load Fine-tuned {student} from Cycle {prev}"),
     S("generate_baseline_answers", "Generate Baseline Answers for {q} Questions", "student",
-      stu.generate_baseline_answers, (this("start"), this("questions"), *HELD_OUT),
+      stu.generate_baseline_answers, (this("start"), this("questions"), *HELD_OUT, BASE),
       display_later="Generate Baseline Answers for {q} NEW Questions"),
     S("save_baseline_answers", "Save Baseline Answers", "checkpoint", save.save_baseline_answers,
       (step("generate_baseline_answers"),), ("baseline_answers",), display_later="Save Cycle {n} Baseline Answers"),
@@ -61,15 +66,15 @@ CYCLE_STEPS: tuple[StepSpec, ...] = (
       ("dataset", "hf_dataset"),
       display_later="Prepare Training Dataset {pairs} Q&A Pairs Total"),
     S("finetune_student", "Fine-tune {student} with QLoRA", "student", stu.finetune_student,
-      (this("hf_dataset"), this("start")), display_later="Fine-tune {student} with QLoRA Round {n}"),
+      (this("hf_dataset"), this("start"), BASE), display_later="Fine-tune {student} with QLoRA Round {n}"),
     S("save_adapter", "Save Fine-tuned Adapter", "checkpoint", save.save_adapter, (step("finetune_student"),),
       ("adapter",), display_later="Save Cycle {n} Fine-tuned Adapter"),
     S("finetuning_complete", "Fine-tuning Complete", "checkpoint", save.finetuning_complete, (step("save_adapter"),),
       ("training",), display_later="Cycle {n} Fine-tuning Complete"),
     S("load_finetuned_model", "Load Fine-tuned {student} Model", "student", stu.load_finetuned_model,
-      (this("adapter"),), ("finetuned_model",), display_later="Load Cycle {n} Fine-tuned {student}"),
+      (this("adapter"), BASE), ("finetuned_model",), display_later="Load Cycle {n} Fine-tuned {student}"),
     S("generate_finetuned_answers", "Generate Fine-tuned Answers for {q} Questions", "student",
-      stu.generate_finetuned_answers, (this("adapter"), this("questions"), *HELD_OUT),
+      stu.generate_finetuned_answers, (this("adapter"), this("questions"), *HELD_OUT, BASE),
       display_later="Generate Cycle {n} Fine-tuned Answers"),
     S("save_finetuned_answers", "Save Fine-tuned Answers", "checkpoint", save.save_finetuned_answers,
       (step("generate_finetuned_answers"),), ("finetuned_answers",), display_later="Save Cycle {n} Fine-tuned Answers"),
@@ -97,12 +102,12 @@ CYCLE_RECORD = tuple(every_cycle(name) for name in (
 FINAL_STEPS: tuple[StepSpec, ...] = (
     S("compare_all_cycles", "Compare All Cycles Performance", "report", fin.compare_all_cycles,
       (every_cycle("results"), every_cycle("comparison"), every_cycle("baseline_scores"),
-       every_cycle("finetuned_scores"), run("gold_ceiling"))),
+       every_cycle("finetuned_scores"), run("gold_ceiling"), BASE)),
     S("calculate_overall_improvement", "Calculate Overall Improvement", "report", fin.calculate_overall_improvement,
       (step("compare_all_cycles"),)),
     S("save_pipeline_results", "Save Complete Pipeline Results", "report", fin.save_pipeline_results,
       (step("compare_all_cycles"), step("calculate_overall_improvement"), *CYCLE_RECORD, *HELD_OUT,
-       run("gold_ceiling")), ("all_cycles", "overall", "results", "report")),
+       run("gold_ceiling"), BASE), ("all_cycles", "overall", "results", "report")),
     S("pipeline_complete", "PIPELINE COMPLETE", "report", fin.pipeline_complete,
       (run("run"), step("save_pipeline_results")), ("completion",)),
     S("display_final_results", "Display Final Results", "report", fin.display_final_results,

@@ -14,7 +14,14 @@ from typing import Any
 
 from kdflow.gold import scored_gold
 from kdflow.kb import KnowledgeBase, load_from_config
-from kdflow.pipeline.artifacts import gold_answered_at, run_gold, run_questions, start_adapter
+from kdflow.pipeline.artifacts import (
+    gold_answered_at,
+    run_gold,
+    run_questions,
+    start_adapter,
+    student_base,
+    student_model_path,
+)
 from kdflow.pipeline.context import CheckpointError, RunContext
 from kdflow.pipeline.review import ReviewDecision, reviewer_drops
 from kdflow.records import Answer, Reference, TrainingPair, gate_drop_reason
@@ -35,16 +42,16 @@ def _adapter_dir(ctx: RunContext, adapter: Pointer | dict[str, Any] | None, work
 def _check_load(ctx: RunContext, cycle: int, adapter: Pointer | None, name: str) -> dict[str, Any]:
     """Make the device plan, check the model (plus adapter) loads, free it, record both."""
     from kdflow.student.device import plan_device, release_memory
-    from kdflow.student.models import load_student, resolve_student
+    from kdflow.student.models import load_student
 
     plan = plan_device(ctx.config.student, "answer")
-    model_path = resolve_student(ctx.config.student.model)
+    base = student_base(ctx)
     with tempfile.TemporaryDirectory(prefix="kdflow-load-") as tmp:
-        model, _tokenizer = load_student(model_path, plan, _adapter_dir(ctx, adapter, tmp))
+        model, _tokenizer = load_student(student_model_path(ctx, base), plan, _adapter_dir(ctx, adapter, tmp))
         parameters = sum(p.numel() for p in model.parameters())
         memory = release_memory(model)
         del model
-    record = {"model": ctx.config.student.model, "adapter": ctx.store.folder_url(adapter) if adapter else None,
+    record = {"model": base["base_model"], "adapter": ctx.store.folder_url(adapter) if adapter else None,
               "plan": plan.model_dump(), "parameters": parameters, "memory": memory}
     summary = {"device": plan.device, "quantization": plan.quantization, "adapter": record["adapter"]}
     return ctx.publish_json(cycle, name, record, summary=summary).to_xcom()
@@ -61,32 +68,41 @@ def load_finetuned_model(ctx: RunContext, cycle: int) -> dict[str, Any]:
 def _answer(ctx: RunContext, cycle: int, adapter: Pointer | None, stage: str) -> dict[str, Any]:
     """Answer the cycle's questions, the held-out set and (where :func:`gold_answered_at`) the gold
     set in one batched pass; the staged answers' summary records the device plan, tokens/s, wall time and
-    memory before/after."""
+    memory before/after. Where the run starts from a student that read the knowledge base (and no
+    champion adapter), cycle 1's baseline also answers the gold set with the configured student as it
+    was before reading (stage ``unread``): the run's own measurement of what reading changed."""
     from kdflow.student.device import plan_device
     from kdflow.student.generate import answer_questions
     from kdflow.student.models import resolve_student
 
     questions = run_questions(ctx, cycle)
     budgets = [ctx.config.student.max_new_tokens] * len(questions)
-    if gold_answered_at(cycle, stage):
-        gold = [item.as_question() for item in scored_gold(ctx.config, run_gold(ctx))]
-        questions += gold
-        budgets += [ctx.config.evaluation.gold_max_new_tokens] * len(gold)
-    plan = plan_device(ctx.config.student, "answer")
+    gold = [item.as_question() for item in scored_gold(ctx.config, run_gold(ctx))] if gold_answered_at(cycle, stage) \
+        else []
+    questions += gold
+    budgets += [ctx.config.evaluation.gold_max_new_tokens] * len(gold)
+    plan, base = plan_device(ctx.config.student, "answer"), student_base(ctx)
     with tempfile.TemporaryDirectory(prefix="kdflow-answer-") as tmp:
-        answers = answer_questions(ctx.config.student, resolve_student(ctx.config.student.model),
+        answers = answer_questions(ctx.config.student, student_model_path(ctx, base),
                                    [q.question for q in questions], adapter_dir=_adapter_dir(ctx, adapter, tmp),
-                                   plan=plan,
-                                   max_new_tokens=budgets)
+                                   plan=plan, max_new_tokens=budgets)
     adapter_url = ctx.store.folder_url(adapter) if adapter else None  # no version: a rerun's rows stay identical
     rows = [
         Answer(question_id=q.id, question=q.question, answer=a.text, stage=stage, split=q.split,
-               model=ctx.config.student.model, adapter=adapter_url, new_tokens=a.new_tokens)
+               model=base["base_model"], adapter=adapter_url, new_tokens=a.new_tokens)
         for q, a in zip(questions, answers, strict=True)
     ]
     # The device plan and the generation stats travel with the answers (#4), as training's do with the adapter.
     stats = answers.stats.model_dump(mode="json", exclude={"adapter"})
     summary = {**stats, "device": plan.device, "adapter": adapter_url}
+    if gold and base["read"] and adapter is None and stage == "baseline":
+        unread = answer_questions(ctx.config.student, resolve_student(ctx.config.student.model),
+                                  [q.question for q in gold], plan=plan,
+                                  max_new_tokens=[ctx.config.evaluation.gold_max_new_tokens] * len(gold))
+        rows += [Answer(question_id=q.id, question=q.question, answer=a.text, stage="unread", split=q.split,
+                        model=ctx.config.student.model, adapter=None, new_tokens=a.new_tokens)
+                 for q, a in zip(gold, unread, strict=True)]
+        summary["unread_wall_s"] = unread.stats.wall_s
     return ctx.stage_rows(cycle, f"{stage}_answers.jsonl", rows, summary=summary).to_xcom()
 
 
@@ -269,7 +285,6 @@ def finetune_student(ctx: RunContext, cycle: int) -> dict[str, Any]:
     (one retry with a smaller batch or on the CPU after a CUDA out-of-memory error, recorded)."""
     from kdflow.student.dataset import TRAIN_FILE, load_training_pairs
     from kdflow.student.device import plan_device
-    from kdflow.student.models import resolve_student
     from kdflow.student.train import train_with_oom_fallback
 
     # the published checkpoint, not the dataset step's XCom: a dataset review that drops pairs republishes it
@@ -278,7 +293,7 @@ def finetune_student(ctx: RunContext, cycle: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="kdflow-train-") as tmp:
         parquet = Path(tmp) / TRAIN_FILE
         parquet.write_bytes(ctx.store.folder_file(folder, TRAIN_FILE))  # hash-checked against the folder marker
-        result = train_with_oom_fallback(ctx.config.student, resolve_student(ctx.config.student.model),
+        result = train_with_oom_fallback(ctx.config.student, student_model_path(ctx),
                                          load_training_pairs(parquet), Path(tmp) / "out",
                                          init_adapter_dir=_adapter_dir(ctx, start_adapter(ctx, cycle), tmp), plan=plan,
                                          seed=ctx.config.seed + cycle)

@@ -114,7 +114,7 @@ def cmd_read_kb(args: argparse.Namespace, config: KdflowConfig) -> int:
     import shutil
 
     from kdflow.kb import load_from_config
-    from kdflow.student.full_finetune import train_full
+    from kdflow.student.kb_reading import read_knowledge_base
 
     out = Path(args.out)
     if out.exists():
@@ -123,12 +123,12 @@ def cmd_read_kb(args: argparse.Namespace, config: KdflowConfig) -> int:
     documents = kb.documents(config.pipeline.topics)
     model_path, plan = _student_setup(args, config, "train")
     reading = config.student.kb_reading
-    cfg = config.student.model_copy(update={"learning_rate": reading.learning_rate, "epochs": reading.epochs})
     log.info("the student reads %d passages of %s (%s): every weight, %s x %d epochs", len(documents), kb.name,
              ", ".join(config.pipeline.topics), reading.learning_rate, reading.epochs)
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)  # an earlier attempt that was stopped
-    result = train_full(cfg, model_path, documents, partial, plan=plan, seed=config.seed)
+    seed = config.seed if args.seed is None else args.seed  # --seed was ignored before (read with config.seed)
+    result = read_knowledge_base(config.student, model_path, documents, partial, plan=plan, seed=seed)
     partial.rename(out)  # published whole or not at all
     print(json.dumps({**result, "model": str(out)}, indent=2))
     print(f"the student has read {len(documents)} passages of {kb.name}: use it with --student {out}", file=sys.stderr)

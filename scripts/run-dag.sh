@@ -16,6 +16,10 @@ export KDFLOW__EVALUATION__CEILING_PER_TOPIC=${KDFLOW__EVALUATION__CEILING_PER_T
 # The student answers a stratified sample of the gold set (24 per topic, 72 questions) at each scoring
 # point, so the first run stays within 9 minutes on 2 cores; nightly runs score the whole set.
 export KDFLOW__EVALUATION__GOLD_PER_TOPIC=${KDFLOW__EVALUATION__GOLD_PER_TOPIC:-24}
+# The student does not read the knowledge base first in this run: the first reading of the embedded student
+# takes ~14 min on 2 cores (later runs reuse it from the store), and a short pass that would fit (1 epoch at
+# 3e-4) stored no detectable fact (docs/benchmarks/evaluation.md, kb-text-full-short). Nightly and CLI runs read.
+export KDFLOW__STUDENT__KB_READING__ENABLED=${KDFLOW__STUDENT__KB_READING__ENABLED:-false}
 export RAGAS_DO_NOT_TRACK=true HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export AIRFLOW__USAGE_DATA_COLLECTION__ENABLED=False  # no usage data to Airflow's vendor (as docker-compose.yaml)
 export MLFLOW_DISABLE_TELEMETRY=true  # nor to MLflow's (the run is tracked in <store>/mlflow/mlflow.db)

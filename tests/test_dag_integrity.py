@@ -276,10 +276,14 @@ def test_params_schema(dag):
     assert params.get_param("cycles").schema["maximum"] == CONFIG.pipeline.max_cycles
     # review is off by default: a scheduled run waits for nobody (issue 21)
     assert (params["review_dataset"], params["review_promotion"], params["review_timeout"]) == (False, False, "1d")
+    # the tests' environment turns reading off (tests/conftest.py); the form offers the three settings
+    assert params["read_knowledge_base"] == "false"
+    assert params.get_param("read_knowledge_base").schema["enum"] == ["auto", "true", "false"]
     from airflow.sdk.exceptions import ParamValidationError
 
     for name, bad in [("cycles", 0), ("cycles", CONFIG.pipeline.max_cycles + 1), ("questions_per_cycle", -1),
-                      ("topics", ["networking"]), ("topics", []), ("cycles", "two")]:
+                      ("topics", ["networking"]), ("topics", []), ("cycles", "two"),
+                      ("read_knowledge_base", "sometimes")]:
         with pytest.raises(ParamValidationError):
             params.get_param(name).resolve(bad)
 
@@ -291,6 +295,11 @@ def test_params_map_onto_the_config():
         "review": {"dataset": True, "timeout": "2h"}}
     with pytest.raises(ValueError, match="unknown param"):
         params_to_overrides({"nope": 1})
+    # a nested setting: whether the student reads the knowledge base first, from the trigger form's choice
+    overrides = params_to_overrides({"read_knowledge_base": "false", "student_model": "embedded"})
+    assert overrides == {"student": {"model": "embedded", "kb_reading": {"enabled": "false"}}}
+    assert load_config(overrides).student.kb_reading.enabled is False
+    assert load_config(params_to_overrides({"read_knowledge_base": "auto"})).student.kb_reading.enabled == "auto"
 
 
 def test_every_step_task_can_wait_for_a_batch_in_the_triggerer(dagbag):

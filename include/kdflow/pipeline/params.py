@@ -9,7 +9,7 @@ from typing import Any
 
 from kdflow.config import KdflowConfig
 
-# param name -> (config section, config key)
+# param name -> (config section, config key; a dotted key is a nested one)
 PARAM_FIELDS: dict[str, tuple[str, str]] = {
     "topics": ("pipeline", "topics"),
     "cycles": ("pipeline", "cycles"),
@@ -19,6 +19,7 @@ PARAM_FIELDS: dict[str, tuple[str, str]] = {
     "teacher_model": ("teacher", "model"),
     "teacher_base_url": ("teacher", "base_url"),
     "student_model": ("student", "model"),
+    "read_knowledge_base": ("student", "kb_reading.enabled"),
     "seed": (None, "seed"),
     "review_dataset": ("review", "dataset"),
     "review_promotion": ("review", "promotion"),
@@ -35,10 +36,11 @@ def params_to_overrides(params: Mapping[str, Any] | None) -> dict[str, Any]:
         if value is None or value == "":
             continue
         section, key = PARAM_FIELDS[name]
-        if section is None:
-            overrides[key] = value
-        else:
-            overrides.setdefault(section, {})[key] = value
+        target = overrides if section is None else overrides.setdefault(section, {})
+        *parents, leaf = key.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = value
     return overrides
 
 
@@ -61,6 +63,12 @@ def params_schema(config: KdflowConfig, topics: list[str]) -> dict[str, dict[str
                                  description="OpenAI-compatible endpoint; empty for OpenAI itself"),
         "student_model": dict(default=s.model, type="string", minLength=1, title="Student model",
                               description="HF model id, local folder or GGUF file; 'embedded' = SmolLM2-135M"),
+        "read_knowledge_base": dict(default=str(s.kb_reading.enabled).lower(), type="string",
+                                    enum=["auto", "true", "false"], title="Student reads the knowledge base first",
+                                    description="Train every weight on the topics' passages before cycle 1 (auto: "
+                                                "unless the student trains in 4-bit); read once, kept in the store "
+                                                "and reused by later runs (the first read of the embedded student "
+                                                "takes ~14 min on 2 CPU cores)"),
         "seed": dict(default=config.seed, type="integer", minimum=0, title="Seed"),
         "review_dataset": dict(default=r.dataset, type="boolean", title="Review each cycle's training data",
                                description="Wait after Prepare Training Dataset for a person to approve, reject "

@@ -53,3 +53,22 @@ def test_the_key_names_the_student_the_passages_and_every_setting_that_changes_t
               reading_key("embedded", DOCUMENTS, StudentConfig(kb_reading={"epochs": 1}), 42),
               reading_key("embedded", DOCUMENTS, StudentConfig(kb_reading={"learning_rate": 3e-4}), 42)]
     assert len({key, *others}) == 7 and all(len(k) == 16 for k in others)
+
+
+def test_the_cycles_train_gently_on_a_student_that_read_only_where_asked():
+    """On a read student the cycles take kb_reading's cycles_* numbers, and the resolved training profile uses
+    them (not the architecture's); a student that did not read, or settings without them, train as usual."""
+    from types import SimpleNamespace
+
+    from kdflow.student.kb_reading import cycles_settings
+    from kdflow.student.profiles import resolve_profile
+
+    gentle = StudentConfig(kb_reading={"cycles_learning_rate": 1e-4, "cycles_epochs": 1})
+    llama = SimpleNamespace(model_type="llama", max_position_embeddings=2048)
+    read = resolve_profile(cycles_settings(gentle, True), llama)
+    assert (read.learning_rate, read.epochs) == (1e-4, 1)
+    assert cycles_settings(gentle, False) is gentle
+    usual = resolve_profile(cycles_settings(gentle, False), llama)
+    assert (usual.learning_rate, usual.epochs) != (1e-4, 1)
+    plain = StudentConfig()
+    assert cycles_settings(plain, True) is plain

@@ -285,15 +285,17 @@ def finetune_student(ctx: RunContext, cycle: int) -> dict[str, Any]:
     (one retry with a smaller batch or on the CPU after a CUDA out-of-memory error, recorded)."""
     from kdflow.student.dataset import TRAIN_FILE, load_training_pairs
     from kdflow.student.device import plan_device
+    from kdflow.student.kb_reading import cycles_settings
     from kdflow.student.train import train_with_oom_fallback
 
     # the published checkpoint, not the dataset step's XCom: a dataset review that drops pairs republishes it
     folder = ctx.checkpoint(cycle, "hf_dataset")
-    plan = plan_device(ctx.config.student, "train")
+    plan, base = plan_device(ctx.config.student, "train"), student_base(ctx)
+    settings = cycles_settings(ctx.config.student, base["read"])
     with tempfile.TemporaryDirectory(prefix="kdflow-train-") as tmp:
         parquet = Path(tmp) / TRAIN_FILE
         parquet.write_bytes(ctx.store.folder_file(folder, TRAIN_FILE))  # hash-checked against the folder marker
-        result = train_with_oom_fallback(ctx.config.student, student_model_path(ctx),
+        result = train_with_oom_fallback(settings, student_model_path(ctx, base),
                                          load_training_pairs(parquet), Path(tmp) / "out",
                                          init_adapter_dir=_adapter_dir(ctx, start_adapter(ctx, cycle), tmp), plan=plan,
                                          seed=ctx.config.seed + cycle)

@@ -66,3 +66,13 @@ def read_knowledge_base(cfg: Any, model_path: Path | str, documents: Sequence[st
     reading = cfg.kb_reading
     settings = cfg.model_copy(update={"learning_rate": reading.learning_rate, "epochs": reading.epochs})
     return train_full(settings, model_path, documents, out_dir, plan=plan, seed=seed)
+
+
+def cycles_settings(cfg: Any, read: bool) -> Any:
+    """The student settings the cycles train their adapters with: ``cfg`` as it is, or, on a student that read
+    the knowledge base, with ``student.kb_reading.cycles_learning_rate`` / ``cycles_epochs`` where set (why:
+    a teacher's pairs trained at the usual rate can undo what was read)."""
+    reading = cfg.kb_reading
+    update = {key: value for key, value in (("learning_rate", reading.cycles_learning_rate),
+                                            ("epochs", reading.cycles_epochs)) if value is not None}
+    return cfg.model_copy(update=update) if read and update else cfg

@@ -130,3 +130,31 @@ def test_a_run_that_does_not_read_records_why_and_loads_the_configured_student(t
                     "model": None}
     assert student_model_path(ctx) == tiny_phi_dir
     assert not ctx.store.list_keys("cache/kb-reading")
+
+
+def test_the_cycles_train_their_adapter_on_the_read_student_with_the_cycles_numbers(first_reading, tiny_phi_dir,
+                                                                                   tmp_path):
+    """finetune_student loads the read model and trains at kb_reading's cycles_* numbers (the reading itself is
+    reused: those numbers are not part of its key)."""
+    import json
+
+    from kdflow.pipeline.student_steps import finetune_student
+    from kdflow.student.dataset import write_dataset_folder
+    from kdflow.student.tiny_models import TINY_PAIRS
+
+    ctx, _ = first_reading
+    gentle = RunContext.create("gentle", {**ctx.overrides, "student": {
+        **ctx.overrides["student"], "kb_reading": {**ctx.overrides["student"]["kb_reading"],
+                                                   "cycles_learning_rate": 1e-4, "cycles_epochs": 1}}})
+    read_knowledge_base(gentle, None)
+    assert student_base(gentle)["read_in_run"] == "nightly_1"
+    cycle_start(gentle, 1)
+    train = [{"question_id": f"q{i}", "cycle": 1, "topic": "pods", "prompt": q, "completion": a,
+              "passage_ids": ["pods/pods#what-a-pod-is-1"]} for i, (q, a) in enumerate(TINY_PAIRS)]
+    folder = write_dataset_folder(tmp_path / "dataset", {"train": train}, "card")
+    gentle.record(1, "hf_dataset", gentle.store.upload_dir(folder, gentle.key(1, "hf_dataset")))
+    adapter = finetune_student(gentle, 1)
+    result = json.loads(gentle.store.folder_file(adapter, "train_result.json"))
+    assert (result["profile"]["learning_rate"], result["profile"]["epochs"]) == (1e-4, 1)
+    base = json.loads(gentle.store.folder_file(adapter, "kdflow_base.json"))
+    assert base["name"] == student_model_path(gentle).name  # trained on the read folder, not the configured one

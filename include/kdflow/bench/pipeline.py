@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kdflow.bench.judge import render as render_judge_output
-from kdflow.bench.runner import ROOT, load_average, run_cli
+from kdflow.bench.runner import NO_READING, ROOT, load_average, run_cli
 from kdflow.bench.throughput import goal_budget
 
 DAGS = ROOT / "dags"
@@ -184,11 +184,11 @@ def end_to_end(store: Path | None = None, *, cycles: int = 2, questions: int = 3
     """The embedded default end to end (one run: it takes minutes), then the same run id again,
     which must be served from the store and the response cache: 0 teacher and 0 judge calls."""
     store = Path(store or tempfile.mkdtemp(prefix="kdflow-bench-store-"))
-    first = run_cli(store, run_id, cycles, questions)
+    first = run_cli(store, run_id, cycles, questions, extra=NO_READING)
     first_usage = _usage(store, run_id)
     stages = _stage_table(first, first_usage, store, run_id)
     rerun_started = time.time()
-    rerun = run_cli(store, run_id, cycles, questions)
+    rerun = run_cli(store, run_id, cycles, questions, extra=NO_READING)
     rerun_usage = _usage(store, run_id, since=rerun_started)
     return {
         "store": str(store), "run_id": run_id, "cycles": cycles, "questions": questions, "runs": 1,

@@ -158,3 +158,16 @@ def test_the_cycles_train_their_adapter_on_the_read_student_with_the_cycles_numb
     assert (result["profile"]["learning_rate"], result["profile"]["epochs"]) == (1e-4, 1)
     base = json.loads(gentle.store.folder_file(adapter, "kdflow_base.json"))
     assert base["name"] == student_model_path(gentle).name  # trained on the read folder, not the configured one
+
+
+def test_a_second_fetch_on_the_same_machine_keeps_the_folder_in_place(first_reading, monkeypatch):
+    """Two workers fetching the read student at once: the one that finishes second discards its copy instead of
+    replacing the folder the first may be loading from."""
+    ctx, _ = first_reading
+    folder = student_model_path(ctx)
+    marker = folder / "in-use"
+    marker.write_text("a worker loads from here")
+    monkeypatch.setattr(type(folder / DONE_FILE), "exists", lambda self: False)  # as if not yet in place
+    assert student_model_path(ctx) == folder and marker.is_file()  # (exists is patched)
+    assert not list(folder.parent.glob(f".{folder.name}.*.partial"))
+    marker.unlink()

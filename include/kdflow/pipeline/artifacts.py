@@ -90,11 +90,13 @@ def student_model_path(ctx: RunContext, base: dict[str, Any] | None = None) -> P
     local = DEFAULT_CACHE_DIR.expanduser() / f"read-{pointer.sha256[:16]}"
     if not (local / DONE_FILE).exists():
         partial = local.with_name(f".{local.name}.{os.getpid()}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)  # this process's own stopped download
         ctx.store.download_dir(pointer, partial)
         (partial / DONE_FILE).write_text(pointer.key)
-        shutil.rmtree(local, ignore_errors=True)  # a folder left without its done file by a stopped download
-        partial.rename(local)
+        try:
+            partial.rename(local)  # only complete folders are renamed into place, so none is ever replaced
+        except OSError:  # another worker on this machine put the same folder in place first
+            shutil.rmtree(partial, ignore_errors=True)
     return local
 
 

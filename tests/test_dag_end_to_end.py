@@ -1,5 +1,6 @@
 """The DAG end to end with `dag.test()`: 2 cycles x 3 questions on the embedded teacher and judge
-with a tiny random Phi-2 student; then a middle task fails on purpose and the same run is rerun."""
+with a tiny random Phi-2 student that reads the knowledge base first (the trigger form's
+read_knowledge_base, one epoch); then a middle task fails on purpose and the same run is rerun."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def e2e_env(tmp_path_factory, tiny_phi_dir):
         "KDFLOW__STORE__URL": str(store),
         "KDFLOW__STUDENT__MAX_NEW_TOKENS": "24",
         "KDFLOW__STUDENT__EPOCHS": "2",
+        "KDFLOW__STUDENT__KB_READING__EPOCHS": "1",
         "KDFLOW__TEACHER__MAX_TOKENS": "160",
         "KDFLOW__EVALUATION__RELEVANCY_STRICTNESS": "1",  # one judge question per answer keeps CI time down
         "KDFLOW__EVALUATION__CEILING_PER_TOPIC": "1",  # the open-book ceiling on 3 of the scored gold questions
@@ -56,7 +58,8 @@ def dag():
 
 
 def _conf(e2e_env):
-    return {"cycles": 2, "questions_per_cycle": 3, "held_out_per_topic": 1, "student_model": e2e_env["student"]}
+    return {"cycles": 2, "questions_per_cycle": 3, "held_out_per_topic": 1, "student_model": e2e_env["student"],
+            "read_knowledge_base": "true"}
 
 
 def _data_hashes(store: ArtifactStore, run_id: str) -> dict[str, str]:
@@ -84,8 +87,8 @@ def test_clean_run_publishes_every_checkpoint(clean_run, e2e_env):
                      "baseline_aggregate", "dataset", "adapter", "training", "finetuned_model", "finetuned_answers",
                      "finetuned_scores", "finetuned_aggregate", "comparison", "improvement", "results"):
             assert f"cycle_{cycle}.{name}" in manifest, f"cycle_{cycle}.{name} missing"
-    for name in ("run", "config", "knowledge_base", "topics", "held_out", "all_cycles", "overall", "results",
-                 "report", "completion"):
+    for name in ("run", "config", "knowledge_base", "topics", "student_base", "held_out", "all_cycles", "overall",
+                 "results", "report", "completion"):
         assert name in manifest, name
     # every pointer in the manifest verifies against the object it points at
     for entry in manifest.values():
@@ -117,13 +120,21 @@ def test_the_gold_set_is_answered_at_the_start_and_after_each_cycle_and_leads_th
     sample = {f"gold-{item.id}" for item in scored_gold(load_config({"evaluation": {"gold_per_topic": 24}},
                                                                     environ={}), shipped)}
     assert len(sample) == 72
-    answered = {(n, stage): {a["question_id"] for a in store.read_jsonl(manifest[f"cycle_{n}.{stage}_answers"])
-                             if a["split"] == "gold"}
-                for n in (1, 2) for stage in ("baseline", "finetuned")}
-    # the start model (cycle 1's baseline) and each cycle's adapter, on the same seeded sample; cycle 2's
-    # baseline model is cycle 1's adapter
-    assert answered[(1, "baseline")] == answered[(1, "finetuned")] == answered[(2, "finetuned")] == sample
-    assert answered[(2, "baseline")] == set()
+    rows = {(n, stage): store.read_jsonl(manifest[f"cycle_{n}.{stage}_answers"]) for n in (1, 2)
+            for stage in ("baseline", "finetuned")}
+    answered = {(n, stage, row["stage"]): set() for (n, stage), found in rows.items() for row in found}
+    for (n, stage), found in rows.items():
+        for row in found:
+            if row["split"] == "gold":
+                answered[(n, stage, row["stage"])].add(row["question_id"])
+    # the student before it read the knowledge base and the start model (cycle 1's baseline: the read student),
+    # then each cycle's adapter, on the same seeded sample; cycle 2's baseline model is cycle 1's adapter
+    assert answered[(1, "baseline", "unread")] == answered[(1, "baseline", "baseline")] == sample
+    assert answered[(1, "finetuned", "finetuned")] == answered[(2, "finetuned", "finetuned")] == sample
+    assert answered[(2, "baseline", "baseline")] == set()
+    base = store.read_json(manifest["student_base"])
+    assert base["read"] and base["epochs"] == 1 and base["documents"] > 100
+    assert {r["model"] for r in rows[(1, "baseline")] if r["stage"] == "baseline"} == {base["base_model"]}
     ceiling = store.read_jsonl(manifest["gold_ceiling"])
     assert sorted(row["topic"] for row in ceiling) == ["pods", "services",
                                                        "storage"] and all("key_fact_recall" in r["scores"]
@@ -131,15 +142,16 @@ def test_the_gold_set_is_answered_at_the_start_and_after_each_cycle_and_leads_th
     report = json.loads(_report_file(store, run_id, "report.json"))
     verdict = report["verdict"]
     assert verdict["items"] == 72 and verdict["set_items"] == len(shipped)
-    assert verdict["start_model"] == "base model" and verdict["last_cycle"] == 2
+    assert verdict["start_model"] == "base model before reading the knowledge base" and verdict["last_cycle"] == 2
     lead = verdict["overall"]["key_fact_recall"]
     assert lead["n"] == 72 and lead["verdict"] in ("improved", "regressed",
                                                    "no detectable change") and lead["mde"] is not None
     assert lead["gap_closed"]["n"] == 3
-    assert [step["cycle"] for step in verdict["per_cycle"]] == [1, 2]
+    assert [step["step"] for step in verdict["per_cycle"]] == ["reading", "cycle 1", "cycle 2"]
     md = _report_file(store, run_id, "report.md").decode()
     assert md.split("\n\n")[2].startswith(f"VERDICT: Gold set (a stratified sample of 72 of its {len(shipped)} "
-                                             "questions), key_fact_recall: base model")
+                                             "questions), key_fact_recall: base model before reading")
+    assert "Before cycle 1 the student read the knowledge base" in md
     assert "on a stratified sample of 3 of 72 questions" in md
     roles = {r["role"]: r for r in report["roles"]}
     assert roles["teacher"]["where"].startswith("local") and roles["student"]["model"] == e2e_env["student"]
@@ -171,6 +183,7 @@ def test_xcom_carries_pointers_only(clean_run):
 def test_a_failed_middle_task_reruns_to_the_same_checkpoints(dag, clean_run, e2e_env, monkeypatch):
     store, run_id = e2e_env["store"], clean_run.run_id
     before = _data_hashes(store, run_id)
+    base_before = store.checkpoint_pointer(run_id, "student_base").sha256
     usage_before = {k: store.read_bytes(k) for k in store.list_keys(run_key(run_id, "usage"))}
     monkeypatch.setenv("KDFLOW_FAIL_STEP", "cycle_2.finetune_student")
     failed = dag.test(logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE, run_conf=_conf(e2e_env))
@@ -183,6 +196,7 @@ def test_a_failed_middle_task_reruns_to_the_same_checkpoints(dag, clean_run, e2e
     rerun = dag.test(logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE, run_conf=_conf(e2e_env))
     assert rerun.state == "success"
     assert _data_hashes(store, run_id) == before
+    assert store.checkpoint_pointer(run_id, "student_base").sha256 == base_before  # the reading reused, same record
     # every teacher and judge answer of the reruns came from the cache: each usage record a rerun
     # rewrote shows cache hits only (steps that needed no teacher call left theirs as they were)
     rewritten = [k for k in store.list_keys(run_key(run_id, "usage")) if store.read_bytes(k) != usage_before.get(k)]

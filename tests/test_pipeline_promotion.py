@@ -174,3 +174,36 @@ def test_a_champion_stored_before_champions_were_kept_per_model_is_still_found(t
     assert start_record(second, 1)["origin"] == "champion from run old_1" and promoted["promote"] is True
     history = second.store.list_keys(f"{champion_dir('embedded')}/history")
     assert [second.store.read_json(k)["run_id"] for k in history] == ["old_1"]
+
+
+def test_a_run_that_read_the_knowledge_base_is_judged_against_the_student_before_reading(tmp_path):
+    """With no champion of the read base, the incumbent is what the user had: the base model as it was before
+    reading (cycle 1's "unread" gold rows), not the read student; the champion belongs to the read base."""
+    from kdflow.gold import BUILTIN_GOLD, load_gold
+
+    items = load_gold(BUILTIN_GOLD).items[:6]
+    ctx = RunContext.create("read_run", {"store": {"url": str(tmp_path / "store")}, "pipeline": {"cycles": 1}})
+    folder = {"url": "file:///store/cache/kb-reading/embedded/k/v/.folder", "key": "cache/kb-reading/embedded/k",
+              "sha256": "0" * 64, "bytes": 1}
+    ctx.publish_json(None, "student_base.json", {"read": True, "reason": "auto", "model": folder,
+                                                 "base_model": "embedded+kb-reading:k"})
+    cycle_start(ctx, 1)
+    ctx.publish(None, "gold.jsonl", ctx.stage_rows(None, "gold.jsonl", items))
+
+    def gold_rows(stage: str, value: float) -> list[ScoreRow]:
+        return [ScoreRow(question_id=item.as_question().id, topic=item.topic, split="gold", stage=stage, cycle=1,
+                         scores={"key_fact_recall": value + 0.01 * i}) for i, item in enumerate(items)]
+
+    scores = {"baseline": gold_rows("baseline", 0.5) + gold_rows("unread", 0.2),
+              "finetuned": gold_rows("finetuned", 0.5)}
+    for stage, rows in scores.items():
+        ctx.publish(1, f"{stage}_scores.jsonl", ctx.stage_rows(1, f"{stage}_scores.jsonl", rows))
+    adapter_dir = tmp_path / "adapter"
+    adapter_dir.mkdir()
+    (adapter_dir / "adapter_model.safetensors").write_bytes(b"x")
+    ctx.store.record_checkpoint("read_run", "cycle_1.adapter", ctx.store.upload_dir(adapter_dir, ctx.key(1, "adapter")))
+    decision = _promotion(ctx, 1)
+    assert decision["promote"] is True and decision["delta"] == pytest.approx(0.3), decision
+    assert decision["incumbent"] == "base model before reading the knowledge base"
+    champion = ctx.store.read_json(CHAMPION_KEY)
+    assert champion["base_model"] == "embedded+kb-reading:k" and champion["student_base"] == folder

@@ -147,10 +147,14 @@ def promotion_gate(ctx: RunContext, last_cycle: int) -> dict[str, Any]:
     split = "gold" if ctx.has_checkpoint(None, "gold.jsonl") else "held_out"
     candidate = [s for s in cycle_scores(ctx, last_cycle, "finetuned") if s.split == split]
     # The incumbent is the model cycle 1 started from (the champion, or the base model when there is
-    # none), scored in this run on the same questions.
-    incumbent = [s for s in cycle_scores(ctx, 1, "baseline", only_stage=True) if s.split == split]
+    # none), scored in this run on the same questions; where the student read the knowledge base first with no
+    # champion of the read base, the base model as it was before reading (stage "unread"): what a user had.
+    start = [s for s in cycle_scores(ctx, 1, "baseline") if s.split == split]
+    unread = [s for s in start if s.stage == "unread"]
+    incumbent = unread or [s for s in start if s.stage == "baseline"]
     decision = decide_promotion(candidate, incumbent, cfg, metric=cfg.metric, split=split, **statistics_of(ctx))
-    decision["incumbent"] = describe_start(current_champion(ctx))
+    decision["incumbent"] = describe_start(current_champion(ctx)) + (" before reading the knowledge base"
+                                                                     if unread else "")
     return decision
 
 

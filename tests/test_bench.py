@@ -125,7 +125,9 @@ def test_throughput_runs_the_baseline_commit_and_this_code_side_by_side(tiny_phi
                 "student.lora_r=4", "student.lora_alpha=8", "student.max_length=128", "teacher.max_tokens=160")
     result = throughput(1, 1, settings=settings)
     before, now = result["by_code"]["before"], result["by_code"]["now"]
-    assert result["baseline_commit"] == BASELINE_COMMIT and result["now_settings"] == ["evaluation.gold_per_topic=24"]
+    assert result["baseline_commit"] == BASELINE_COMMIT
+    # the same gold work on both sides, and no reading of the knowledge base first (the code before has none)
+    assert result["now_settings"] == ["evaluation.gold_per_topic=24", "student.kb_reading.enabled=false"]
     for side in (before, now):
         assert side["wall_s"] > 0 and side["questions_per_min"] == round(1 / (side["wall_s"] / 60), 2)
         assert side["stages_s"]["teacher references"] > 0 and side["stages_s"]["training"] > 0

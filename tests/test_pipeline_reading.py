@@ -171,3 +171,13 @@ def test_a_second_fetch_on_the_same_machine_keeps_the_folder_in_place(first_read
     assert student_model_path(ctx) == folder and marker.is_file()  # (exists is patched)
     assert not list(folder.parent.glob(f".{folder.name}.*.partial"))
     marker.unlink()
+
+
+def test_the_embedded_student_is_named_by_its_content_in_the_key():
+    """An upgraded embedded model (another GGUF) must not reuse the old model's reading."""
+    from kdflow.pipeline.reading_steps import model_identity
+
+    assert model_identity("embedded", "/home/a/.cache/kdflow/models/SmolLM2-135M-Instruct.Q4_1-b179c9523d0e") == \
+        "SmolLM2-135M-Instruct.Q4_1-b179c9523d0e"
+    assert model_identity("/models/x.gguf", "/cache/x-0123456789ab") == "x-0123456789ab"
+    assert model_identity("microsoft/phi-2", "microsoft/phi-2") == "microsoft/phi-2"

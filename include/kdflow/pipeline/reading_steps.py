@@ -39,6 +39,15 @@ def cached_reading(ctx: RunContext, key: str) -> Pointer | None:
     return pointer
 
 
+def model_identity(model: str, model_path: Path | str) -> str:
+    """What names the student in a reading's key: for the embedded model or a GGUF file, the converted folder's name,
+    which carries the file's content hash (an upgraded package is read again); otherwise ``student.model`` as given
+    (a hub id, or a folder: the same on every worker)."""
+    if model == "embedded" or model.endswith(".gguf"):
+        return Path(str(model_path)).name
+    return model
+
+
 def read_knowledge_base(ctx: RunContext, cycle: None) -> dict[str, Any]:
     """Publish the run's student base: the stored reading for this student, passages and settings, read
     now when there is none; or the configured student when reading does not apply (recorded why)."""
@@ -52,7 +61,8 @@ def read_knowledge_base(ctx: RunContext, cycle: None) -> dict[str, Any]:
     if plan is not None:
         topics = ctx.config.pipeline.topics
         documents = load_from_config(ctx.config).documents(topics)
-        key = reading_key(cfg.model, documents, cfg, ctx.config.seed)
+        model_path = resolve_student(cfg.model)
+        key = reading_key(model_identity(cfg.model, model_path), documents, cfg, ctx.config.seed)
         store_key = reading_cache_key(cfg.model, key)
         pointer = cached_reading(ctx, store_key)
         if pointer is None:
@@ -61,8 +71,7 @@ def read_knowledge_base(ctx: RunContext, cycle: None) -> dict[str, Any]:
                      cfg.kb_reading.epochs)
             clock = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="kdflow-read-") as tmp:
-                result = read(cfg, resolve_student(cfg.model), documents, Path(tmp) / "model", plan=plan,
-                              seed=ctx.config.seed)
+                result = read(cfg, model_path, documents, Path(tmp) / "model", plan=plan, seed=ctx.config.seed)
                 summary = {**{k: result.get(k) for k in ("initial_loss", "final_loss", "steps", "wall_s")},
                            "run_id": ctx.run_id}
                 pointer = ctx.store.upload_dir(Path(tmp) / "model", store_key, summary=summary)

@@ -24,6 +24,14 @@ def _scores(stage: str, values: tuple[float, ...]) -> list[ScoreRow]:
                      scores={METRIC: v}) for qid, v in zip(HELD_OUT, values, strict=True)]
 
 
+def _record_adapter(ctx: RunContext, tmp_path) -> None:
+    """Cycle 1's adapter as the run publishes it: a folder whose file holds the run id."""
+    adapter_dir = tmp_path / f"adapter-{ctx.run_id}"
+    adapter_dir.mkdir()
+    (adapter_dir / "adapter_model.safetensors").write_bytes(ctx.run_id.encode())
+    ctx.store.record_checkpoint(ctx.run_id, "cycle_1.adapter", ctx.store.upload_dir(adapter_dir, ctx.key(1, "adapter")))
+
+
 def _finish_run(store_url: str, run_id: str, baseline: tuple[float, ...], finetuned: tuple[float, ...],
                 tmp_path, student: str = "embedded") -> tuple[RunContext, dict]:
     """A one-cycle run as its checkpoints leave it: start record, both score files and an adapter;
@@ -35,10 +43,7 @@ def _finish_run(store_url: str, run_id: str, baseline: tuple[float, ...], finetu
     cycle_start(ctx, 1)
     for stage, values in (("baseline", baseline), ("finetuned", finetuned)):
         ctx.publish(1, f"{stage}_scores.jsonl", ctx.stage_rows(1, f"{stage}_scores.jsonl", _scores(stage, values)))
-    adapter_dir = tmp_path / f"adapter-{run_id}"
-    adapter_dir.mkdir()
-    (adapter_dir / "adapter_model.safetensors").write_bytes(run_id.encode())
-    ctx.store.record_checkpoint(run_id, "cycle_1.adapter", ctx.store.upload_dir(adapter_dir, ctx.key(1, "adapter")))
+    _record_adapter(ctx, tmp_path)
     return ctx, _promotion(ctx, 1)
 
 
@@ -116,10 +121,7 @@ def test_with_a_gold_set_promotion_reads_the_gold_scores_and_fails_closed_withou
     for stage, rows in (("baseline", _scores("baseline", (0.5, 0.5, 0.5))),
                         ("finetuned", _scores("finetuned", (0.9, 0.9, 0.9)) + gold_rows("finetuned", 0.5))):
         ctx.publish(1, f"{stage}_scores.jsonl", ctx.stage_rows(1, f"{stage}_scores.jsonl", rows))
-    adapter_dir = tmp_path / "adapter"
-    adapter_dir.mkdir()
-    (adapter_dir / "adapter_model.safetensors").write_bytes(b"x")
-    ctx.store.record_checkpoint("gold_run", "cycle_1.adapter", ctx.store.upload_dir(adapter_dir, ctx.key(1, "adapter")))
+    _record_adapter(ctx, tmp_path)
     refused = _promotion(ctx, 1)
     assert refused["split"] == "gold" and refused["metric"] == "key_fact_recall"
     assert refused["promote"] is False and "fails closed" in refused["reason"] and not ctx.store.exists(CHAMPION_KEY)
@@ -198,10 +200,7 @@ def test_a_run_that_read_the_knowledge_base_is_judged_against_the_student_before
               "finetuned": gold_rows("finetuned", 0.5)}
     for stage, rows in scores.items():
         ctx.publish(1, f"{stage}_scores.jsonl", ctx.stage_rows(1, f"{stage}_scores.jsonl", rows))
-    adapter_dir = tmp_path / "adapter"
-    adapter_dir.mkdir()
-    (adapter_dir / "adapter_model.safetensors").write_bytes(b"x")
-    ctx.store.record_checkpoint("read_run", "cycle_1.adapter", ctx.store.upload_dir(adapter_dir, ctx.key(1, "adapter")))
+    _record_adapter(ctx, tmp_path)
     decision = _promotion(ctx, 1)
     assert decision["promote"] is True and decision["delta"] == pytest.approx(0.3), decision
     assert decision["incumbent"] == "base model before reading the knowledge base"

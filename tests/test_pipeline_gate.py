@@ -246,3 +246,21 @@ def test_passage_pairs_all_add_every_passage_of_the_selected_topics(run):
     assert pointer["summary"]["coverage"]["passages_covered"] == 1  # coverage counts what the teacher's pairs cite
     assert load_config({"student": {"passage_pairs": True}}).student.passage_pairs == "cited"
     execute("prepare_training_dataset", run_id=RUN, overrides=overrides, cycle=2)  # leave the module's run as it was
+
+
+def test_with_training_pairs_new_a_cycle_trains_on_its_own_pairs_only(run):
+    """pipeline.training_pairs: new: cycle 2's dataset holds cycle 2's gated pairs, not cycle 1's again; the box says
+    how many (the design's default, all, counts every cycle so far)."""
+    from kdflow.config import load_config
+    from kdflow.pipeline.registry import ALL_STEPS, display_name
+
+    ctx, overrides, _ = run
+    new = {**overrides, "pipeline": {**overrides.get("pipeline", {}), "training_pairs": "new"}}
+    pointer = execute("prepare_training_dataset", run_id=RUN, overrides=new, cycle=2)
+    pairs = [TrainingPair.model_validate(r) for r in ctx.rows(pointer)]
+    assert [(p.question_id, p.cycle) for p in pairs] == [("services-c2-rewritten", 2)]
+    assert [d["cycle"] for d in pointer["summary"]["dropped_items"]] == [2]
+    spec, q = ALL_STEPS["prepare_training_dataset"], load_config(overrides).pipeline.questions_per_cycle
+    assert display_name(spec, load_config(new), 2) == f"Prepare Training Dataset {q} Q&A Pairs Total"
+    assert display_name(spec, load_config(overrides), 2) == f"Prepare Training Dataset {2 * q} Q&A Pairs Total"
+    execute("prepare_training_dataset", run_id=RUN, overrides=overrides, cycle=2)  # leave the module's run as it was

@@ -36,6 +36,9 @@ class PipelineConfig(_Section):
     questions_per_cycle: int = Field(3, ge=1, le=200)
     max_cycles: int = Field(3, ge=1, le=20)
     held_out_per_topic: int = Field(1, ge=0, le=50)
+    # What cycle k trains its adapter on (continuing from cycle k-1's): "all" = every gated pair of cycles 1..k, the
+    # design; "new" = cycle k's own pairs, each pair trained in one cycle only (docs/benchmarks/evaluation.md).
+    training_pairs: Literal["all", "new"] = "all"
 
     @field_validator("topics")
     @classmethod

@@ -127,7 +127,8 @@ def box_names(config: KdflowConfig, cycle: int | None) -> dict[str, object]:
     """Values the box templates use, all from the configuration: e.g. ``Generate 3 NEW Questions using
     SmolLM2-135M-Instruct.Q4_1`` or ``Calculate Baseline Key Fact Recall Score``."""
     n, pipeline = cycle or 1, config.pipeline
-    return {"q": pipeline.questions_per_cycle, "pairs": pipeline.questions_per_cycle * n, "prev": n - 1,
+    pairs = pipeline.questions_per_cycle * (n if pipeline.training_pairs == "all" else 1)
+    return {"q": pipeline.questions_per_cycle, "pairs": pairs, "prev": n - 1,
             "teacher": config.teacher.served_model, "student": config.student.served_model,
             "kb": config.knowledge_base.name, "topics": ", ".join(t.title() for t in pipeline.topics),
             "metric": str(config.promotion.metric).replace("_", " ").title()}

@@ -210,14 +210,16 @@ def drop_reviewed(pairs: list[TrainingPair], drops: dict[str, ReviewDecision]) -
 
 
 def prepare_training_dataset(ctx: RunContext, cycle: int) -> dict[str, Any]:
-    """Every gated training pair of cycles 1..n of this run, less those a reviewer dropped (``review.dataset``)
+    """Every gated training pair of cycles 1..n of this run (of cycle n alone with ``pipeline.training_pairs: new``),
+    less those a reviewer dropped (``review.dataset``)
     and those too close to a gold or held-out question (decontamination); evaluation questions never enter.
     Records the KB coverage and who dropped what."""
     pairs: list[TrainingPair] = []
     dropped: list[dict[str, Any]] = []
     questions_cited: dict[str, list[str]] = {}  # question id -> the passages it cites
     kb = load_from_config(ctx.config)  # once: read by the passage pairs and the coverage
-    for n in range(1, cycle + 1):
+    first = 1 if ctx.config.pipeline.training_pairs == "all" else cycle  # "new": this cycle's pairs only
+    for n in range(first, cycle + 1):
         questions = {q["id"]: q for q in ctx.rows(ctx.checkpoint(n, "questions.jsonl"))}
         references = [Reference.model_validate(row) for row in ctx.rows(ctx.checkpoint(n, "references.jsonl"))]
         kept, cut = trainable_references(references, questions)

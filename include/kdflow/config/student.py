@@ -73,9 +73,8 @@ class KbReadingConfig(_Section):
     learning_rate: LearningRate = 1e-4
     epochs: Epochs = 5
     # The cycles' LoRA learning rate and epochs on a student that read the knowledge base (null: the cycles' usual
-    # profile). Measured with the embedded teacher over three cycles: its pairs at the
-    # usual 5e-4 x 3 undo the reading and the answer form, at 1e-4 x 1 the form is kept but the facts drift back
-    # into the noise too (docs/benchmarks/evaluation.md).
+    # profile). Measured with the embedded teacher over three cycles: its pairs at the usual 5e-4 x 3 undo the
+    # reading and the answer form; at 1e-4 x 1 the form is kept (docs/benchmarks/evaluation.md).
     cycles_learning_rate: LearningRate | None = 1e-4
     cycles_epochs: Epochs | None = 1
 

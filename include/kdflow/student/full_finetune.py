@@ -3,9 +3,10 @@
 Issue 14 lists it among the ways a model as small as the embedded 135M student might store the
 knowledge base's facts where LoRA did not. Measured in the learning bench (:mod:`kdflow.bench.learning`,
 the ``kb-full`` and ``kb-text-full`` recipes): read as plain documents, the knowledge base's facts are
-stored without the answers turning into documentation prose, which is what ``python -m kdflow student
-read-kb`` does. The pipeline's cycles still chain adapters (an adapter per cycle is what is published,
-merged, promoted and exported). The result is a complete model folder (weights, config, tokenizer)
+stored without the answers turning into documentation prose, which is what the pipeline's
+``read_knowledge_base`` step and ``python -m kdflow student read-kb`` do (:mod:`kdflow.student.kb_reading`).
+The cycles then chain adapters on that student (an adapter per cycle is what is published, merged,
+promoted and exported). The result is a complete model folder (weights, config, tokenizer)
 that loads wherever a student model path does.
 """
 

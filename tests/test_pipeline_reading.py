@@ -78,11 +78,18 @@ def test_a_later_run_reuses_the_reading_without_training(first_reading, tiny_phi
     assert ctx.store.read_json(ctx.checkpoint(None, "student_base.json")) == first
 
 
-def test_the_baseline_answers_the_gold_set_before_and_after_reading(first_reading, tiny_phi_dir):
+def test_the_baseline_answers_the_gold_set_before_and_after_reading(first_reading, tiny_phi_dir, monkeypatch):
     from kdflow.gold import load_gold
+    from kdflow.student import generate
 
     ctx, _ = first_reading
+    answered_with, answer = [], generate.answer_questions
 
+    def spy(cfg, model_path, *args, **kwargs):
+        answered_with.append(str(model_path))
+        return answer(cfg, model_path, *args, **kwargs)
+
+    monkeypatch.setattr(generate, "answer_questions", spy)
     items = load_gold(GOLD).for_topics(["pods"])
     ctx.publish(None, "gold.jsonl", ctx.stage_rows(None, "gold.jsonl", items))
     question = Question(id="pods-c1-1", topic="pods", question="What is a Pod in Kubernetes?",
@@ -96,6 +103,7 @@ def test_the_baseline_answers_the_gold_set_before_and_after_reading(first_readin
     assert {r["model"] for r in by_stage["baseline"]} == {base["base_model"]}
     assert {r["model"] for r in by_stage["unread"]} == {str(tiny_phi_dir)}
     assert {r["split"] for r in by_stage["unread"]} == {"gold"}
+    assert answered_with == [str(student_model_path(ctx)), str(tiny_phi_dir)]  # the read model, then the unread one
 
 
 def test_a_champion_trained_on_another_base_is_not_started_from(first_reading, tiny_phi_dir):

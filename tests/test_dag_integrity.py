@@ -279,11 +279,12 @@ def test_params_schema(dag):
     # the tests' environment turns reading off (tests/conftest.py); the form offers the three settings
     assert params["read_knowledge_base"] == "false"
     assert params.get_param("read_knowledge_base").schema["enum"] == ["auto", "true", "false"]
+    assert params["training_pairs"] == "all" and params.get_param("training_pairs").schema["enum"] == ["all", "new"]
     from airflow.sdk.exceptions import ParamValidationError
 
     for name, bad in [("cycles", 0), ("cycles", CONFIG.pipeline.max_cycles + 1), ("questions_per_cycle", -1),
                       ("topics", ["networking"]), ("topics", []), ("cycles", "two"),
-                      ("read_knowledge_base", "sometimes")]:
+                      ("read_knowledge_base", "sometimes"), ("training_pairs", "some")]:
         with pytest.raises(ParamValidationError):
             params.get_param(name).resolve(bad)
 
@@ -300,6 +301,7 @@ def test_params_map_onto_the_config():
     assert overrides == {"student": {"model": "embedded", "kb_reading": {"enabled": "false"}}}
     assert load_config(overrides).student.kb_reading.enabled is False
     assert load_config(params_to_overrides({"read_knowledge_base": "auto"})).student.kb_reading.enabled == "auto"
+    assert params_to_overrides({"training_pairs": "new"}) == {"pipeline": {"training_pairs": "new"}}
 
 
 def test_every_step_task_can_wait_for_a_batch_in_the_triggerer(dagbag):

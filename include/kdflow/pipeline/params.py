@@ -15,6 +15,7 @@ PARAM_FIELDS: dict[str, tuple[str, str]] = {
     "cycles": ("pipeline", "cycles"),
     "questions_per_cycle": ("pipeline", "questions_per_cycle"),
     "held_out_per_topic": ("pipeline", "held_out_per_topic"),
+    "training_pairs": ("pipeline", "training_pairs"),
     "teacher_provider": ("teacher", "provider"),
     "teacher_model": ("teacher", "model"),
     "teacher_base_url": ("teacher", "base_url"),
@@ -56,6 +57,10 @@ def params_schema(config: KdflowConfig, topics: list[str]) -> dict[str, dict[str
                                     title="Questions per cycle"),
         "held_out_per_topic": dict(default=p.held_out_per_topic, type="integer", minimum=0, maximum=20,
                                    title="Held-out questions per topic", description="0 disables the held-out set"),
+        "training_pairs": dict(default=p.training_pairs, type="string", enum=["all", "new"],
+                               title="Each cycle trains on",
+                               description="all: every pair so far (the design); new: its own new pairs only, "
+                                           "continuing from the previous adapter"),
         "teacher_provider": dict(default=t.provider, type="string", enum=["embedded", "openai"],
                                  title="Teacher provider"),
         "teacher_model": dict(default=t.model, type="string", minLength=1, title="Teacher model"),

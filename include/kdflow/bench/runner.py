@@ -24,7 +24,8 @@ def load_average() -> float:
 
 # The benches time `make run`'s workload, which does not read the knowledge base first (scripts/run-dag.sh): the
 # first reading alone takes ~14 min and would be timed once per fresh store.
-NO_READING = ("--set", "student.kb_reading.enabled=false")
+NO_READING_SETTING = "student.kb_reading.enabled=false"
+NO_READING = ("--set", NO_READING_SETTING)
 
 
 def run_cli(store: Path, run_id: str, cycles: int, questions: int, *, code: Path | None = None,

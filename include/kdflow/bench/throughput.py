@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kdflow.bench.runner import NO_READING
+from kdflow.bench.runner import NO_READING_SETTING
 
 # The last commit before issue 17's changes (main on 2026-12-02: pool of llama-cpp-python servers).
 BASELINE_COMMIT = "ba153f4acf9f79c720736e081f724f3768dcacdb"
@@ -26,7 +26,7 @@ COMMON_SETTINGS = ("evaluation.ceiling_per_topic=4",)
 # The code before knows only its own 72 gold questions (24 per topic); this code answers as many, a stratified
 # sample of its larger set, so both sides score the gold set with the same work.
 # (and does not read the knowledge base first, which the code before could not do: see runner.NO_READING)
-NOW_SETTINGS = ("evaluation.gold_per_topic=24", NO_READING[1])
+NOW_SETTINGS = ("evaluation.gold_per_topic=24", NO_READING_SETTING)
 STEP_STAGES = {  # the rest (bookkeeping, report) is "other"
     "teacher questions (+ held-out, gold ceiling)": ("prepare_held_out_questions", "generate_questions"),
     "teacher references": ("generate_reference_answers",),

@@ -25,6 +25,7 @@ from kdflow.records import ScoreRow
 GOLD = "gold"
 
 
+UNREAD_LABEL = "before reading"  # the first point of a run whose student read the knowledge base
 READ_LABEL = "after reading the knowledge base"
 
 
@@ -38,7 +39,7 @@ def gold_points(cycles: Mapping[int, Sequence[ScoreRow]]) -> list[dict[str, Any]
         return []
     start = select(cycles[ordered[0]], split=GOLD, stage="baseline")
     unread = select(cycles[ordered[0]], split=GOLD, stage="unread")
-    points = [{"cycle": 0, "label": "before reading", "rows": unread}] if unread and start else []
+    points = [{"cycle": 0, "label": UNREAD_LABEL, "rows": unread}] if unread and start else []
     if start:
         points.append({"cycle": 0, "label": READ_LABEL if points else "start", "rows": start})
     for n in ordered:
@@ -68,7 +69,7 @@ def gold_verdict(
     if len(points) < 2 or points[0]["cycle"] != 0:
         return None
     start, last = points[0], points[-1]
-    read = start["label"] == "before reading"
+    read = start["label"] == UNREAD_LABEL
     overall: dict[str, Any] = {}
     for metric in metrics:
         before, after = by_question(start["rows"], metric), by_question(last["rows"], metric)

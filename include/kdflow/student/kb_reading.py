@@ -35,8 +35,8 @@ def reading_plan(cfg: Any) -> tuple[DevicePlan | None, str]:
     enabled = cfg.kb_reading.enabled
     if enabled is False:
         return None, "student.kb_reading.enabled is false"
-    unquantized = cfg if enabled == "auto" else cfg.model_copy(update={"load_in_4bit": False})
-    plan = plan_device(unquantized, "train")
+    planned = cfg if enabled == "auto" else cfg.model_copy(update={"load_in_4bit": False})
+    plan = plan_device(planned, "train")
     if plan.quantization is not None:
         return None, (f"the student trains in {plan.quantization} ({plan.reason}), so not every weight can be "
                       "trained: set student.kb_reading.enabled=true to read unquantized")
